@@ -1,0 +1,1 @@
+"""Shipped assets: the default configuration and the dashboard's style sheet."""

@@ -1,0 +1,39 @@
+"""Flags raised in the foundation: `memorized_candidate` (lowest ApB) and `unreadable` (ingest failures)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from auditor.config import CandidateConfig
+
+FLAG_COLUMNS = ["sample_id", "kind", "score", "detail"]
+
+
+def memorized_candidates(scores: pd.DataFrame, cfg: CandidateConfig) -> pd.DataFrame:
+    """The lowest-ApB training points (likely memorized, to be scored by pLOO): below `apb_cutoff` when it is set,
+    else the lowest `fraction`; at most `max`. Score = 1 - ApB, so higher means more suspicious."""
+    ranked = scores.sort_values(["apb", "sample_id"], kind="stable").reset_index(drop=True)
+    if cfg.apb_cutoff >= 0:
+        chosen = ranked[ranked["apb"] < cfg.apb_cutoff]
+        rule = f"ApB below the cut-off {cfg.apb_cutoff:g}"
+    else:
+        chosen = ranked.head(math.ceil(cfg.fraction * len(ranked)))
+        rule = f"among the lowest {cfg.fraction:.0%} by ApB"
+    chosen = chosen.head(cfg.max)
+    details = []
+    for rank, row in enumerate(chosen.itertuples(index=False), start=1):
+        learned = ("never learned" if pd.isna(row.first_learned)
+                   else f"learned for good at epoch {row.first_learned:g}")
+        details.append(f"ApB {row.apb:.2f} (rank {rank} of {len(ranked)}, {rule}); {learned}; "
+                       f"{row.forgetting_events:g} forgetting events")
+    return pd.DataFrame({"sample_id": chosen["sample_id"].to_numpy(), "kind": "memorized_candidate",
+                         "score": 1.0 - chosen["apb"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
+
+
+def unreadable_flags(problems: pd.DataFrame) -> pd.DataFrame:
+    """One `unreadable` flag per input file that could not be decoded (its reason as the detail)."""
+    bad = problems[(problems["code"] == "unreadable") & problems["sample_id"].notna()]
+    return pd.DataFrame({"sample_id": bad["sample_id"].to_numpy(), "kind": "unreadable", "score": 1.0,
+                         "detail": bad["reason"].to_numpy()}, columns=FLAG_COLUMNS)

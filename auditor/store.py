@@ -1,0 +1,142 @@
+"""The DuckDB file that is memaudit's single source of truth: schema, short-lived connections, batched writes.
+
+DuckDB lets only one process hold a file read-write, and then nobody else may open it at all. Every caller
+therefore opens a connection for one short unit of work (`Store.connect`), retrying with backoff while another
+process holds the lock, and never keeps it open across a long computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+# The public contract (documented in README.md). Later issues add tables and columns; never drop or rename one.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS samples(
+    sample_id VARCHAR PRIMARY KEY, split VARCHAR NOT NULL, label VARCHAR NOT NULL, path VARCHAR NOT NULL,
+    width INTEGER, height INTEGER, mode VARCHAR, file_hash VARCHAR, pixel_hash VARCHAR,
+    label_index INTEGER, source VARCHAR);
+CREATE TABLE IF NOT EXISTS classes(label_index INTEGER PRIMARY KEY, label VARCHAR NOT NULL, n_train INTEGER);
+CREATE TABLE IF NOT EXISTS problems(
+    source VARCHAR, sample_id VARCHAR, reason VARCHAR, code VARCHAR, severity VARCHAR, action VARCHAR,
+    stage VARCHAR);
+CREATE TABLE IF NOT EXISTS runs(
+    run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, parent_run_id VARCHAR, seed BIGINT, config_json VARCHAR,
+    versions_json VARCHAR, code_version VARCHAR, device VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
+    status VARCHAR, message VARCHAR, converged BOOLEAN, train_acc DOUBLE, test_acc DOUBLE, seconds DOUBLE);
+CREATE TABLE IF NOT EXISTS epochs(
+    run_id VARCHAR, epoch INTEGER, train_acc DOUBLE, test_acc DOUBLE, train_loss DOUBLE, test_loss DOUBLE,
+    seconds DOUBLE);
+CREATE TABLE IF NOT EXISTS dynamics(
+    run_id VARCHAR, sample_id VARCHAR, step INTEGER, epoch INTEGER, phase VARCHAR, correct BOOLEAN,
+    loss REAL, p_label REAL, el2n REAL);
+CREATE TABLE IF NOT EXISTS predictions(
+    run_id VARCHAR, sample_id VARCHAR, split VARCHAR, pred_index INTEGER, pred_label VARCHAR,
+    p_label REAL, p_pred REAL);
+CREATE TABLE IF NOT EXISTS scores(
+    sample_id VARCHAR PRIMARY KEY, run_id VARCHAR, apb DOUBLE, first_learned DOUBLE, forgetting_events DOUBLE,
+    confidence DOUBLE, variability DOUBLE, el2n DOUBLE, n_records INTEGER, n_seeds INTEGER, converged BOOLEAN);
+CREATE TABLE IF NOT EXISTS flags(sample_id VARCHAR, kind VARCHAR, score DOUBLE, detail VARCHAR, run_id VARCHAR);
+"""
+
+_LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
+
+
+class StoreBusy(RuntimeError):
+    """The database stayed locked by another process for longer than the retry budget."""
+
+
+class Store:
+    """Handle on one audit database file; cheap to create, holds no connection between calls."""
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 60.0):
+        self.path = Path(path)
+        self.timeout_s = timeout_s
+
+    @contextlib.contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open a connection for one short unit of work, retrying with jittered backoff while the file is locked."""
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(
+                f"audit database {self.path} does not exist; create it with `memaudit run --db {self.path}`")
+        deadline = time.monotonic() + self.timeout_s
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.Error as exc:
+                if not any(m in str(exc) for m in _LOCK_MARKERS):
+                    raise
+                if time.monotonic() > deadline:
+                    raise StoreBusy(
+                        f"{self.path} stayed locked by another process for {self.timeout_s:.0f}s; "
+                        "wait for the running job to finish or stop it") from exc
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def init(self) -> None:
+        """Create every contract table that does not exist yet (idempotent)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.connect() as con:
+            con.execute(SCHEMA)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+
+    def query(self, sql: str, params: list | tuple | None = None) -> pd.DataFrame:
+        """Run one read-only, parameterised query and return it as a DataFrame."""
+        with self.connect(read_only=True) as con:
+            return con.execute(sql, params or []).df()
+
+    def scalar(self, sql: str, params: list | tuple | None = None):
+        """First column of the first row of a read-only query (None when empty)."""
+        with self.connect(read_only=True) as con:
+            row = con.execute(sql, params or []).fetchone()
+        return None if row is None else row[0]
+
+    def execute(self, sql: str, params: list | tuple | None = None) -> None:
+        """Run one write statement in its own short transaction."""
+        with self.connect() as con:
+            con.execute(sql, params or [])
+
+    def write(self, inserts: list[tuple[str, pd.DataFrame]], deletes: list[tuple[str, list]] = ()) -> None:
+        """In one short transaction: run each `DELETE FROM <table> WHERE ...` given as (statement, params), then
+        insert each DataFrame into its table (columns by name). A re-run thereby replaces its own earlier output."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for statement, params in deletes:
+                    con.execute(statement, params)
+                for table, frame in inserts:
+                    if not len(frame):
+                        continue
+                    con.register("_incoming", frame)
+                    cols = ", ".join(frame.columns)
+                    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+                    con.unregister("_incoming")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def append(self, table: str, frame: pd.DataFrame) -> None:
+        """Insert one DataFrame into `table` in its own transaction."""
+        self.write([(table, frame)])
+
+    def tables(self) -> set[str]:
+        """Names of the tables present (empty when the file does not exist yet)."""
+        if not self.path.exists():
+            return set()
+        return set(self.query("SELECT table_name FROM information_schema.tables")["table_name"])

@@ -1,0 +1,1 @@
+"""Pipeline stages and the job runner: call `auditor`, write results to the audit DuckDB file."""

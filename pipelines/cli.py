@@ -1,0 +1,116 @@
+"""The `memaudit` command: run the pipeline, open the dashboard, report status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from auditor.config import ConfigError, load_config
+from auditor.manifest import ManifestError
+from auditor.store import Store, StoreBusy
+from pipelines.progress import terminal
+from pipelines.runner import STAGES, format_summary, run_pipeline
+
+APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.profile)
+    stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+    reports = run_pipeline(Store(args.db), args.data, cfg, stages=stages, progress=terminal)
+    print(format_summary(reports))
+    print(f"\nresults in {args.db}; open them with: memaudit app --db {args.db}")
+    return 0
+
+
+def app_command(db: str | Path, host: str, port: int) -> list[str]:
+    """The streamlit command line that serves the dashboard for `db` (bound to loopback by default)."""
+    return [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.address", host,
+            "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--", "--db", str(Path(db).resolve())]
+
+
+def _cmd_app(args: argparse.Namespace) -> int:
+    if not Path(args.db).exists():
+        raise FileNotFoundError(f"{args.db} does not exist; create it first with `memaudit run --db {args.db}`")
+    print(f"memaudit dashboard: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
+    env = dict(os.environ, MEMAUDIT_DB=str(Path(args.db).resolve()))
+    return subprocess.call(app_command(args.db, args.host, args.port), env=env)
+
+
+def status_text(store: Store) -> str:
+    """What has been computed in `store`, and with which config."""
+    if not store.path.exists():
+        return f"{store.path}: no audit database yet"
+    lines = [f"{store.path}"]
+    tables = store.tables()
+    for table in ("samples", "problems", "runs", "epochs", "dynamics", "predictions", "scores", "flags"):
+        if table in tables:
+            lines.append(f"  {table:<12} {store.scalar(f'SELECT count(*) FROM {table}'):>10,} rows")
+    if "samples" in tables:
+        splits = store.query("SELECT split, count(*) AS n FROM samples GROUP BY split ORDER BY split")
+        lines.append("  splits: " + ", ".join(f"{r.split} {r.n}" for r in splits.itertuples()))
+    if "runs" in tables:
+        runs = store.query("SELECT run_id, kind, seed, status, converged, train_acc, test_acc, seconds, config_json,"
+                           " code_version, started_at FROM runs ORDER BY started_at")
+        lines.append("  runs:")
+        for r in runs.itertuples():
+            cfg = json.loads(r.config_json or "{}")
+            train = cfg.get("train", {})
+            accs = ("" if r.train_acc is None or r.train_acc != r.train_acc
+                    else f" train {r.train_acc:.2%} test {r.test_acc:.2%}")
+            conv = "" if r.converged is None else (" converged" if r.converged else " NOT converged")
+            lines.append(f"    {r.run_id:<34} {r.kind:<7} {r.status:<8} seed={r.seed} profile={cfg.get('profile')} "
+                         f"arch={train.get('arch')} epochs={train.get('epochs')} seeds={train.get('seeds')}"
+                         f"{accs}{conv} code={r.code_version}")
+    if "flags" in tables:
+        flags = store.query("SELECT kind, count(*) AS n FROM flags GROUP BY kind ORDER BY kind")
+        lines.append("  flags: " + (", ".join(f"{r.kind} {r.n}" for r in flags.itertuples()) or "none"))
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print(status_text(Store(args.db)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memaudit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="ingest a dataset, train with dynamics, score and flag")
+    run.add_argument("--data", default="default",
+                     help="'default' (embedded MNIST subset), an ImageFolder folder, or a .csv/.parquet/.jsonl manifest")
+    run.add_argument("--db", required=True, help="the audit DuckDB file (created when missing)")
+    run.add_argument("--config", help="TOML file merged over the defaults (assets/default.toml)")
+    run.add_argument("--profile", default="standard", help="quick | standard (see [profiles] in the config)")
+    run.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of: {', '.join(STAGES)}")
+    run.set_defaults(func=_cmd_run)
+    app = sub.add_parser("app", help="open the dashboard on an audit database")
+    app.add_argument("--db", required=True)
+    app.add_argument("--host", default="127.0.0.1")
+    app.add_argument("--port", type=int, default=8501)
+    app.set_defaults(func=_cmd_app)
+    status = sub.add_parser("status", help="print what has been computed, with which config")
+    status.add_argument("--db", required=True)
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, ManifestError, StoreBusy, FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"memaudit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("memaudit: interrupted; re-run the same command to resume (finished seeds are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

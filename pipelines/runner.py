@@ -1,0 +1,57 @@
+"""Run the stages in order and summarise what was computed."""
+
+from __future__ import annotations
+
+from auditor.config import AuditConfig
+from auditor.store import Store
+from pipelines.progress import ProgressFactory, silent
+from pipelines.stages import StageReport, ingest_stage, scores_stage, train_stage
+
+STAGES = ("ingest", "train", "scores")
+
+
+def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tuple[str, ...] = STAGES,
+                 progress: ProgressFactory = silent) -> list[StageReport]:
+    """Ingest -> train with dynamics -> scores and flags. `scores` needs `train` in the same call."""
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(sorted(unknown))}; use: {', '.join(STAGES)}")
+    if "scores" in stages and "train" not in stages:
+        raise ValueError("the scores stage reads the training runs of the same call; use --stages train,scores")
+    reports = []
+    if "ingest" in stages:
+        if data is None:
+            raise ValueError("the ingest stage needs --data (default, a folder or a manifest)")
+        reports.append(ingest_stage(store, data, cfg, progress))
+    if "train" in stages:
+        store.init()
+        train = train_stage(store, cfg, progress)
+        reports.append(train)
+        if "scores" in stages:
+            reports.append(scores_stage(store, cfg, train))
+    return reports
+
+
+def format_summary(reports: list[StageReport]) -> str:
+    """Human summary of a pipeline call: one block per stage with its key facts and time."""
+    lines = ["", "memaudit summary"]
+    for report in reports:
+        lines.append(f"  {report.stage:<7} {report.seconds:7.1f}s")
+        f = report.facts
+        if report.stage == "ingest":
+            splits = ", ".join(f"{k} {v}" for k, v in sorted(f["splits"].items()))
+            lines.append(f"      {f['samples']} images ({splits}), {f['classes']} classes from {f['source']}")
+            if f["problems"]:
+                shown = ", ".join(f"{k} {v}" for k, v in sorted(f["problems"].items()))
+                lines.append(f"      problems: {sum(f['problems'].values())} ({shown}) - see `problems` table")
+            else:
+                lines.append("      problems: none")
+        elif report.stage == "train":
+            accs = ", ".join(f"{a:.2%}/{t:.2%}" for a, t in zip(f["train_acc"], f["test_acc"]))
+            lines.append(f"      {f['seeds']} seed(s) on {f['device']} ({f['reused_seeds']} reused), "
+                         f"train/test acc {accs}")
+            lines.append(f"      converged: {'yes' if f['converged'] else 'NO - scores are from an unconverged model'}")
+        elif report.stage == "scores":
+            lines.append(f"      {f['scored']} training points scored (median ApB {f['apb_median']:.3f}); "
+                         f"{f['memorized_candidates']} memorized candidates, {f['unreadable']} unreadable")
+    return "\n".join(lines)

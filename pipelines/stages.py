@@ -1,0 +1,196 @@
+"""The foundation's stages: ingest -> train (dynamics) -> scores -> flags, each writing its results to DuckDB.
+
+Stages hold no database connection while they compute: they buffer results and commit them in short
+transactions (one per epoch during training), so the dashboard can read between writes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from auditor.config import AuditConfig
+from auditor.convergence import has_plateaued
+from auditor.default_dataset import materialise_default
+from auditor.dynamics_scores import dynamics_scores
+from auditor.flags import memorized_candidates, unreadable_flags
+from auditor.ingest import PROBLEM_COLUMNS, ingest
+from auditor.manifest import list_inputs
+from auditor.provenance import fingerprint
+from auditor.store import Store
+from auditor.tensors import load_images, resolve_channels
+from auditor.training import EpochLog, resolve_device, train_model
+from pipelines.progress import ProgressFactory, silent
+from pipelines.runs import finish_run, run_status, start_run
+
+
+@dataclass
+class StageReport:
+    """What a stage did, for the CLI summary and the benchmark."""
+
+    stage: str
+    seconds: float
+    facts: dict = field(default_factory=dict)
+
+
+def resolve_data(data: str) -> Path:
+    """`default` is the embedded MNIST subset (materialised on first use); anything else is a path."""
+    return materialise_default() if data == "default" else Path(data)
+
+
+def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
+    """List and decode every input image; replace `samples`, `classes` and the ingest `problems`."""
+    t0 = time.perf_counter()
+    store.init()
+    source = resolve_data(data)
+    listing = list_inputs(source)
+    run_id = f"ingest-{fingerprint(str(source.resolve()), cfg.data.limit_per_class, time.time_ns())}"
+    start_run(store, run_id, "ingest", cfg)
+    bar = progress("ingest", len(listing.rows), "img")
+    result = ingest(listing, limit_per_class=cfg.data.limit_per_class, workers=cfg.data.workers,
+                    progress=bar.update)
+    bar.close()
+    store.write([("samples", result.samples), ("classes", result.classes), ("problems", result.problems)],
+                deletes=[("DELETE FROM samples", []), ("DELETE FROM classes", []),
+                         ("DELETE FROM problems WHERE stage = 'ingest'", [])])
+    seconds = time.perf_counter() - t0
+    finish_run(store, run_id, seconds=seconds, message=f"{len(result.samples)} samples, "
+                                                       f"{len(result.problems)} problems from {source}")
+    splits = result.samples["split"].value_counts().to_dict()
+    return StageReport("ingest", seconds, {"source": str(source), "samples": len(result.samples), "splits": splits,
+                                           "classes": len(result.classes),
+                                           "problems": result.problems["code"].value_counts().to_dict()})
+
+
+def _training_fingerprint(cfg: AuditConfig, data_hash: str) -> str:
+    """Identity of one seed's training: everything that changes the model, not how many seeds or flags."""
+    spec = cfg.to_dict()
+    for key in ("profile", "candidates", "convergence"):
+        spec.pop(key)
+    spec["train"] = {k: v for k, v in spec["train"].items() if k != "seeds"}
+    spec["data"] = {k: v for k, v in spec["data"].items() if k != "workers"}
+    return fingerprint(spec, data_hash)
+
+
+def _dynamics_frame(run_id: str, ids: np.ndarray, records: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "run_id": run_id, "sample_id": ids[records["index"]], "step": records["step"].astype(np.int32),
+        "epoch": records["epoch"], "phase": records["phase"], "correct": records["correct"].astype(bool),
+        "loss": records["loss"].astype(np.float32), "p_label": records["p_label"].astype(np.float32),
+        "el2n": records["el2n"].astype(np.float32)})
+
+
+def _predictions_frame(run_id: str, split: str, ids: np.ndarray, preds, labels: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"run_id": run_id, "sample_id": ids, "split": split, "pred_index": preds.pred,
+                         "pred_label": np.asarray(labels, dtype=object)[preds.pred],
+                         "p_label": preds.p_label.astype(np.float32), "p_pred": preds.p_pred.astype(np.float32)})
+
+
+def _load_split(store: Store, frame: pd.DataFrame, cfg: AuditConfig, channels: int, split: str,
+                progress: ProgressFactory) -> tuple[pd.DataFrame, np.ndarray]:
+    """Decode a split for training; files that vanished since ingest become `problems` and are left out."""
+    bar = progress(f"load {split}", len(frame), "img")
+    pixels, failed = load_images(frame["path"].tolist(), cfg.data.image_size, channels,
+                                 workers=cfg.data.workers, progress=bar.update)
+    bar.close()
+    if failed:
+        rows = [{"source": frame["path"].iloc[i], "sample_id": frame["sample_id"].iloc[i], "reason": reason,
+                 "code": "unreadable", "severity": "error", "action": "skipped", "stage": "train"}
+                for i, reason in failed.items()]
+        store.append("problems", pd.DataFrame(rows, columns=PROBLEM_COLUMNS))
+        keep = np.setdiff1d(np.arange(len(frame)), list(failed))
+        frame, pixels = frame.iloc[keep].reset_index(drop=True), pixels[keep]
+    return frame, pixels
+
+
+def train_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
+    """Train cfg.train.seeds audit models with dynamics recording; finished seeds are reused on re-runs."""
+    t0 = time.perf_counter()
+    samples = store.query("SELECT sample_id, split, label_index, path, mode, pixel_hash FROM samples "
+                          "ORDER BY sample_id")
+    if not (samples["split"] == "train").any():
+        raise RuntimeError("no readable training images in the database; run the ingest stage on a dataset "
+                           "with a train split first")
+    labels = store.query("SELECT label FROM classes ORDER BY label_index")["label"].tolist()
+    channels = resolve_channels(cfg.data.channels, samples["mode"].tolist())
+    train, x_train = _load_split(store, samples[samples["split"] == "train"], cfg, channels, "train", progress)
+    test, x_test = _load_split(store, samples[samples["split"] == "test"], cfg, channels, "test", progress)
+    data_hash = fingerprint(train["sample_id"].tolist(), train["pixel_hash"].tolist(), train["label_index"].tolist(),
+                            test["pixel_hash"].tolist(), channels)
+    seed_fp = _training_fingerprint(cfg, data_hash)
+    parent = f"apb-{fingerprint(seed_fp, cfg.train.seeds)}"
+    device = str(resolve_device(cfg.device))
+    start_run(store, parent, "apb", cfg, seed=cfg.seed, device=device)
+    train_ids, test_ids = train["sample_id"].to_numpy(), test["sample_id"].to_numpy()
+    y_train, y_test = train["label_index"].to_numpy(), test["label_index"].to_numpy()
+    seed_runs, reused = [], 0
+    for s in range(cfg.train.seeds):
+        seed = cfg.seed + s
+        run_id = f"train-{seed_fp}-s{seed}"
+        seed_runs.append(run_id)
+        if run_status(store, run_id) == "done":
+            reused += 1
+            continue
+        start_run(store, run_id, "train", cfg, seed=seed, parent_run_id=parent, device=device)
+        bar = progress(f"train seed {s + 1}/{cfg.train.seeds}",
+                       cfg.train.epochs * -(-len(x_train) // cfg.train.batch_size), "batch")
+
+        def flush(log: EpochLog, run_id: str = run_id) -> None:
+            epoch_row = pd.DataFrame([{"run_id": run_id, "epoch": log.epoch, "train_acc": log.train_acc,
+                                       "test_acc": log.test_acc, "train_loss": log.train_loss,
+                                       "test_loss": log.test_loss, "seconds": log.seconds}])
+            store.append("epochs", epoch_row)
+            if log.records is not None:
+                store.append("dynamics", _dynamics_frame(run_id, train_ids, log.records))
+
+        outcome = train_model(x_train, y_train, x_test, y_test, len(labels), cfg, seed, on_epoch=flush,
+                              on_batch=bar.update)
+        bar.close()
+        preds = [_predictions_frame(run_id, "train", train_ids, outcome.train, labels)]
+        if outcome.test is not None:
+            preds.append(_predictions_frame(run_id, "test", test_ids, outcome.test, labels))
+        store.append("predictions", pd.concat(preds, ignore_index=True))
+        curve = [e.test_acc for e in outcome.epochs if e.test_acc is not None]
+        finish_run(store, run_id, converged=has_plateaued(curve, cfg.convergence.window, cfg.convergence.tolerance),
+                   train_acc=outcome.train_acc, test_acc=outcome.test_acc, seconds=outcome.seconds)
+    runs = store.query("SELECT run_id, converged, train_acc, test_acc FROM runs WHERE run_id IN "
+                       f"({', '.join('?' * len(seed_runs))}) ORDER BY seed", seed_runs)
+    report = StageReport("train", time.perf_counter() - t0, {
+        "seeds": cfg.train.seeds, "reused_seeds": reused, "device": device, "channels": channels,
+        "train_acc": runs["train_acc"].tolist(), "test_acc": runs["test_acc"].tolist(),
+        "converged": bool(runs["converged"].fillna(False).all())})
+    report.facts["parent_run_id"], report.facts["seed_runs"] = parent, seed_runs
+    return report
+
+
+def scores_stage(store: Store, cfg: AuditConfig, train_report: StageReport) -> StageReport:
+    """ApB and the other dynamics scores from the seed runs' logs; replaces `scores` and the foundation's flags."""
+    t0 = time.perf_counter()
+    parent, seed_runs = train_report.facts["parent_run_id"], train_report.facts["seed_runs"]
+    phase = "batch" if "batch" in cfg.dynamics.record else "epoch_end"
+    marks = ", ".join("?" * len(seed_runs))
+    log = store.query("SELECT run_id, sample_id, step, epoch, correct, p_label, el2n FROM dynamics "
+                      f"WHERE phase = ? AND run_id IN ({marks})", [phase, *seed_runs])
+    scores = dynamics_scores(log, cfg.dynamics.el2n_epoch)
+    converged = train_report.facts["converged"]
+    scores["run_id"], scores["converged"] = parent, converged
+    candidates = memorized_candidates(scores, cfg.candidates)
+    problems = store.query("SELECT sample_id, reason, code FROM problems")
+    flags = pd.concat([candidates, unreadable_flags(problems)], ignore_index=True)
+    flags["run_id"] = parent
+    store.write([("scores", scores), ("flags", flags)],
+                deletes=[("DELETE FROM scores", []),
+                         ("DELETE FROM flags WHERE kind IN ('memorized_candidate', 'unreadable')", [])])
+    seconds = time.perf_counter() - t0
+    accs = train_report.facts
+    finish_run(store, parent, converged=converged, train_acc=float(np.mean(accs["train_acc"])),
+               test_acc=float(np.mean(accs["test_acc"])) if accs["test_acc"] else None,
+               seconds=seconds + train_report.seconds,
+               message=f"{len(scores)} scored, {len(candidates)} memorized candidates")
+    return StageReport("scores", seconds, {"scored": len(scores), "memorized_candidates": len(candidates),
+                                           "unreadable": int((flags["kind"] == "unreadable").sum()),
+                                           "apb_median": float(scores["apb"].median()) if len(scores) else None})
