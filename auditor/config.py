@@ -1,4 +1,4 @@
-"""Typed, validated run configuration: shipped defaults, merged with a user file, then a profile."""
+"""Typed, validated run configuration: shipped defaults, then a profile, then the user's file."""
 
 from __future__ import annotations
 
@@ -182,9 +182,15 @@ def _lookup(tree: dict[str, Any], path: str) -> Any:
 
 def load_config(path: str | Path | None = None, profile: str | None = None,
                 overrides: dict[str, Any] | None = None) -> AuditConfig:
-    """Resolve defaults <- user TOML file <- profile <- explicit overrides, and validate every value."""
+    """Resolve defaults <- profile <- user TOML file <- explicit overrides, and validate every value.
+
+    A profile is a preset; the user's file refines it, so a key the user sets always wins."""
     raw = _defaults()
     profiles = raw.pop("profiles")
+    if profile is not None and profile != "default":
+        if profile not in profiles:
+            raise ConfigError(f"unknown profile '{profile}'; use one of: {', '.join(sorted(profiles))}")
+        raw = _merge(raw, profiles[profile], "")
     if path is not None:
         path = Path(path)
         try:
@@ -195,10 +201,6 @@ def load_config(path: str | Path | None = None, profile: str | None = None,
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
         user.pop("profiles", None)
         raw = _merge(raw, user, "")
-    if profile is not None and profile != "default":
-        if profile not in profiles:
-            raise ConfigError(f"unknown profile '{profile}'; use one of: {', '.join(sorted(profiles))}")
-        raw = _merge(raw, profiles[profile], "")
     if overrides:
         raw = _merge(raw, overrides, "")
     raw["profile"] = profile or "default"

@@ -33,6 +33,7 @@ CREATE TABLE IF NOT EXISTS runs(
     run_id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL, parent_run_id VARCHAR, seed BIGINT, config_json VARCHAR,
     versions_json VARCHAR, code_version VARCHAR, device VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
     status VARCHAR, message VARCHAR, converged BOOLEAN, train_acc DOUBLE, test_acc DOUBLE, seconds DOUBLE);
+CREATE TABLE IF NOT EXISTS run_inputs(run_id VARCHAR, input_run_id VARCHAR, role VARCHAR);
 CREATE TABLE IF NOT EXISTS epochs(
     run_id VARCHAR, epoch INTEGER, train_acc DOUBLE, test_acc DOUBLE, train_loss DOUBLE, test_loss DOUBLE,
     seconds DOUBLE);

@@ -47,29 +47,29 @@ def status_text(store: Store) -> str:
     if not store.path.exists():
         return f"{store.path}: no audit database yet"
     lines = [f"{store.path}"]
-    tables = store.tables()
-    for table in ("samples", "problems", "runs", "epochs", "dynamics", "predictions", "scores", "flags"):
-        if table in tables:
-            lines.append(f"  {table:<12} {store.scalar(f'SELECT count(*) FROM {table}'):>10,} rows")
-    if "samples" in tables:
-        splits = store.query("SELECT split, count(*) AS n FROM samples GROUP BY split ORDER BY split")
-        lines.append("  splits: " + ", ".join(f"{r.split} {r.n}" for r in splits.itertuples()))
-    if "runs" in tables:
-        runs = store.query("SELECT run_id, kind, seed, status, converged, train_acc, test_acc, seconds, config_json,"
-                           " code_version, started_at FROM runs ORDER BY started_at")
-        lines.append("  runs:")
-        for r in runs.itertuples():
-            cfg = json.loads(r.config_json or "{}")
-            train = cfg.get("train", {})
-            accs = ("" if r.train_acc is None or r.train_acc != r.train_acc
-                    else f" train {r.train_acc:.2%} test {r.test_acc:.2%}")
-            conv = "" if r.converged is None else (" converged" if r.converged else " NOT converged")
-            lines.append(f"    {r.run_id:<34} {r.kind:<7} {r.status:<8} seed={r.seed} profile={cfg.get('profile')} "
-                         f"arch={train.get('arch')} epochs={train.get('epochs')} seeds={train.get('seeds')}"
-                         f"{accs}{conv} code={r.code_version}")
-    if "flags" in tables:
-        flags = store.query("SELECT kind, count(*) AS n FROM flags GROUP BY kind ORDER BY kind")
-        lines.append("  flags: " + (", ".join(f"{r.kind} {r.n}" for r in flags.itertuples()) or "none"))
+    with store.connect(read_only=True) as con:
+        tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        for table in ("samples", "problems", "runs", "epochs", "dynamics", "predictions", "scores", "flags"):
+            if table in tables:
+                lines.append(f"  {table:<12} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
+        if "samples" in tables:
+            splits = con.execute("SELECT split, count(*) FROM samples GROUP BY split ORDER BY split").fetchall()
+            lines.append("  splits: " + ", ".join(f"{split} {n}" for split, n in splits))
+        if "runs" in tables:
+            lines.append("  runs:")
+            rows = con.execute("SELECT run_id, kind, seed, status, converged, train_acc, test_acc, config_json,"
+                               " code_version FROM runs ORDER BY started_at").fetchall()
+            for run_id, kind, seed, status, converged, train_acc, test_acc, config_json, code in rows:
+                cfg = json.loads(config_json or "{}")
+                train = cfg.get("train", {})
+                accs = "" if train_acc is None else f" train {train_acc:.2%} test {test_acc or 0:.2%}"
+                conv = "" if converged is None else (" converged" if converged else " NOT converged")
+                lines.append(f"    {run_id:<34} {kind:<7} {status:<8} seed={seed} profile={cfg.get('profile')} "
+                             f"arch={train.get('arch')} epochs={train.get('epochs')} seeds={train.get('seeds')}"
+                             f"{accs}{conv} code={code}")
+        if "flags" in tables:
+            flags = con.execute("SELECT kind, count(*) FROM flags GROUP BY kind ORDER BY kind").fetchall()
+            lines.append("  flags: " + (", ".join(f"{kind} {n}" for kind, n in flags) or "none"))
     return "\n".join(lines)
 
 

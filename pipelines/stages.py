@@ -157,6 +157,9 @@ def train_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = sile
         curve = [e.test_acc for e in outcome.epochs if e.test_acc is not None]
         finish_run(store, run_id, converged=has_plateaued(curve, cfg.convergence.window, cfg.convergence.tolerance),
                    train_acc=outcome.train_acc, test_acc=outcome.test_acc, seconds=outcome.seconds)
+    # A reused seed keeps the parent it was first trained for; run_inputs records every run this one is built on.
+    store.write([("run_inputs", pd.DataFrame({"run_id": parent, "input_run_id": seed_runs, "role": "seed"}))],
+                deletes=[("DELETE FROM run_inputs WHERE run_id = ?", [parent])])
     runs = store.query("SELECT run_id, converged, train_acc, test_acc FROM runs WHERE run_id IN "
                        f"({', '.join('?' * len(seed_runs))}) ORDER BY seed", seed_runs)
     report = StageReport("train", time.perf_counter() - t0, {
