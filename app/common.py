@@ -13,6 +13,7 @@ import duckdb
 import streamlit as st
 from PIL import Image, ImageOps
 
+from auditor.images import ImageError, decode_image
 from auditor.store import Store, StoreBusy
 
 DB_ENV = "MEMAUDIT_DB"
@@ -64,9 +65,8 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
 def thumbnail(path: str, size: int = 112) -> bytes | None:
     """PNG bytes of the image at `path` fitted into size x size (pixelated when enlarged); None if unreadable."""
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
-    except (OSError, Image.DecompressionBombError):
+        img = Image.fromarray(decode_image(path).pixels)
+    except (ImageError, Image.DecompressionBombError):
         return None
     method = Image.Resampling.NEAREST if max(img.size) < size else Image.Resampling.LANCZOS
     out = io.BytesIO()

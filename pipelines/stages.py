@@ -7,6 +7,7 @@ transactions (one per epoch during training), so the dashboard can read between 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,6 +85,21 @@ def _dynamics_frame(run_id: str, ids: np.ndarray, records: dict[str, np.ndarray]
         "el2n": records["el2n"].astype(np.float32)})
 
 
+def epoch_writer(store: Store, run_id: str, train_ids: np.ndarray) -> Callable[[EpochLog], None]:
+    """Callback that commits one epoch's summary and dynamics in one short transaction."""
+
+    def write(log: EpochLog) -> None:
+        row = pd.DataFrame([{"run_id": run_id, "epoch": log.epoch, "train_acc": log.train_acc,
+                             "test_acc": log.test_acc, "train_loss": log.train_loss, "test_loss": log.test_loss,
+                             "seconds": log.seconds}])
+        inserts = [("epochs", row)]
+        if log.records is not None:
+            inserts.append(("dynamics", _dynamics_frame(run_id, train_ids, log.records)))
+        store.write(inserts)
+
+    return write
+
+
 def _predictions_frame(run_id: str, split: str, ids: np.ndarray, preds, labels: list[str]) -> pd.DataFrame:
     return pd.DataFrame({"run_id": run_id, "sample_id": ids, "split": split, "pred_index": preds.pred,
                          "pred_label": np.asarray(labels, dtype=object)[preds.pred],
@@ -139,15 +155,8 @@ def train_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = sile
         bar = progress(f"train seed {s + 1}/{cfg.train.seeds}",
                        cfg.train.epochs * -(-len(x_train) // cfg.train.batch_size), "batch")
 
-        def flush(log: EpochLog, run_id: str = run_id) -> None:
-            epoch_row = pd.DataFrame([{"run_id": run_id, "epoch": log.epoch, "train_acc": log.train_acc,
-                                       "test_acc": log.test_acc, "train_loss": log.train_loss,
-                                       "test_loss": log.test_loss, "seconds": log.seconds}])
-            store.append("epochs", epoch_row)
-            if log.records is not None:
-                store.append("dynamics", _dynamics_frame(run_id, train_ids, log.records))
-
-        outcome = train_model(x_train, y_train, x_test, y_test, len(labels), cfg, seed, on_epoch=flush,
+        outcome = train_model(x_train, y_train, x_test, y_test, len(labels), cfg, seed,
+                              on_epoch=epoch_writer(store, run_id, train_ids),
                               on_batch=bar.update)
         bar.close()
         preds = [_predictions_frame(run_id, "train", train_ids, outcome.train, labels)]

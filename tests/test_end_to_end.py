@@ -107,6 +107,21 @@ def test_rerun_resumes_and_reproduces_scores(quick_db, small_config, tmp_path):
         assert after[cols].equals(before[cols])
 
 
+def test_interrupted_seed_is_retrained_without_leftovers(quick_db, small_config):
+    db, _ = quick_db
+    store = Store(db)
+    run_id, expected = store.query("SELECT r.run_id, count(*) AS n FROM runs r JOIN dynamics d USING (run_id) "
+                                   "WHERE r.kind = 'train' GROUP BY r.run_id").iloc[0]
+    # what a SIGKILL mid-training leaves: a 'running' row and a partial log
+    store.execute("UPDATE runs SET status = 'running' WHERE run_id = ?", [run_id])
+    store.execute("INSERT INTO dynamics SELECT * FROM dynamics WHERE run_id = ? LIMIT 7", [run_id])
+    proc = _run("run", "--data", "default", "--db", str(db), "--profile", "quick", "--config", str(small_config),
+                "--stages", "train,scores")
+    assert proc.returncode == 0, proc.stderr and "(0 reused)" in proc.stdout
+    assert store.scalar("SELECT count(*) FROM dynamics WHERE run_id = ?", [run_id]) == expected
+    assert store.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id]) == "done"
+
+
 def test_status_reports_runs_and_config(quick_db):
     db, _ = quick_db
     proc = _run("status", "--db", str(db))
