@@ -19,12 +19,12 @@ from auditor.convergence import has_plateaued
 from auditor.default_dataset import materialise_default
 from auditor.dynamics_scores import dynamics_scores
 from auditor.flags import memorized_candidates, unreadable_flags
-from auditor.ingest import PROBLEM_COLUMNS, ingest
+from auditor.ingest import ingest
 from auditor.manifest import list_inputs
 from auditor.provenance import fingerprint
 from auditor.store import Store
-from auditor.tensors import load_images, resolve_channels
 from auditor.training import EpochLog, resolve_device, train_model
+from pipelines.arrays import load_training_arrays, training_fingerprint
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import finish_run, run_status, start_run
 
@@ -67,16 +67,6 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
                                            "problems": result.problems["code"].value_counts().to_dict()})
 
 
-def _training_fingerprint(cfg: AuditConfig, data_hash: str) -> str:
-    """Identity of one seed's training: everything that changes the model, not how many seeds or flags."""
-    spec = cfg.to_dict()
-    for key in ("profile", "candidates", "convergence"):
-        spec.pop(key)
-    spec["train"] = {k: v for k, v in spec["train"].items() if k != "seeds"}
-    spec["data"] = {k: v for k, v in spec["data"].items() if k != "workers"}
-    return fingerprint(spec, data_hash)
-
-
 def _dynamics_frame(run_id: str, ids: np.ndarray, records: dict[str, np.ndarray]) -> pd.DataFrame:
     return pd.DataFrame({
         "run_id": run_id, "sample_id": ids[records["index"]], "step": records["step"].astype(np.int32),
@@ -106,43 +96,16 @@ def _predictions_frame(run_id: str, split: str, ids: np.ndarray, preds, labels: 
                          "p_label": preds.p_label.astype(np.float32), "p_pred": preds.p_pred.astype(np.float32)})
 
 
-def _load_split(store: Store, frame: pd.DataFrame, cfg: AuditConfig, channels: int, split: str,
-                progress: ProgressFactory) -> tuple[pd.DataFrame, np.ndarray]:
-    """Decode a split for training; files that vanished since ingest become `problems` and are left out."""
-    bar = progress(f"load {split}", len(frame), "img")
-    pixels, failed = load_images(frame["path"].tolist(), cfg.data.image_size, channels,
-                                 workers=cfg.data.workers, progress=bar.update)
-    bar.close()
-    if failed:
-        rows = [{"source": frame["path"].iloc[i], "sample_id": frame["sample_id"].iloc[i], "reason": reason,
-                 "code": "unreadable", "severity": "error", "action": "skipped", "stage": "train"}
-                for i, reason in failed.items()]
-        store.append("problems", pd.DataFrame(rows, columns=PROBLEM_COLUMNS))
-        keep = np.setdiff1d(np.arange(len(frame)), list(failed))
-        frame, pixels = frame.iloc[keep].reset_index(drop=True), pixels[keep]
-    return frame, pixels
-
-
 def train_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
     """Train cfg.train.seeds audit models with dynamics recording; finished seeds are reused on re-runs."""
     t0 = time.perf_counter()
-    samples = store.query("SELECT sample_id, split, label_index, path, mode, pixel_hash FROM samples "
-                          "ORDER BY sample_id")
-    if not (samples["split"] == "train").any():
-        raise RuntimeError("no readable training images in the database; run the ingest stage on a dataset "
-                           "with a train split first")
-    labels = store.query("SELECT label FROM classes ORDER BY label_index")["label"].tolist()
-    channels = resolve_channels(cfg.data.channels, samples["mode"].tolist())
-    train, x_train = _load_split(store, samples[samples["split"] == "train"], cfg, channels, "train", progress)
-    test, x_test = _load_split(store, samples[samples["split"] == "test"], cfg, channels, "test", progress)
-    data_hash = fingerprint(train["sample_id"].tolist(), train["pixel_hash"].tolist(), train["label_index"].tolist(),
-                            test["pixel_hash"].tolist(), channels)
-    seed_fp = _training_fingerprint(cfg, data_hash)
+    data = load_training_arrays(store, cfg, progress)
+    x_train, y_train, x_test, y_test = data.x_train, data.y_train, data.x_test, data.y_test
+    train_ids, test_ids, labels = data.train_ids, data.test_ids, data.labels
+    seed_fp = training_fingerprint(cfg, data.data_hash)
     parent = f"apb-{fingerprint(seed_fp, cfg.train.seeds)}"
     device = str(resolve_device(cfg.device))
     start_run(store, parent, "apb", cfg, seed=cfg.seed, device=device)
-    train_ids, test_ids = train["sample_id"].to_numpy(), test["sample_id"].to_numpy()
-    y_train, y_test = train["label_index"].to_numpy(), test["label_index"].to_numpy()
     seed_runs, reused = [], 0
     for s in range(cfg.train.seeds):
         seed = cfg.seed + s
@@ -172,7 +135,7 @@ def train_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = sile
     runs = store.query("SELECT run_id, converged, train_acc, test_acc FROM runs WHERE run_id IN "
                        f"({', '.join('?' * len(seed_runs))}) ORDER BY seed", seed_runs)
     report = StageReport("train", time.perf_counter() - t0, {
-        "seeds": cfg.train.seeds, "reused_seeds": reused, "device": device, "channels": channels,
+        "seeds": cfg.train.seeds, "reused_seeds": reused, "device": device, "channels": data.channels,
         "train_acc": runs["train_acc"].tolist(), "test_acc": runs["test_acc"].tolist(),
         "converged": bool(runs["converged"].fillna(False).all())})
     report.facts["parent_run_id"], report.facts["seed_runs"] = parent, seed_runs
