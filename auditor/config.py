@@ -58,6 +58,22 @@ class CandidateConfig:
 
 
 @dataclass(frozen=True)
+class MemorizationConfig:
+    method: str
+    fraction: float
+    models: int
+    per_candidate: float
+    min_models: int
+    threshold: float
+    block: int
+    stop_at_train_acc: float
+    influence_min: float
+    influence_top_k: int
+    loo_points: list
+    loo_models: int
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     seed: int
     device: str
@@ -66,6 +82,7 @@ class AuditConfig:
     dynamics: DynamicsConfig
     convergence: ConvergenceConfig
     candidates: CandidateConfig
+    memorization: MemorizationConfig
     profile: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -77,9 +94,10 @@ class AuditConfig:
 _CHOICES = {
     "device": {"auto", "cpu", "cuda"},
     "data.channels": {"auto", 1, 3},
-    "train.arch": {"small_cnn", "resnet18"},
+    "train.arch": {"small_cnn", "resnet18", "mlp"},
     "train.optimizer": {"sgd", "adam"},
     "train.schedule": {"cosine", "constant"},
+    "memorization.method": {"ploo_improved", "ploo"},
 }
 _MINIMUM = {
     "data.image_size": 8, "data.limit_per_class": 0, "data.workers": 1,
@@ -88,6 +106,9 @@ _MINIMUM = {
     "dynamics.every_n_batches": 1, "dynamics.el2n_epoch": 1,
     "convergence.window": 1, "convergence.tolerance": 0.0,
     "candidates.fraction": 0.0, "candidates.max": 0,
+    "memorization.fraction": 0.0, "memorization.models": 0, "memorization.per_candidate": 0.0,
+    "memorization.min_models": 2, "memorization.block": 1, "memorization.stop_at_train_acc": 0.0,
+    "memorization.influence_min": 0.0, "memorization.influence_top_k": 1, "memorization.loo_models": 1,
 }
 _RECORD_MODES = {"batch", "epoch_end"}
 
@@ -168,6 +189,11 @@ def _validate(cfg: AuditConfig) -> None:
     if not modes or not modes <= _RECORD_MODES:
         raise ConfigError(
             f"config key 'dynamics.record' = {cfg.dynamics.record!r}; use a non-empty list of: batch, epoch_end")
+    if not 0.0 <= cfg.memorization.fraction < 1.0:
+        raise ConfigError(f"config key 'memorization.fraction' = {cfg.memorization.fraction} must be in (0, 1), "
+                          "or 0 for the method's default (pLOO 0.7, pLOO-improved 0.5)")
+    if cfg.memorization.stop_at_train_acc > 1.0:
+        raise ConfigError("config key 'memorization.stop_at_train_acc' must be at most 1 (0 disables early stopping)")
     if cfg.dynamics.el2n_epoch > cfg.train.epochs:
         raise ConfigError(
             f"config key 'dynamics.el2n_epoch' = {cfg.dynamics.el2n_epoch} is after the last epoch "

@@ -1,4 +1,4 @@
-"""Small image classifiers for auditing: a compact CNN and a CIFAR-style ResNet-18, both exposing features()."""
+"""Small image classifiers for auditing: a compact CNN, a CIFAR-style ResNet-18 and an MLP, all exposing features()."""
 
 from __future__ import annotations
 
@@ -70,13 +70,32 @@ class ResNet18(nn.Module):
         return self.head(self.body(x))
 
 
-ARCHITECTURES = {"small_cnn": SmallCNN, "resnet18": ResNet18}
+class MLP(nn.Module):
+    """One hidden layer of width*16 ReLU units (784-256-10 on MNIST at width 16); without BatchNorm it has no
+    buffers, so many copies can be trained at once as stacked tensors (see auditor.shadow_engine)."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: int = 16, image_size: int = 28):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size ** 2, 16 * width), nn.ReLU())
+        self.head = nn.Linear(16 * width, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden-layer activations (used later as the `model` embedding)."""
+        return self.body(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
-def build_model(arch: str, in_channels: int, num_classes: int, width: int) -> nn.Module:
-    """Instantiate a registered architecture by name."""
+ARCHITECTURES = {"small_cnn": SmallCNN, "resnet18": ResNet18, "mlp": MLP}
+
+
+def build_model(arch: str, in_channels: int, num_classes: int, width: int, image_size: int = 28) -> nn.Module:
+    """Instantiate a registered architecture by name; only the MLP's size depends on `image_size`."""
     try:
         cls = ARCHITECTURES[arch]
     except KeyError:
         raise ValueError(f"unknown architecture '{arch}'; use one of: {', '.join(ARCHITECTURES)}") from None
+    if cls is MLP:
+        return cls(in_channels, num_classes, width, image_size)
     return cls(in_channels, num_classes, width)

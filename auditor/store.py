@@ -16,7 +16,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # The public contract (documented in README.md). Later issues add tables and columns; never drop or rename one.
 SCHEMA = """
@@ -47,6 +47,51 @@ CREATE TABLE IF NOT EXISTS scores(
     sample_id VARCHAR PRIMARY KEY, run_id VARCHAR, apb DOUBLE, first_learned DOUBLE, forgetting_events DOUBLE,
     confidence DOUBLE, variability DOUBLE, el2n DOUBLE, n_records INTEGER, n_seeds INTEGER, converged BOOLEAN);
 CREATE TABLE IF NOT EXISTS flags(sample_id VARCHAR, kind VARCHAR, score DOUBLE, detail VARCHAR, run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS jobs(
+    job_id VARCHAR PRIMARY KEY, kind VARCHAR, run_id VARCHAR, status VARCHAR, done INTEGER, total INTEGER,
+    unit VARCHAR, eta_s DOUBLE, started_at TIMESTAMP, updated_at TIMESTAMP, finished_at TIMESTAMP, message VARCHAR,
+    pid INTEGER);
+CREATE TABLE IF NOT EXISTS shadow_designs(
+    design_id VARCHAR PRIMARY KEY, run_id VARCHAR, method VARCHAR, n_models INTEGER, n_points INTEGER,
+    n_candidates INTEGER, fraction DOUBLE, shard_seed BIGINT, config_json VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS design_points(design_id VARCHAR, point INTEGER, sample_id VARCHAR, candidate BOOLEAN,
+    loo_group INTEGER);
+CREATE TABLE IF NOT EXISTS memberships(design_id VARCHAR, model_index INTEGER, n_in INTEGER, bits BLOB);
+CREATE TABLE IF NOT EXISTS shadow_models(
+    model_id VARCHAR PRIMARY KEY, design_id VARCHAR, method VARCHAR, model_index INTEGER, shard_seed BIGINT,
+    seed BIGINT, block INTEGER, n_in INTEGER, epochs_run INTEGER, shard_train_acc DOUBLE, test_acc DOUBLE,
+    batched BOOLEAN, seconds DOUBLE, finished_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS shadow_predictions(
+    model_id VARCHAR, sample_id VARCHAR, split VARCHAR, pred SMALLINT, p_label REAL, correct BOOLEAN,
+    in_shard BOOLEAN, probs FLOAT[]);
+CREATE TABLE IF NOT EXISTS influence(
+    train_id VARCHAR, test_id VARCHAR, score DOUBLE, n_in INTEGER, n_out INTEGER, low DOUBLE, high DOUBLE,
+    run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS loo_scores(
+    sample_id VARCHAR, mem DOUBLE, mem_low DOUBLE, mem_high DOUBLE, mem_n_in INTEGER, mem_n_out INTEGER,
+    run_id VARCHAR);
+"""
+
+# Columns added to tables of an earlier schema version (ALTER ... IF NOT EXISTS keeps old files usable).
+MIGRATIONS = """
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_low DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_high DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_n_in INTEGER;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_n_out INTEGER;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_method VARCHAR;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_note VARCHAR;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_run_id VARCHAR;
+"""
+
+# The table users query first: one row per sample with its scores and the list of its flags.
+VIEWS = """
+CREATE OR REPLACE VIEW audit AS
+SELECT s.*, sc.* EXCLUDE (sample_id), coalesce(f.flags, []) AS flags
+FROM samples s
+LEFT JOIN scores sc USING (sample_id)
+LEFT JOIN (SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS flags FROM flags GROUP BY sample_id) f
+    USING (sample_id);
 """
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
@@ -94,6 +139,8 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as con:
             con.execute(SCHEMA)
+            con.execute(MIGRATIONS)
+            con.execute(VIEWS)
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     def query(self, sql: str, params: list | tuple | None = None) -> pd.DataFrame:

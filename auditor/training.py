@@ -141,7 +141,7 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | N
     xs = torch.from_numpy(x_test) if x_test is not None and len(x_test) else None
     ys = torch.from_numpy(np.asarray(y_test, dtype=np.int64)) if xs is not None else None
     norm = _Normaliser(xt)
-    model = build_model(tc.arch, x_train.shape[1], num_classes, tc.width).to(device)
+    model = build_model(tc.arch, x_train.shape[1], num_classes, tc.width, x_train.shape[-1]).to(device)
     if tc.optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.momentum > 0,
                               weight_decay=tc.weight_decay)

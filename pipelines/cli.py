@@ -13,7 +13,7 @@ from auditor.config import ConfigError, load_config
 from auditor.manifest import ManifestError
 from auditor.store import Store, StoreBusy
 from pipelines.progress import terminal
-from pipelines.runner import STAGES, format_summary, run_pipeline
+from pipelines.runner import DEFAULT_STAGES, STAGES, format_summary, run_pipeline
 
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
@@ -49,9 +49,10 @@ def status_text(store: Store) -> str:
     lines = [f"{store.path}"]
     with store.connect(read_only=True) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-        for table in ("samples", "problems", "runs", "epochs", "dynamics", "predictions", "scores", "flags"):
+        for table in ("samples", "problems", "runs", "epochs", "dynamics", "predictions", "scores", "flags",
+                      "shadow_models", "shadow_predictions", "influence", "loo_scores"):
             if table in tables:
-                lines.append(f"  {table:<12} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
+                lines.append(f"  {table:<18} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
         if "samples" in tables:
             splits = con.execute("SELECT split, count(*) FROM samples GROUP BY split ORDER BY split").fetchall()
             lines.append("  splits: " + ", ".join(f"{split} {n}" for split, n in splits))
@@ -87,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--db", required=True, help="the audit DuckDB file (created when missing)")
     run.add_argument("--config", help="TOML file merged over the defaults (assets/default.toml)")
     run.add_argument("--profile", default="standard", help="quick | standard (see [profiles] in the config)")
-    run.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of: {', '.join(STAGES)}")
+    run.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                     help=f"comma-separated subset of: {', '.join(STAGES)} (default: {','.join(DEFAULT_STAGES)})")
     run.set_defaults(func=_cmd_run)
     app = sub.add_parser("app", help="open the dashboard on an audit database")
     app.add_argument("--db", required=True)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from auditor.config import AuditConfig
 from auditor.store import Store
+from pipelines.memorization_stage import loo_stage, memorization_stage
 from pipelines.progress import ProgressFactory, silent
 from pipelines.stages import StageReport, ingest_stage, scores_stage, train_stage
 
-STAGES = ("ingest", "train", "scores")
+STAGES = ("ingest", "train", "scores", "memorization", "loo")
+DEFAULT_STAGES = ("ingest", "train", "scores", "memorization")
 
 
-def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tuple[str, ...] = STAGES,
+def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tuple[str, ...] = DEFAULT_STAGES,
                  progress: ProgressFactory = silent) -> list[StageReport]:
-    """Ingest -> train with dynamics -> scores and flags. `scores` needs `train` in the same call."""
+    """Ingest -> train with dynamics -> scores and flags -> memorization (shadow models) -> exact LOO.
+
+    `scores` needs `train` in the same call; `memorization` and `loo` read what earlier calls stored."""
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {', '.join(sorted(unknown))}; use: {', '.join(STAGES)}")
@@ -29,6 +33,10 @@ def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tu
         reports.append(train)
         if "scores" in stages:
             reports.append(scores_stage(store, cfg, train))
+    if "memorization" in stages:
+        reports.append(memorization_stage(store, cfg, progress))
+    if "loo" in stages:
+        reports.append(loo_stage(store, cfg, progress))
     return reports
 
 
@@ -54,4 +62,10 @@ def format_summary(reports: list[StageReport]) -> str:
         elif report.stage == "scores":
             lines.append(f"      {f['scored']} training points scored (median ApB {f['apb_median']:.3f}); "
                          f"{f['memorized_candidates']} memorized candidates, {f['unreadable']} unreadable")
+        elif report.stage == "memorization":
+            lines.append(f"      {f['method']}: {f['models']} shadow models ({f['reused']} reused, mean test acc "
+                         f"{f['shadow_test_acc']:.2%}); {f['scored']} of {f['candidates']} points scored, "
+                         f"{f['memorized']} memorized; {f['influence_pairs']} influence pairs")
+        elif report.stage == "loo":
+            lines.append(f"      exact LOO for {f['points']} points: {f['models']} models ({f['reused']} reused)")
     return "\n".join(lines)

@@ -73,7 +73,7 @@ def test_score_run_describes_the_apb_run(store):
     run = queries.score_run(store)
     assert run["run_id"] == store.scalar("SELECT min(run_id) FROM scores")
     assert run["n_scored"] == store.scalar("SELECT count(*) FROM scores")
-    assert (run["profile"], run["arch"], run["epochs"], run["seeds"]) == ("quick", "small_cnn", 3, 1)
+    assert (run["profile"], run["arch"], run["epochs"], run["seeds"]) == ("quick", "mlp", 3, 1)
     assert run["converged"] in (True, False)
 
 
@@ -141,7 +141,7 @@ def test_overview_renders_counts_and_charts(small_db, store, monkeypatch):
     assert metrics["Training images"] == f"{n_train:,}"
     assert metrics["Classes"] == str(len(queries.class_labels(store)))
     run_id = queries.score_run(store)["run_id"]
-    assert any(f"`{run_id}` | quick | small_cnn | 3 | 1 |" in m.value for m in at.markdown)
+    assert any(f"`{run_id}` | quick | mlp | 3 | 1 |" in m.value for m in at.markdown)
     assert len(at.get("vega_lite_chart")) == 2
 
 

@@ -9,7 +9,7 @@ from auditor.config import ConfigError, config_from_dict, load_config
 
 def test_defaults_and_profiles():
     base, quick, standard = load_config(), load_config(profile="quick"), load_config(profile="standard")
-    assert base.train.arch == "small_cnn" and base.profile == "default"
+    assert base.train.arch == "mlp" and base.profile == "default"
     assert quick.train.epochs < base.train.epochs and quick.profile == "quick"
     assert standard.train.seeds >= 1 and standard.train.epochs >= base.train.epochs
 
@@ -29,7 +29,7 @@ def test_round_trip_through_the_stored_dict():
 
 @pytest.mark.parametrize("text, message", [
     ("[train]\nepochs = 0\n", "'train.epochs' = 0 is too small"),
-    ("[train]\narch = \"vgg\"\n", "'train.arch' = 'vgg' is not allowed; use one of: resnet18 | small_cnn"),
+    ("[train]\narch = \"vgg\"\n", "'train.arch' = 'vgg' is not allowed; use one of: mlp | resnet18 | small_cnn"),
     ("[train]\nepoch = 3\n", "unknown config key 'train.epoch'"),
     ("[train]\nlr = \"fast\"\n", "'train.lr' must be a number"),
     ("[dynamics]\nrecord = [\"sometimes\"]\n", "'dynamics.record'"),

@@ -1,0 +1,254 @@
+"""Train a block of K shadow models, each on its own shard of the training set, and predict every point with each.
+
+Every model follows cfg.train's recipe exactly as `train_model` would on its shard: the same initialisation
+(`torch.manual_seed(seed)`), its own generator for shard order and augmentation, the same optimizer and schedule.
+Inputs are standardised with the statistics of the *full* training set, shared by all models, so a shard changes
+only what a model trains on. Architectures without buffers (the `mlp`) are trained together: their parameters are
+stacked and one vmapped step updates all K models, each on its own minibatch with its own optimizer state, so the
+models stay exactly independent. Architectures with BatchNorm go through the same loop one model at a time.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+
+from auditor.config import AuditConfig, TrainConfig
+from auditor.models import build_model
+from auditor.training import EVAL_BATCH, _augment, _Normaliser, resolve_device
+
+
+@dataclass
+class ShadowBlock:
+    """Predictions of K shadow models on every training and test point, plus how each model's training went."""
+
+    train_pred: np.ndarray        # int16 (K, n_train) predicted class
+    train_p_label: np.ndarray     # float32 (K, n_train) probability of the true label
+    test_pred: np.ndarray         # int16 (K, n_test)
+    test_p_label: np.ndarray      # float32 (K, n_test)
+    epochs_run: np.ndarray        # int (K,) epochs actually trained (fewer when stopped early)
+    shard_train_acc: np.ndarray   # float (K,) final accuracy on the model's own shard
+    test_acc: np.ndarray          # float (K,)
+    seconds: float
+    batched: bool
+
+
+@functools.cache
+def can_batch(arch: str) -> bool:
+    """True when the architecture has no buffers: BatchNorm's running statistics cannot be updated under vmap."""
+    return not any(True for _ in build_model(arch, 1, 2, 4).buffers())
+
+
+class _Stack:
+    """K models of one architecture as stacked (K, ...) parameters and buffers, run through one module template.
+
+    Vectorised stacks run all K at once with vmap; otherwise K is 1 and the module is called directly, which lets
+    BatchNorm update its (stacked) running statistics in place.
+    """
+
+    def __init__(self, modules: list[nn.Module], vectorised: bool):
+        self.params, self.buffers = stack_module_state(modules)
+        self.module = modules[0]
+        self.vectorised = vectorised
+
+    def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, (params, buffers), (x,))
+
+    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits (k, n, classes) for per-model inputs x (k, n, ...), or one input (n, ...) shared by the models
+        selected by `index` (all when None)."""
+        params, buffers = self.params, self.buffers
+        if index is not None:
+            params = {k: v[index] for k, v in params.items()}
+            buffers = {k: v[index] for k, v in buffers.items()}
+        shared = x.dim() == 4
+        if self.vectorised:
+            return vmap(self._call, in_dims=(0, 0, None if shared else 0))(params, buffers, x)
+        one = {k: v[0] for k, v in params.items()}, {k: v[0] for k, v in buffers.items()}
+        return self._call(*one, x if shared else x[0]).unsqueeze(0)
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the models at `index` (in that order), freeing the others' memory and compute."""
+        self.params = {k: v.detach()[index].requires_grad_() for k, v in self.params.items()}
+        self.buffers = {k: v[index] for k, v in self.buffers.items()}
+
+
+class _Optimizer:
+    """SGD (nesterov when momentum > 0) or Adam configured as `train_model` configures torch.optim, applied to
+    stacked tensors with the same arithmetic; every update is elementwise, so each model sees only its own state."""
+
+    def __init__(self, tc: TrainConfig):
+        self.tc = tc
+        self.state: dict[str, dict[str, torch.Tensor]] = {}
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, params: dict[str, torch.Tensor], grads: Sequence[torch.Tensor], lr: float) -> None:
+        """One update of every parameter in place from its gradient; the gradients are used as scratch space."""
+        tc = self.tc
+        self.steps += 1
+        for (name, p), g in zip(params.items(), grads):
+            if tc.weight_decay:
+                g.add_(p, alpha=tc.weight_decay)
+            state = self.state.setdefault(name, {})
+            if tc.optimizer == "sgd":
+                if tc.momentum:
+                    if "buf" in state:
+                        state["buf"].mul_(tc.momentum).add_(g)
+                    else:
+                        state["buf"] = g.clone()
+                    g.add_(state["buf"], alpha=tc.momentum)
+                p.add_(g, alpha=-lr)
+            else:
+                beta1, beta2 = 0.9, 0.999
+                if not state:
+                    state["exp_avg"], state["exp_avg_sq"] = torch.zeros_like(p), torch.zeros_like(p)
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.lerp_(g, 1 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                denom = v.sqrt().div_((1 - beta2 ** self.steps) ** 0.5).add_(1e-8)
+                p.addcdiv_(m, denom, value=-lr / (1 - beta1 ** self.steps))
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the state of the models at `index`, matching `_Stack.keep`."""
+        self.state = {name: {k: v[index] for k, v in s.items()} for name, s in self.state.items()}
+
+
+def _validate(x_train: np.ndarray, membership: np.ndarray, seeds: Sequence[int], arch: str, batched: bool) -> None:
+    if membership.shape != (len(seeds), len(x_train)):
+        raise ValueError(f"membership has shape {membership.shape}; expected (len(seeds), n_train) = "
+                         f"({len(seeds)}, {len(x_train)})")
+    if len(seeds) == 0 or not membership.any(axis=1).all():
+        raise ValueError("every shadow model needs a non-empty shard (a membership row with at least one True)")
+    if batched and not can_batch(arch):
+        raise ValueError(f"architecture '{arch}' has BatchNorm buffers and cannot be trained batched; "
+                         "use batched=False (or None to choose automatically)")
+
+
+def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
+                       num_classes: int, membership: np.ndarray, seeds: Sequence[int], cfg: AuditConfig, *,
+                       batched: bool | None = None, stop_at_train_acc: float | None = None,
+                       on_model_done: Callable[[int], None] | None = None) -> ShadowBlock:
+    """Train model m on x_train[membership[m]] with seed seeds[m], then predict all training and test points.
+
+    `batched` (default: whenever the architecture allows) trains all K models as one vmapped stack; the stack runs
+    ceil(max shard size / batch_size) steps per epoch, so a model with a smaller shard wraps around its shard and
+    sees a few points twice per epoch (shard sizes differ by at most 1 in a balanced design). With
+    `stop_at_train_acc`, a model stops after the first epoch whose running train accuracy on its shard reaches it.
+    `on_model_done(m)` is called as each model is evaluated.
+    """
+    membership = np.asarray(membership, dtype=bool)
+    batched = can_batch(cfg.train.arch) if batched is None else batched
+    _validate(x_train, membership, seeds, cfg.train.arch, batched)
+    device = resolve_device(cfg.device)
+    xt = torch.from_numpy(x_train).to(device)
+    yt = torch.from_numpy(np.asarray(y_train, dtype=np.int64)).to(device)
+    xs = torch.from_numpy(x_test).to(device)
+    ys = torch.from_numpy(np.asarray(y_test, dtype=np.int64)).to(device)
+    k = len(seeds)
+    block = ShadowBlock(
+        train_pred=np.zeros((k, len(xt)), np.int16), train_p_label=np.zeros((k, len(xt)), np.float32),
+        test_pred=np.zeros((k, len(xs)), np.int16), test_p_label=np.zeros((k, len(xs)), np.float32),
+        epochs_run=np.zeros(k, np.int64), shard_train_acc=np.zeros(k), test_acc=np.zeros(k), seconds=0.0,
+        batched=batched)
+    trainer = _Trainer(xt, yt, xs, ys, num_classes, cfg, device, block, membership, on_model_done)
+    started = time.perf_counter()
+    for group in ([list(range(k))] if batched else [[m] for m in range(k)]):
+        trainer.train(group, [seeds[m] for m in group], batched, stop_at_train_acc)
+    block.seconds = time.perf_counter() - started
+    return block
+
+
+class _Trainer:
+    """The training loop shared by the batched and the one-by-one path; writes each model's results into `block`."""
+
+    def __init__(self, xt: torch.Tensor, yt: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, num_classes: int,
+                 cfg: AuditConfig, device: torch.device, block: ShadowBlock, membership: np.ndarray,
+                 on_model_done: Callable[[int], None] | None):
+        self.xt, self.yt, self.xs, self.ys = xt, yt, xs, ys
+        self.norm = _Normaliser(xt)
+        self.num_classes, self.tc = num_classes, cfg.train
+        self.device, self.amp = device, device.type == "cuda"
+        self.block, self.membership, self.on_model_done = block, membership, on_model_done
+
+    def train(self, models: list[int], seeds: list[int], vectorised: bool, stop_at: float | None) -> None:
+        """Train the block's models `models` (with `seeds`) as one stack, evaluating each as it finishes."""
+        tc, device = self.tc, self.device
+        modules = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            modules.append(build_model(tc.arch, self.xt.shape[1], self.num_classes, tc.width,
+                                       self.xt.shape[-1]).to(device))
+        stack, opt = _Stack(modules, vectorised), _Optimizer(tc)
+        gens = [torch.Generator().manual_seed(seed) for seed in seeds]
+        shards = [torch.from_numpy(np.flatnonzero(self.membership[m])).to(device) for m in models]
+        n = max(len(s) for s in shards)
+        steps_per_epoch = math.ceil(n / tc.batch_size)
+        total_steps = tc.epochs * steps_per_epoch
+        step = 0
+        for epoch in range(1, tc.epochs + 1):
+            stack.module.train()
+            orders = torch.stack([s[torch.randperm(len(s), generator=g).to(device)][torch.arange(n, device=device) % len(s)]
+                                  for s, g in zip(shards, gens)])
+            correct = torch.zeros(len(models), device=device)
+            for b in range(steps_per_epoch):
+                idx = orders[:, b * tc.batch_size:(b + 1) * tc.batch_size]
+                xb = self.xt[idx]
+                if tc.augment:
+                    xb = torch.stack([_augment(x, g) for x, g in zip(xb, gens)])
+                yb = self.yt[idx]
+                lr = tc.lr * 0.5 * (1 + math.cos(math.pi * step / total_steps)) if tc.schedule == "cosine" else tc.lr
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    logits = stack.forward(self.norm(xb))
+                losses = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
+                correct += (logits.detach().argmax(-1) == yb).sum(1)
+                grads = torch.autograd.grad(losses.view_as(yb).mean(1).sum(), list(stack.params.values()))
+                opt.step(stack.params, grads, lr)
+                step += 1
+            if epoch == tc.epochs:
+                done = torch.ones(len(models), dtype=torch.bool, device=device)
+            elif stop_at is not None:
+                done = correct / n >= stop_at
+            else:
+                continue
+            if not done.any():
+                continue
+            finished, remaining = done.nonzero().flatten(), (~done).nonzero().flatten()
+            self._evaluate(stack, finished, [models[i] for i in finished.tolist()], epoch)
+            if not len(remaining):
+                return
+            stack.keep(remaining)
+            opt.keep(remaining)
+            models, shards, gens = ([items[i] for i in remaining.tolist()] for items in (models, shards, gens))
+
+    @torch.inference_mode()
+    def _evaluate(self, stack: _Stack, index: torch.Tensor, models: list[int], epoch: int) -> None:
+        """Predict every training and test point with the stacked models at `index` and store the results."""
+        stack.module.eval()
+        block = self.block
+        for x, y, pred_out, p_out in ((self.xt, self.yt, block.train_pred, block.train_p_label),
+                                      (self.xs, self.ys, block.test_pred, block.test_p_label)):
+            for start in range(0, len(x), EVAL_BATCH):
+                xb = self.norm(x[start:start + EVAL_BATCH])
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                    probs = torch.softmax(stack.forward(xb, index).float(), dim=-1).cpu()
+                yb = y[start:start + EVAL_BATCH].cpu().expand(len(models), -1)
+                pred_out[models, start:start + len(xb)] = probs.argmax(-1).numpy()
+                p_out[models, start:start + len(xb)] = probs.gather(2, yb[..., None])[..., 0].numpy()
+        y_train, y_test = self.yt.cpu().numpy(), self.ys.cpu().numpy()
+        for m in models:
+            shard = self.membership[m]
+            block.epochs_run[m] = epoch
+            block.shard_train_acc[m] = (block.train_pred[m, shard] == y_train[shard]).mean()
+            block.test_acc[m] = (block.test_pred[m] == y_test).mean() if len(y_test) else float("nan")
+            if self.on_model_done:
+                self.on_model_done(m)

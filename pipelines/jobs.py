@@ -1,0 +1,36 @@
+"""Progress of long stages in the `jobs` table (models done / total, ETA), which the dashboard shows."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from auditor.store import Store
+from pipelines.runs import now
+
+
+class Job:
+    """One long-running unit of work; each update is its own short transaction."""
+
+    def __init__(self, store: Store, job_id: str, kind: str, run_id: str, total: int, unit: str):
+        self.store, self.job_id, self.total = store, job_id, total
+        self._t0, self._done_at_start = time.monotonic(), None
+        store.execute("INSERT OR REPLACE INTO jobs (job_id, kind, run_id, status, done, total, unit, started_at,"
+                      " updated_at, pid) VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?)",
+                      [job_id, kind, run_id, total, unit, now(), now(), os.getpid()])
+
+    def update(self, done: int, message: str | None = None) -> None:
+        """Record progress; the ETA extrapolates the rate of the work done in this process (resumed work is free)."""
+        if self._done_at_start is None:
+            self._done_at_start = done
+        fresh = done - self._done_at_start
+        elapsed = time.monotonic() - self._t0
+        eta = elapsed / fresh * (self.total - done) if fresh > 0 else None
+        self.store.execute("UPDATE jobs SET done = ?, eta_s = ?, updated_at = ?, message = coalesce(?, message) "
+                           "WHERE job_id = ?", [done, eta, now(), message, self.job_id])
+
+    def finish(self, status: str = "done", message: str | None = None) -> None:
+        """Mark the job finished (done or failed)."""
+        self.store.execute("UPDATE jobs SET status = ?, eta_s = 0, finished_at = ?, updated_at = ?, "
+                           "message = coalesce(?, message) WHERE job_id = ?",
+                           [status, now(), now(), message, self.job_id])
