@@ -33,6 +33,7 @@ class ShadowBlock:
 
     train_pred: np.ndarray        # int16 (K, n_train) predicted class
     train_p_label: np.ndarray     # float32 (K, n_train) probability of the true label
+    train_probs: np.ndarray       # float16 (K, n_train, classes): out-of-shard rows are free out-of-sample predictions
     test_pred: np.ndarray         # int16 (K, n_test)
     test_p_label: np.ndarray      # float32 (K, n_test)
     epochs_run: np.ndarray        # int (K,) epochs actually trained (fewer when stopped early)
@@ -157,6 +158,7 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     k = len(seeds)
     block = ShadowBlock(
         train_pred=np.zeros((k, len(xt)), np.int16), train_p_label=np.zeros((k, len(xt)), np.float32),
+        train_probs=np.zeros((k, len(xt), num_classes), np.float16),
         test_pred=np.zeros((k, len(xs)), np.int16), test_p_label=np.zeros((k, len(xs)), np.float32),
         epochs_run=np.zeros(k, np.int64), shard_train_acc=np.zeros(k), test_acc=np.zeros(k), seconds=0.0,
         batched=batched)
@@ -235,8 +237,9 @@ class _Trainer:
         """Predict every training and test point with the stacked models at `index` and store the results."""
         stack.module.eval()
         block = self.block
-        for x, y, pred_out, p_out in ((self.xt, self.yt, block.train_pred, block.train_p_label),
-                                      (self.xs, self.ys, block.test_pred, block.test_p_label)):
+        for x, y, pred_out, p_out, probs_out in (
+                (self.xt, self.yt, block.train_pred, block.train_p_label, block.train_probs),
+                (self.xs, self.ys, block.test_pred, block.test_p_label, None)):
             for start in range(0, len(x), EVAL_BATCH):
                 xb = self.norm(x[start:start + EVAL_BATCH])
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
@@ -244,6 +247,8 @@ class _Trainer:
                 yb = y[start:start + EVAL_BATCH].cpu().expand(len(models), -1)
                 pred_out[models, start:start + len(xb)] = probs.argmax(-1).numpy()
                 p_out[models, start:start + len(xb)] = probs.gather(2, yb[..., None])[..., 0].numpy()
+                if probs_out is not None:
+                    probs_out[models, start:start + len(xb)] = probs.numpy()
         y_train, y_test = self.yt.cpu().numpy(), self.ys.cpu().numpy()
         for m in models:
             shard = self.membership[m]

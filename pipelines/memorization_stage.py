@@ -99,13 +99,18 @@ def _block_frames(design_id: str, design: ShardDesign, models: list[int], seeds:
         "seconds": result.seconds / len(models), "finished_at": now()})
     preds = []
     for row, model_id in enumerate(ids):
-        for split, sample_ids, pred, p_label, labels in (
-                ("train", data.train_ids, result.train_pred[row], result.train_p_label[row], data.y_train),
-                ("test", data.test_ids, result.test_pred[row], result.test_p_label[row], data.y_test)):
-            in_shard = design.membership[models[row]] if split == "train" else np.zeros(len(sample_ids), bool)
-            preds.append(pd.DataFrame({"model_id": model_id, "sample_id": sample_ids, "split": split,
-                                       "pred": pred, "p_label": p_label, "correct": pred == labels,
-                                       "in_shard": in_shard}))
+        in_shard = design.membership[models[row]]
+        # Out-of-shard probabilities are out-of-sample predictions (label-issue detection uses them); in-shard: NULL.
+        probs = [None] * len(data.train_ids)
+        for i in np.flatnonzero(~in_shard):
+            probs[i] = result.train_probs[row, i].astype(np.float32)
+        preds.append(pd.DataFrame({"model_id": model_id, "sample_id": data.train_ids, "split": "train",
+                                   "pred": result.train_pred[row], "p_label": result.train_p_label[row],
+                                   "correct": result.train_pred[row] == data.y_train, "in_shard": in_shard,
+                                   "probs": probs}))
+        preds.append(pd.DataFrame({"model_id": model_id, "sample_id": data.test_ids, "split": "test",
+                                   "pred": result.test_pred[row], "p_label": result.test_p_label[row],
+                                   "correct": result.test_pred[row] == data.y_test, "in_shard": False}))
     return [("shadow_models", head), ("shadow_predictions", pd.concat(preds, ignore_index=True))]
 
 

@@ -152,3 +152,14 @@ def test_exact_loo_for_chosen_points(audited, tmp_path):
     assert list(loo["sample_id"]) == sorted(points)
     assert (loo["mem_n_in"] == 3).all() and (loo["mem_n_out"] == 3).all()
     assert "exact LOO for 2 points: 9 models" in proc.stdout  # 3 shared "with" + 3 per point
+
+
+def test_out_of_shard_probabilities_are_kept(audited):
+    _, _, db, _ = audited
+    rows = Store(db).query("SELECT in_shard, probs, p_label, pred FROM shadow_predictions WHERE split = 'train'")
+    assert rows.loc[rows["in_shard"], "probs"].isna().all()
+    out = rows[~rows["in_shard"]]
+    assert len(out) == 12 * 5  # 10 candidates, half of them out of each model
+    probs = np.stack(out["probs"].to_numpy())
+    assert probs.shape[1] == 10 and np.allclose(probs.sum(axis=1), 1, atol=1e-2)
+    assert (probs.argmax(axis=1) == out["pred"].to_numpy()).mean() > 0.9  # float16 ties aside
