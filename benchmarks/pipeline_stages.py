@@ -25,8 +25,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from auditor.config import load_config
 from auditor.models import build_model
 from auditor.store import Store
-from auditor.tensors import load_images, resolve_channels
 from auditor.training import train_model
+from pipelines.arrays import load_training_arrays
 from pipelines.progress import silent
 from pipelines.runner import run_pipeline
 from pipelines.stages import epoch_writer
@@ -47,30 +47,22 @@ def stage_times(db: Path, profile: str) -> tuple[list[list[str]], float]:
     reports = run_pipeline(Store(db), "default", cfg, progress=silent)
     total = time.perf_counter() - t0
     rows = [[r.stage, f"{r.seconds:.1f}"] for r in reports]
+    foundation = sum(r.seconds for r in reports if r.stage in ("ingest", "train", "scores"))
     seeds = Store(db).query("SELECT seed, seconds, train_acc, test_acc, converged FROM runs WHERE kind = 'train' "
                             "ORDER BY seed")
     for s in seeds.itertuples():
         rows.append([f"  train seed {s.seed} (loop only)", f"{s.seconds:.1f}",
                      f"train {s.train_acc:.2%} test {s.test_acc:.2%} converged={s.converged}"])
-    rows.append(["total ingest + train + ApB", f"{total:.1f}", f"target < 180 s: {'met' if total < 180 else 'MISSED'}"])
+    rows.append(["ingest + train + ApB", f"{foundation:.1f}",
+                 f"target < 180 s: {'met' if foundation < 180 else 'MISSED'}"])
+    rows.append(["whole pipeline (with memorization)", f"{total:.1f}", ""])
     return rows, total
-
-
-def _arrays(db: Path, cfg):
-    samples = Store(db).query("SELECT split, label_index, path, mode FROM samples ORDER BY sample_id")
-    channels = resolve_channels(cfg.data.channels, samples["mode"].tolist())
-    out = {}
-    for split in ("train", "test"):
-        part = samples[samples["split"] == split]
-        out[split] = (load_images(part["path"].tolist(), cfg.data.image_size, channels)[0],
-                      part["label_index"].to_numpy())
-    return out, channels
 
 
 def recording_overhead(db: Path, profile: str, repeats: int) -> tuple[list[list[str]], dict]:
     cfg = load_config(profile=profile)
-    data, channels = _arrays(db, cfg)
-    (xtr, ytr), (xte, yte) = data["train"], data["test"]
+    data = load_training_arrays(Store(db), cfg)
+    xtr, ytr, xte, yte, channels = data.x_train, data.y_train, data.x_test, data.y_test, data.channels
     both = load_config(profile=profile, overrides={"dynamics": {"record": ["batch", "epoch_end"]}})
     scratch = Store(db.with_name("overhead.duckdb"))
     scratch.init()
@@ -80,6 +72,7 @@ def recording_overhead(db: Path, profile: str, repeats: int) -> tuple[list[list[
                 ("dynamics (batch), committed to DuckDB per epoch", cfg, True, epoch_writer(scratch, "bench", ids)),
                 ("dynamics (batch + epoch_end), in memory", both, True, None))
     times = {name: [] for name, *_ in variants}
+    train_model(xtr, ytr, xte, yte, 10, cfg, cfg.seed, record=False)  # warm-up: first-call costs hit no variant
     for _ in range(repeats):
         for name, config, record, writer in variants:
             out = train_model(xtr, ytr, xte, yte, 10, config, cfg.seed, record=record, on_epoch=writer)
@@ -92,7 +85,7 @@ def recording_overhead(db: Path, profile: str, repeats: int) -> tuple[list[list[
 
 def peak_fraction(ctx: dict) -> list[list[str]]:
     cfg, xtr = ctx["cfg"], ctx["xtr"]
-    model = build_model(cfg.train.arch, ctx["channels"], 10, cfg.train.width)
+    model = build_model(cfg.train.arch, ctx["channels"], 10, cfg.train.width, cfg.data.image_size)
     x = torch.randn(cfg.train.batch_size, ctx["channels"], cfg.data.image_size, cfg.data.image_size)
     y = torch.randint(0, 10, (cfg.train.batch_size,))
     with FlopCounterMode(display=False) as counter:
@@ -115,7 +108,7 @@ def peak_fraction(ctx: dict) -> list[list[str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="standard")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--db", type=Path)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
