@@ -6,6 +6,8 @@ DB ?= .memaudit/demo.duckdb
 PROFILE ?= standard
 PORT ?= 8501
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+# faiss-cpu and faiss-gpu are the same module: never both. GPU machines get faiss-gpu.
+FAISS ?= $(shell nvidia-smi >/dev/null 2>&1 && echo gpu || echo cpu)
 # open_clip and huggingface_hub must never wait on a network this machine does not have.
 export HF_HUB_OFFLINE ?= 1
 
@@ -16,7 +18,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,$(FAISS)]'
 	touch $@
 
 # Debian's chromium for the real-browser tests (Playwright drives it; never `playwright install`).

@@ -74,6 +74,26 @@ class MemorizationConfig:
 
 
 @dataclass(frozen=True)
+class EmbeddingConfig:
+    kind: str
+    clip_model: str
+    clip_pretrained: str
+    clip_checkpoint: str
+    batch_size: int
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    k: int
+    exact_below: int
+    index: str
+    duplicate_threshold: float
+    leak_threshold: float
+    kfold: int
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     seed: int
     device: str
@@ -83,6 +103,8 @@ class AuditConfig:
     convergence: ConvergenceConfig
     candidates: CandidateConfig
     memorization: MemorizationConfig
+    embeddings: EmbeddingConfig
+    detectors: DetectorConfig
     profile: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,6 +120,8 @@ _CHOICES = {
     "train.optimizer": {"sgd", "adam"},
     "train.schedule": {"cosine", "constant"},
     "memorization.method": {"ploo_improved", "ploo"},
+    "embeddings.kind": {"imagenet", "clip", "model"},
+    "detectors.index": {"hnsw", "ivf"},
 }
 _MINIMUM = {
     "data.image_size": 8, "data.limit_per_class": 0, "data.workers": 1,
@@ -109,6 +133,8 @@ _MINIMUM = {
     "memorization.fraction": 0.0, "memorization.models": 0, "memorization.per_candidate": 0.0,
     "memorization.min_models": 2, "memorization.block": 1, "memorization.stop_at_train_acc": 0.0,
     "memorization.influence_min": 0.0, "memorization.influence_top_k": 1, "memorization.loo_models": 1,
+    "embeddings.batch_size": 1, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
+    "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
 }
 _RECORD_MODES = {"batch", "epoch_end"}
 

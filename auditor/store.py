@@ -70,6 +70,24 @@ CREATE TABLE IF NOT EXISTS influence(
 CREATE TABLE IF NOT EXISTS loo_scores(
     sample_id VARCHAR, mem DOUBLE, mem_low DOUBLE, mem_high DOUBLE, mem_n_in INTEGER, mem_n_out INTEGER,
     run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS embedders(
+    embedder_id VARCHAR PRIMARY KEY, kind VARCHAR, model_name VARCHAR, weights VARCHAR, dim INTEGER,
+    input_size INTEGER, fallback_reason VARCHAR, run_id VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS embeddings(embedder_id VARCHAR, sample_id VARCHAR, vector FLOAT[]);
+CREATE TABLE IF NOT EXISTS embedding_map(embedder_id VARCHAR, sample_id VARCHAR, x REAL, y REAL);
+CREATE TABLE IF NOT EXISTS neighbors(
+    embedder_id VARCHAR, sample_id VARCHAR, rank INTEGER, neighbor_id VARCHAR, similarity REAL);
+CREATE TABLE IF NOT EXISTS pairs(
+    a_id VARCHAR, b_id VARCHAR, kind VARCHAR, similarity DOUBLE, conflicting BOOLEAN, embedder_id VARCHAR,
+    run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS thresholds(
+    run_id VARCHAR, kind VARCHAR, embedder_id VARCHAR, value DOUBLE, method VARCHAR, detail VARCHAR);
+CREATE TABLE IF NOT EXISTS pair_judgements(
+    a_id VARCHAR, b_id VARCHAR, is_duplicate BOOLEAN, reviewer VARCHAR, decided_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS clusters(
+    sample_id VARCHAR, embedder_id VARCHAR, label VARCHAR, cluster INTEGER, cluster_size INTEGER, density REAL);
+CREATE TABLE IF NOT EXISTS subpopulations(subpop_id INTEGER, sample_id VARCHAR, source VARCHAR, run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS oof_probs(sample_id VARCHAR, probs FLOAT[], source VARCHAR, run_id VARCHAR);
 """
 
 # Columns added to tables of an earlier schema version (ALTER ... IF NOT EXISTS keeps old files usable).

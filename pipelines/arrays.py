@@ -69,9 +69,8 @@ def load_training_arrays(store: Store, cfg: AuditConfig, progress: ProgressFacto
 def training_fingerprint(cfg: AuditConfig, data_hash: str) -> str:
     """Identity of one seed's training: everything that changes the model, not how many seeds or flags."""
     spec = cfg.to_dict()
-    for key in ("profile", "candidates", "convergence"):
+    for key in ("profile", "candidates", "convergence", "memorization", "embeddings", "detectors"):
         spec.pop(key)
-    spec.pop("memorization", None)
     spec["train"] = {k: v for k, v in spec["train"].items() if k != "seeds"}
     spec["data"] = {k: v for k, v in spec["data"].items() if k != "workers"}
     return fingerprint(spec, data_hash)
