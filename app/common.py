@@ -13,12 +13,19 @@ import duckdb
 import streamlit as st
 from PIL import Image, ImageOps
 
+from auditor import queries
 from auditor.images import ImageError, decode_image
 from auditor.store import Store, StoreBusy
 
 DB_ENV = "MEMAUDIT_DB"
 USAGE = f"start the dashboard with `memaudit app --db PATH` (or `streamlit run app/main.py -- --db PATH`, or {DB_ENV})"
 _TABLES = {"samples", "classes", "problems", "runs", "epochs", "predictions", "scores", "flags"}
+METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact LOO"}
+
+
+def method_name(method: str | None) -> str:
+    """Display name of a memorization method ('ploo_improved' -> 'pLOO-improved'); '–' when missing."""
+    return "–" if method is None else METHOD_NAMES.get(method, method)
 
 
 def db_path(argv: list[str] | None = None) -> Path | None:
@@ -46,6 +53,10 @@ def open_store() -> Store:
     missing = _TABLES - store.tables()
     if missing:
         st.error(f"`{path}` is not a memaudit database (missing tables: {', '.join(sorted(missing))}).")
+        st.stop()
+    if not queries.has_memorization_schema(store):
+        st.error(f"`{path}` was written by an older memaudit without memorization scores; upgrade it (and score "
+                 f"memorization) with `memaudit run --stages memorization --db {path}`.")
         st.stop()
     return store
 

@@ -5,5 +5,5 @@ import streamlit as st
 st.set_page_config(layout="wide", page_title="memaudit")
 st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
-    st.Page("pages/review.py", title="Review lowest ApB", icon=":material/grid_view:"),
+    st.Page("pages/review.py", title="Review", icon=":material/grid_view:"),
 ]).run()

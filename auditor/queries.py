@@ -68,32 +68,107 @@ def class_labels(store: Store) -> list[str]:
     return store.query("SELECT label FROM classes ORDER BY label_index")["label"].tolist()
 
 
-def _review_filter(label: str | None, only_candidates: bool) -> tuple[str, list]:
+# Columns the memorization views read that files written before schema version 2 lack.
+_MEMORIZATION_COLUMNS = [*(f"scores.{c}" for c in ("mem", "mem_low", "mem_high", "mem_n_in", "mem_n_out", "mem_method",
+                                                   "mem_note", "mem_run_id")),
+                         "jobs.status", "shadow_designs.n_models", "shadow_models.design_id"]
+
+
+def has_memorization_schema(store: Store) -> bool:
+    """Whether the file has the memorization columns and tables (schema version 2 or later)."""
+    return int(store.scalar("SELECT count(*) FROM information_schema.columns "
+                            "WHERE list_contains(?, table_name || '.' || column_name)",
+                            [_MEMORIZATION_COLUMNS])) == len(_MEMORIZATION_COLUMNS)
+
+
+def memorization_run(store: Store) -> dict | None:
+    """The memorization run behind `scores.mem`: method, shadow models, points scored, memorized count and
+    threshold; None when no memorization run has written scores yet."""
+    frame = store.query(
+        "WITH m AS (SELECT min(mem_run_id) AS run_id, min(mem_method) AS method, count(mem) AS n_scored "
+        "           FROM scores HAVING min(mem_run_id) IS NOT NULL) "
+        "SELECT m.run_id, coalesce(d.method, m.method) AS method, m.n_scored, d.design_id, d.n_models, d.n_points, "
+        "       d.n_candidates, d.fraction, "
+        "       (SELECT count(*) FROM shadow_models sm WHERE sm.design_id = d.design_id) AS n_trained, "
+        "       (SELECT avg(sm.test_acc) FROM shadow_models sm WHERE sm.design_id = d.design_id) AS shadow_test_acc, "
+        "       (SELECT count(DISTINCT sample_id) FROM flags WHERE kind = 'memorized') AS n_memorized, "
+        "       TRY_CAST(r.config_json->>'$.memorization.threshold' AS DOUBLE) AS threshold, "
+        "       r.status, r.finished_at, r.seconds "
+        "FROM m LEFT JOIN runs r ON r.run_id = m.run_id LEFT JOIN shadow_designs d ON d.run_id = m.run_id "
+        "ORDER BY d.created_at DESC NULLS LAST LIMIT 1")
+    return None if frame.empty else {k: None if pd.isna(v) else v for k, v in frame.iloc[0].items()}
+
+
+def mem_histogram(store: Store, bins: int = 20) -> pd.DataFrame:
+    """mem of the scored points counted in `bins` equal bins over [-1, 1] (columns start, end, n)."""
+    return store.query(
+        "SELECT -1 + b * 2 / ? AS start, -1 + (b + 1) * 2 / ? AS end, count(*) AS n "
+        "FROM (SELECT greatest(least(floor((mem + 1) / 2 * ?), ? - 1), 0)::DOUBLE AS b FROM scores "
+        "      WHERE mem IS NOT NULL) "
+        "GROUP BY b ORDER BY b", [bins, bins, bins, bins])
+
+
+def mem_scatter(store: Store, limit: int = 5000) -> pd.DataFrame:
+    """ApB and mem (with its interval) of up to `limit` scored points, memorized ones first, then a fixed
+    pseudo-random sample (sample_id, label, apb, mem, mem_low, mem_high, interval, mem_n_in, mem_n_out, flag)."""
+    return store.query(
+        "SELECT sc.sample_id, s.label, sc.apb, sc.mem, sc.mem_low, sc.mem_high, "
+        "       printf('[%.2f, %.2f]', sc.mem_low, sc.mem_high) AS interval, sc.mem_n_in, sc.mem_n_out, "
+        "       CASE WHEN m.sample_id IS NULL THEN 'not flagged' ELSE 'memorized' END AS flag "
+        "FROM scores sc JOIN samples s USING (sample_id) "
+        "LEFT JOIN (SELECT DISTINCT sample_id FROM flags WHERE kind = 'memorized') m USING (sample_id) "
+        "WHERE sc.mem IS NOT NULL "
+        "ORDER BY m.sample_id IS NULL, hash(sc.sample_id), sc.sample_id LIMIT ?", [limit])
+
+
+def jobs(store: Store, limit: int = 20) -> pd.DataFrame:
+    """The `limit` most recent long-running jobs, running ones first (kind, status, done, total, unit, eta_s,
+    started_at, updated_at, finished_at, message, run_id)."""
+    return store.query("SELECT kind, status, done, total, unit, eta_s, started_at, updated_at, finished_at, message, "
+                       "run_id FROM jobs ORDER BY status = 'running' DESC, updated_at DESC NULLS LAST, job_id "
+                       "LIMIT ?", [limit])
+
+
+# The only orderings the review grid offers: key -> ORDER BY text. User input only ever selects a key.
+REVIEW_SORTS: dict[str, str] = {
+    "apb_asc": "sc.apb ASC NULLS LAST, sc.sample_id",
+    "mem_desc": "sc.mem DESC NULLS LAST, sc.apb ASC NULLS LAST, sc.sample_id",
+}
+
+
+def _review_filter(label: str | None, flag: str | None) -> tuple[str, list]:
     """WHERE clause (constant text) and its parameters for the review grid's filters."""
     where, params = ["s.split = 'train'"], []
     if label is not None:
         where.append("s.label = ?")
         params.append(label)
-    if only_candidates:
-        where.append("sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = 'memorized_candidate')")
+    if flag is not None:
+        where.append("sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = ?)")
+        params.append(flag)
     return " AND ".join(where), params
 
 
-def review_count(store: Store, label: str | None = None, only_candidates: bool = False) -> int:
-    """Number of scored training images that pass the review filters."""
-    where, params = _review_filter(label, only_candidates)
+def review_count(store: Store, label: str | None = None, flag: str | None = None) -> int:
+    """Number of scored training images that pass the review filters (class, and a flag kind such as
+    'memorized_candidate' or 'memorized')."""
+    where, params = _review_filter(label, flag)
     return int(store.scalar(f"SELECT count(*) FROM scores sc JOIN samples s USING (sample_id) WHERE {where}",
                             params))
 
 
-def review_page(store: Store, label: str | None = None, only_candidates: bool = False, limit: int = 24,
-                offset: int = 0) -> pd.DataFrame:
-    """One page of scored training images, lowest ApB first, with label, predicted label and image path."""
-    where, params = _review_filter(label, only_candidates)
+def review_page(store: Store, label: str | None = None, flag: str | None = None, sort: str = "apb_asc",
+                limit: int = 24, offset: int = 0) -> pd.DataFrame:
+    """One page of scored training images in the `sort` order (a REVIEW_SORTS key; ValueError otherwise), with
+    label, predicted label, image path, ApB, mem with its interval and the candidate / memorized flags."""
+    if sort not in REVIEW_SORTS:
+        raise ValueError(f"unknown review sort {sort!r}; use one of {', '.join(REVIEW_SORTS)}")
+    where, params = _review_filter(label, flag)
     return store.query(
         "SELECT sc.sample_id, s.label, p.pred_label, p.p_pred, sc.apb, sc.first_learned, sc.forgetting_events, "
-        "       s.path, sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = 'memorized_candidate') "
-        "       AS memorized_candidate "
+        "       sc.mem, sc.mem_low, sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, sc.mem_note, s.path, "
+        "       sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = 'memorized_candidate') "
+        "       AS memorized_candidate, "
+        "       sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = 'memorized') AS memorized "
         "FROM scores sc JOIN samples s USING (sample_id) "
         f"LEFT JOIN predictions p ON p.sample_id = sc.sample_id AND p.run_id = {_PREDICTION_RUN} "
-        f"WHERE {where} ORDER BY sc.apb, sc.sample_id LIMIT ? OFFSET ?", [*params, limit, offset])
+        f"WHERE {where} ORDER BY {REVIEW_SORTS[sort]} LIMIT ? OFFSET ?", [*params, limit, offset])

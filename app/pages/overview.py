@@ -1,25 +1,32 @@
-"""Overview page: what the audit database holds, which run produced the scores, and how far to trust them."""
+"""Overview page: what the audit database holds, which run produced the scores, how far to trust them, the
+memorization scores of the shadow models and the progress of long jobs."""
 
 from __future__ import annotations
+
+from datetime import UTC, datetime
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.common import run_page
+from app.common import method_name, run_page
 from auditor import queries
 from auditor.store import Store
 
 PROBLEM_ROWS = 500
+SCATTER_POINTS = 5000
+JOB_REFRESH_S = 5
+JITTER = 0.04
+FLAG_COLORS = alt.Scale(domain=["memorized", "not flagged"], range=["#d62728", "#7f7f7f"])
 
 
-def _score_run(store: Store) -> None:
-    """The run behind the scores, with a warning banner when its model had not converged."""
+def _score_run(store: Store) -> dict | None:
+    """The run behind the scores (returned), with a warning banner when its model had not converged."""
     run = queries.score_run(store)
     if run is None:
         st.info("No scores yet: training and scoring have not finished. Run `memaudit run --db ...`; "
                 "the dataset and any training progress are shown below.")
-        return
+        return None
     if not run["converged"]:
         st.warning("**These scores come from a model that did not converge**: its test accuracy was still "
                    "improving when training stopped, so ApB and the memorized candidates are not reliable yet. "
@@ -33,6 +40,7 @@ def _score_run(store: Store) -> None:
     finished = "–" if run["finished_at"] is None else f"{run['finished_at']:%Y-%m-%d %H:%M} UTC"
     st.caption(f"ApB of {run['n_scored']:,} training images; run {run['status'] or 'not recorded'} on "
                f"{run['device']}, code {run['code_version']}, finished {finished}.")
+    return run
 
 
 def _percent(value: float | None) -> str | None:
@@ -94,15 +102,151 @@ def _charts(store: Store) -> None:
                 width="stretch")
 
 
+def _memorization(store: Store) -> None:
+    """Method, shadow models, points scored and memorized; the distribution of mem and ApB against mem."""
+    st.subheader("Memorization")
+    run = queries.memorization_run(store)
+    if run is None:
+        running = queries.jobs(store)["status"].eq("running").any()
+        st.info("No memorization scores yet"
+                + (": a shadow-model job is running (see Jobs below)." if running else
+                   f": train the shadow models and score the candidates with "
+                   f"`memaudit run --stages memorization --db {store.path}`."))
+        return
+    threshold = run["threshold"]
+    cols = st.columns([3, 2, 2, 2, 2])
+    cols[0].metric("Method", method_name(run["method"]),
+                   help="pLOO-improved scores only the memorized candidates (lowest ApB); pLOO scores every point.")
+    cols[1].metric("Shadow models", "–" if run["n_models"] is None else f"{run['n_models']:,}",
+                   help="Each is trained on a random part of the training set; mem compares the models trained "
+                        "with a point against those trained without it.")
+    cols[2].metric("Points scored", f"{run['n_scored']:,}")
+    cols[3].metric("Memorized", f"{run['n_memorized']:,}",
+                   help="mem at or above the threshold, with a 95% interval that excludes 0.")
+    cols[4].metric("Threshold", "–" if threshold is None else f"{threshold:g}")
+    if run["n_trained"] is not None and run["n_models"] is not None and run["n_trained"] < run["n_models"]:
+        st.warning(f"Only {run['n_trained']:,} of {run['n_models']:,} shadow models were trained: "
+                   f"re-run `memaudit run --stages memorization --db {store.path}` to finish (it resumes).")
+    parts = [f"Run `{run['run_id']}`"]
+    if run["fraction"] is not None:
+        parts.append(f"each shadow model trained on {run['fraction']:.0%} of "
+                     + ("the candidates and all other points" if run["method"] == "ploo_improved" else
+                        "the training set"))
+    if run["shadow_test_acc"] is not None:
+        parts.append(f"mean shadow test accuracy {run['shadow_test_acc']:.1%}")
+    if run["n_points"] is not None and run["n_scored"] < run["n_points"]:
+        parts.append(f"{run['n_points'] - run['n_scored']:,} of the {run['n_points']:,} training images are not "
+                     "scored (mem shows –, never 0)")
+    st.caption("; ".join(parts) + ". mem = accuracy of the models trained with a point minus that of the models "
+               "trained without it, with a 95% Newcombe interval.")
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**mem of the scored points**")
+        histogram = queries.mem_histogram(store)
+        if histogram.empty:
+            st.info("No point has a mem score.")
+        else:
+            bars = alt.Chart(histogram).mark_bar().encode(
+                x=alt.X("start:Q", bin="binned", title="mem (memorization score)", scale=alt.Scale(domain=[-1, 1])),
+                x2="end:Q", y=alt.Y("n:Q", title="training images"),
+                tooltip=[alt.Tooltip("start:Q", title="from", format=".2f"),
+                         alt.Tooltip("end:Q", title="to", format=".2f"), "n"])
+            st.altair_chart(bars + _threshold_rule(threshold, "x"), width="stretch")
+    with right:
+        st.markdown("**ApB against mem** (bars: 95% interval)")
+        points = queries.mem_scatter(store, SCATTER_POINTS)
+        if points.empty:
+            st.info("No point has a mem score.")
+        else:
+            if run["n_scored"] > len(points):
+                st.caption(f"{len(points):,} of {run['n_scored']:,} scored points (all memorized ones first).")
+            st.altair_chart(_scatter(points) + _threshold_rule(threshold, "y"), width="stretch")
+
+
+def _scatter(points: pd.DataFrame) -> alt.LayerChart:
+    """ApB (x) against mem (y) with its interval as a vertical bar, colored by the memorized flag."""
+    tooltip = ["sample_id", "label", alt.Tooltip("apb:Q", title="ApB", format=".2f"),
+               alt.Tooltip("mem:Q", format=".2f"), alt.Tooltip("interval:N", title="95% interval"),
+               alt.Tooltip("mem_n_in:Q", title="models with it"), alt.Tooltip("mem_n_out:Q", title="models without"),
+               "flag"]
+    # A small fixed jitter (from the sample id) separates points with equal ApB and mem; the tooltip shows exact ApB.
+    jitter = pd.util.hash_pandas_object(points["sample_id"], index=False).to_numpy() % 1000 / 1000 - 0.5
+    points = points.assign(x=points["apb"] + JITTER * jitter)
+    base = alt.Chart(points).encode(
+        x=alt.X("x:Q", title="ApB (lower: harder to learn)",
+                scale=alt.Scale(domain=[-JITTER, 1 + JITTER], nice=False)),
+        color=alt.Color("flag:N", title=None, scale=FLAG_COLORS, legend=alt.Legend(orient="top")),
+        tooltip=tooltip)
+    bars = base.mark_rule(opacity=0.25).encode(y=alt.Y("mem_low:Q"), y2="mem_high:Q")
+    dots = base.mark_circle(size=45, opacity=0.8).encode(
+        y=alt.Y("mem:Q", title="mem", scale=alt.Scale(domain=[-1, 1])))
+    return bars + dots
+
+
+def _threshold_rule(threshold: float | None, channel: str) -> alt.Chart:
+    """A dashed rule at the memorized threshold on the x or y channel (nothing when unknown)."""
+    frame = pd.DataFrame({"threshold": [] if threshold is None else [threshold]})
+    encoding = {channel: alt.X("threshold:Q") if channel == "x" else alt.Y("threshold:Q")}
+    return alt.Chart(frame).mark_rule(strokeDash=[4, 4], color="#d62728").encode(
+        tooltip=[alt.Tooltip("threshold:Q", title="memorized threshold")], **encoding)
+
+
+def _jobs(store: Store) -> None:
+    """The jobs table, refreshed every few seconds while one is running; the whole page reruns when it ends."""
+    frame = queries.jobs(store)
+    if frame.empty:
+        return
+    st.subheader("Jobs")
+    running = bool(frame["status"].eq("running").any())
+    st.fragment(_job_list, run_every=JOB_REFRESH_S if running else None)(store, running)
+
+
+def _job_list(store: Store, was_running: bool) -> None:
+    """A progress bar per running job and a table of every recent job."""
+    frame = queries.jobs(store)
+    if was_running and not frame["status"].eq("running").any():
+        st.rerun()  # a job just finished: refresh the scores and charts above
+    clock = datetime.now(UTC).replace(tzinfo=None)
+    for job in frame[frame["status"] == "running"].itertuples():
+        done, total = int(job.done or 0), int(job.total or 0)
+        age = "" if pd.isna(job.updated_at) else \
+            f", last update {_duration((clock - job.updated_at).total_seconds())} ago"
+        st.progress(min(done / total, 1.0) if total else 0.0,
+                    text=f"{method_name(job.kind)}: {done:,} of {total:,} {job.unit or ''}, "
+                         f"ETA {_duration(job.eta_s)}{age}")
+    table = pd.DataFrame({
+        "kind": frame["kind"].map(method_name), "status": frame["status"],
+        "done / total": [f"{int(d or 0):,} / {int(t or 0):,} {u or ''}".strip()
+                         for d, t, u in zip(frame["done"], frame["total"], frame["unit"])],
+        "ETA": [_duration(e) if s == "running" else "–" for e, s in zip(frame["eta_s"], frame["status"])],
+        "updated (UTC)": frame["updated_at"], "message": frame["message"], "run": frame["run_id"]})
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"updated (UTC)": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
+
+
+def _duration(seconds: float | None) -> str:
+    """`seconds` as '45 s', '12 min' or '3.5 h'; '–' when unknown."""
+    if seconds is None or pd.isna(seconds):
+        return "–"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def render(store: Store) -> None:
     """The whole overview, or an info message while the database holds no samples."""
     counts = queries.dataset_counts(store)
     if counts.empty:
         st.info("The audit database holds no samples yet: ingest a dataset with `memaudit run --db ...`.")
         return
-    _score_run(store)
+    scored = _score_run(store) is not None
     _dataset(store, counts)
     _charts(store)
+    if scored:
+        _memorization(store)
+    _jobs(store)
 
 
 run_page("Audit overview", render)
