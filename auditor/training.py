@@ -56,6 +56,8 @@ class TrainOutcome:
     seconds: float
     device: str
     model: torch.nn.Module = field(repr=False)
+    input_mean: list[float] = field(default_factory=list)   # the standardisation the model expects
+    input_std: list[float] = field(default_factory=list)
 
 
 def resolve_device(setting: str) -> torch.device:
@@ -219,4 +221,5 @@ def train_model(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray | N
         epochs=logs, train=train_pred, test=test_pred,
         train_acc=float((train_pred.pred == y_train).mean()),
         test_acc=float((test_pred.pred == y_test).mean()) if test_pred is not None else None,
-        seconds=time.perf_counter() - started, device=str(device), model=model)
+        seconds=time.perf_counter() - started, device=str(device), model=model,
+        input_mean=norm.mean.flatten().tolist(), input_std=norm.std.flatten().tolist())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 from auditor.config import AuditConfig
 from auditor.provenance import code_version, library_versions
@@ -11,6 +12,11 @@ from auditor.store import Store
 
 # Tables whose rows belong to one run_id and are replaced when that run is re-done.
 RUN_OWNED_TABLES = ("epochs", "dynamics", "predictions")
+
+
+def artifact_path(store: Store, run_id: str, suffix: str = ".pt") -> Path:
+    """Where a run keeps a file too large for the database (model weights), next to the database file."""
+    return store.path.with_name(store.path.name + ".artifacts") / f"{run_id}{suffix}"
 
 
 def now() -> datetime:
