@@ -102,14 +102,27 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_note VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_run_id VARCHAR;
 """
 
-# The table users query first: one row per sample with its scores and the list of its flags.
+# The table users query first: one row per sample with its scores, the list of its flags and a triage that reads the
+# signals together (memorized + label issue -> likely mislabeled; memorized alone -> likely rare; leaked -> fix split).
 VIEWS = """
 CREATE OR REPLACE VIEW audit AS
-SELECT s.*, sc.* EXCLUDE (sample_id), coalesce(f.flags, []) AS flags
+WITH f AS (SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS flags FROM flags GROUP BY sample_id)
+SELECT s.*, sc.* EXCLUDE (sample_id), coalesce(f.flags, []) AS flags,
+    CASE
+        WHEN list_contains(f.flags, 'unreadable') THEN 'unreadable: fix or remove the file'
+        WHEN list_contains(f.flags, 'leaked') THEN 'leaked into the test set: fix the split, do not drop blindly'
+        WHEN list_contains(f.flags, 'memorized') AND list_contains(f.flags, 'mislabeled')
+            THEN 'likely mislabeled: relabel or remove'
+        WHEN list_contains(f.flags, 'mislabeled') THEN 'possible label issue: review'
+        WHEN list_contains(f.flags, 'memorized') AND list_contains(f.flags, 'long_tail')
+            THEN 'rare sub-population: keep (and collect more like it)'
+        WHEN list_contains(f.flags, 'memorized') THEN 'memorized, no label issue found: likely rare, worth keeping'
+        WHEN list_contains(f.flags, 'duplicate') THEN 'duplicate: keep one copy'
+        WHEN list_contains(f.flags, 'long_tail') THEN 'long tail: under-represented, collect more'
+    END AS triage
 FROM samples s
 LEFT JOIN scores sc USING (sample_id)
-LEFT JOIN (SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS flags FROM flags GROUP BY sample_id) f
-    USING (sample_id);
+LEFT JOIN f USING (sample_id);
 """
 
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
