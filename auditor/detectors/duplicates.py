@@ -1,0 +1,109 @@
+"""Exact duplicates (same pixels or file), near duplicates (cosine >= a calibrated threshold on the shared kNN
+graph) and train-test leaks, as pairs and as one flag per sample naming its closest twin."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+
+from auditor.detectors.thresholds import Threshold
+from auditor.flags import FLAG_COLUMNS
+from auditor.neighbors import KnnGraph
+
+PAIR_COLUMNS = ["a_id", "b_id", "kind", "similarity", "conflicting"]
+EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting"]
+DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
+LEAK_KINDS = ("exact_leak", "leak")
+_EXACT_KINDS = ("exact_duplicate", "exact_leak")
+
+
+def exact_duplicate_pairs(ids: np.ndarray, splits: np.ndarray, labels: np.ndarray, file_hash: np.ndarray,
+                          pixel_hash: np.ndarray, *, train_split: str = "train") -> pd.DataFrame:
+    """Pairs of samples with one pixel hash (else one file hash): 'exact_leak' (a_id the training side) across the
+    train/held-out line, else 'exact_duplicate'."""
+    # A group of n gives at most 2n - 3 pairs, not n(n - 1) / 2: each member is paired with the group's first
+    # training member (else its first member), and each other training member with the first held-out one, so
+    # every copy on either side of a leak is in a leak pair.
+    file = pd.Series(np.asarray(file_hash, dtype=object))
+    pixel = pd.Series(np.asarray(pixel_hash, dtype=object))
+    key = ("pixel:" + pixel.astype(str)).where(pixel.notna(), ("file:" + file.astype(str)).where(file.notna()))
+    frame = pd.DataFrame({"id": np.asarray(ids), "train": np.asarray(splits) == train_split,
+                          "label": np.asarray(labels), "file": file, "key": key})
+    frame = frame[frame["key"].notna()].sort_values(["key", "train"], ascending=[True, False], kind="stable")
+    first = frame.drop_duplicates("key")
+    rest = frame.drop(index=first.index)
+    first_held_out = frame[~frame["train"]].drop_duplicates("key")
+    pairs = pd.concat([rest.merge(first, on="key", suffixes=("_b", "_a")),
+                       rest[rest["train"]].merge(first_held_out, on="key", suffixes=("_a", "_b"))],
+                      ignore_index=True)
+    return pd.DataFrame({"a_id": pairs["id_a"], "b_id": pairs["id_b"],
+                         "kind": np.where(pairs["train_a"] != pairs["train_b"], "exact_leak", "exact_duplicate"),
+                         "similarity": 1.0, "same_file": (pairs["file_a"] == pairs["file_b"]).to_numpy(),
+                         "conflicting": (pairs["label_a"] != pairs["label_b"]).to_numpy()}, columns=EXACT_COLUMNS)
+
+
+def _graph_pairs(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query row, base row, similarity) of every graph edge at or above the threshold."""
+    rows, ranks = np.nonzero(graph.similarities >= threshold.value)
+    return rows, graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
+
+
+def near_duplicate_pairs(graph_self: KnnGraph, ids: np.ndarray, labels: np.ndarray,
+                         threshold: Threshold) -> pd.DataFrame:
+    """Each unordered pair of the self-graph at or above the threshold once (a_id the earlier row)."""
+    ids, labels = np.asarray(ids), np.asarray(labels)
+    rows, cols, sims = _graph_pairs(graph_self, threshold)
+    edges = pd.DataFrame({"a": np.minimum(rows, cols), "b": np.maximum(rows, cols), "similarity": sims})
+    edges = edges.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
+    a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
+    return pd.DataFrame({"a_id": ids[a], "b_id": ids[b], "kind": "near_duplicate",
+                         "similarity": edges["similarity"].to_numpy(), "conflicting": labels[a] != labels[b]},
+                        columns=PAIR_COLUMNS)
+
+
+def leak_pairs(graph_test_to_train: KnnGraph, test_ids: np.ndarray, train_ids: np.ndarray,
+               test_labels: np.ndarray, train_labels: np.ndarray, threshold: Threshold) -> pd.DataFrame:
+    """Every (training, test) edge of the test-to-train graph at or above the threshold (a_id the training side)."""
+    rows, cols, sims = _graph_pairs(graph_test_to_train, threshold)
+    return pd.DataFrame({"a_id": np.asarray(train_ids)[cols], "b_id": np.asarray(test_ids)[rows], "kind": "leak",
+                         "similarity": sims,
+                         "conflicting": np.asarray(train_labels)[cols] != np.asarray(test_labels)[rows]},
+                        columns=PAIR_COLUMNS)
+
+
+def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, threshold: Threshold | None,
+                roles: tuple[str, str] | None) -> pd.DataFrame:
+    """One flag per sample in the `kinds` pairs: its best twin (exact first, then most similar), score = that
+    similarity, with the number of twins and how many carry another label; roles name the a and b sides."""
+    chosen = pairs[pairs["kind"].isin(kinds)]
+    exact = chosen["kind"].isin(_EXACT_KINDS).to_numpy()
+    sides = [pd.DataFrame({"sample_id": chosen[me].to_numpy(), "twin": chosen[other].to_numpy(),
+                           "similarity": chosen["similarity"].to_numpy(dtype=np.float64), "exact": exact,
+                           "conflicting": chosen["conflicting"].to_numpy(dtype=bool), "role": role})
+             for me, other, role in zip(("a_id", "b_id"), ("b_id", "a_id"), roles or (None, None))]
+    twins = (pd.concat(sides, ignore_index=True)
+             .sort_values(["sample_id", "exact", "similarity", "twin"], ascending=[True, False, False, True])
+             .drop_duplicates(["sample_id", "twin"]))
+    counts = twins.groupby("sample_id").agg(twins=("twin", "size"), conflicting_twins=("conflicting", "sum"))
+    best = twins.drop_duplicates("sample_id").join(counts, on="sample_id")
+    details = [json.dumps({**({"role": row.role} if roles else {}), "twin": str(row.twin),
+                           "similarity": round(row.similarity, 6), "exact": bool(row.exact),
+                           "conflicting": bool(row.conflicting), "twins": int(row.twins),
+                           "conflicting_twins": int(row.conflicting_twins),
+                           "threshold": None if threshold is None else round(threshold.value, 6),
+                           "threshold_method": None if threshold is None else threshold.method})
+               for row in best.itertuples(index=False)]
+    return pd.DataFrame({"sample_id": best["sample_id"].to_numpy(), "kind": flag_kind,
+                         "score": best["similarity"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
+
+
+def duplicate_flags(pairs: pd.DataFrame, threshold: Threshold | None = None) -> pd.DataFrame:
+    """A 'duplicate' flag on both sides of every exact or near duplicate pair (threshold: the near one's)."""
+    return _twin_flags(pairs, DUPLICATE_KINDS, "duplicate", threshold, None)
+
+
+def leak_flags(pairs: pd.DataFrame, threshold: Threshold | None = None) -> pd.DataFrame:
+    """A 'leaked' flag on both the training and the test side of every exact or near train-test pair."""
+    return _twin_flags(pairs, LEAK_KINDS, "leaked", threshold, ("train", "test"))

@@ -1,0 +1,110 @@
+"""The long tail: per-class k-means sub-populations with tiny clusters, low local density on the shared kNN graph,
+and sub-populations of memorized points that influence the same test points (Feldman & Zhang 2020; the
+memorization-necessary paper, section 5.1)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Literal
+
+import faiss
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from auditor.flags import FLAG_COLUMNS
+from auditor.neighbors import KnnGraph, normalise
+
+CLUSTER_COLUMNS = ["index", "label", "cluster", "cluster_size"]
+SUBPOP_COLUMNS = ["subpop_id", "sample_id", "source"]
+
+
+def _cluster_class(x: np.ndarray, k: int, seed: int, niter: int) -> np.ndarray:
+    """Spherical k-means cluster of each (unit) row, renumbered largest cluster first (ties: lower centroid)."""
+    if k == 1:
+        return np.zeros(len(x), dtype=np.int64)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, spherical=True, min_points_per_centroid=1)
+    km.train(x)
+    assign = km.index.search(x, 1)[1][:, 0]
+    sizes = np.bincount(assign, minlength=k)
+    rank = np.empty(k, dtype=np.int64)
+    rank[np.lexsort((np.arange(k), -sizes))] = np.arange(k)
+    return rank[assign]
+
+
+def class_clusters(vectors: np.ndarray, labels: np.ndarray, *, k_per_class: int | Literal["auto"] = "auto",
+                   seed: int = 0, min_cluster: int = 5, max_k: int = 50, niter: int = 25) -> pd.DataFrame:
+    """Cosine (spherical) k-means within each class: k = round(sqrt(n_class / 2)) when "auto", at most max_k and
+    n_class // min_cluster (so clusters average >= min_cluster points), at least 1; seeded, so deterministic."""
+    vectors, labels = normalise(vectors), np.asarray(labels)
+    if len(vectors) != len(labels):
+        raise ValueError(f"{len(vectors)} vectors but {len(labels)} labels")
+    clusters = np.zeros(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        n = len(rows)
+        k = round(math.sqrt(n / 2)) if k_per_class == "auto" else int(k_per_class)
+        k = max(1, min(k, max_k, n // min_cluster))
+        clusters[rows] = _cluster_class(vectors[rows], k, seed, niter)
+    frame = pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "cluster": clusters})
+    frame["cluster_size"] = frame.groupby(["label", "cluster"])["index"].transform("size").astype(np.int64)
+    return frame[CLUSTER_COLUMNS]
+
+
+def local_density(graph_self: KnnGraph) -> np.ndarray:
+    """Mean cosine similarity of each point to its k nearest neighbours of any class (NaN without neighbours):
+    any class, so a mislabeled point does not look rare merely because its neighbours carry other labels."""
+    sims = graph_self.similarities.astype(np.float64)
+    found = np.isfinite(sims)
+    counts = found.sum(axis=1)
+    with np.errstate(invalid="ignore"):
+        return np.where(counts > 0, np.where(found, sims, 0.0).sum(axis=1) / counts, np.nan)
+
+
+def long_tail_flags(clusters: pd.DataFrame, density: np.ndarray, ids: np.ndarray, *, tiny_size: int = 3,
+                    tiny_fraction: float = 0.01, density_quantile: float = 0.05) -> pd.DataFrame:
+    """A 'long_tail' flag on points of a tiny cluster (size <= max(tiny_size, tiny_fraction * class size)) or with
+    local density in their class's bottom density_quantile; both rules firing scores above 0.5, one at most 0.5."""
+    frame = clusters.copy()
+    frame["density"] = np.asarray(density, dtype=np.float64)[frame["index"].to_numpy()]
+    by_class = frame.groupby("label")
+    frame["class_size"] = by_class["index"].transform("size")
+    frame["percentile"] = ((by_class["density"].rank(method="min") - 1)
+                           / by_class["density"].transform("count"))
+    cut = np.maximum(tiny_size, tiny_fraction * frame["class_size"])
+    frame["tiny_cluster"] = frame["cluster_size"] <= cut
+    frame["low_density"] = frame["percentile"] < density_quantile
+    # Score: the mean of the two rules' strengths, each 1 at the extreme, near 0 at its cut-off, 0 if it is silent.
+    frame["score"] = 0.5 * np.add(np.where(frame["tiny_cluster"], 1 - (frame["cluster_size"] - 1) / cut, 0.0),
+                                np.where(frame["low_density"], 1 - frame["percentile"] / density_quantile, 0.0))
+    flagged = frame[frame["tiny_cluster"] | frame["low_density"]]
+    details = [json.dumps({"reasons": [name for name in ("tiny_cluster", "low_density") if getattr(row, name)],
+                           "cluster": int(row.cluster), "cluster_size": int(row.cluster_size),
+                           "class_size": int(row.class_size),
+                           "density": None if np.isnan(row.density) else round(row.density, 6),
+                           "density_percentile": None if np.isnan(row.percentile) else round(row.percentile, 4)})
+               for row in flagged.itertuples(index=False)]
+    return pd.DataFrame({"sample_id": np.asarray(ids)[flagged["index"].to_numpy()], "kind": "long_tail",
+                         "score": flagged["score"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
+
+
+def subpopulations_from_influence(influence: pd.DataFrame, memorized_ids: np.ndarray,
+                                  min_score: float = 0.25) -> pd.DataFrame:
+    """Sub-populations: memorized points influencing (score >= min_score) a common test point, transitively, even
+    alone; their rows have source 'influence', their test points 'influenced_test'; most training points first."""
+    edges = influence[influence["train_id"].isin(np.asarray(memorized_ids)) & (influence["score"] >= min_score)]
+    train_codes, train_ids = pd.factorize(edges["train_id"], sort=True)
+    test_codes, test_ids = pd.factorize(edges["test_id"], sort=True)
+    n_train, n_nodes = len(train_ids), len(train_ids) + len(test_ids)
+    graph = coo_matrix((np.ones(len(edges)), (train_codes, test_codes + n_train)), shape=(n_nodes, n_nodes))
+    _, component = connected_components(graph, directed=False)
+    nodes = pd.DataFrame({"component": component, "sample_id": np.concatenate([train_ids, test_ids]),
+                          "source": np.repeat(["influence", "influenced_test"], [n_train, len(test_ids)]),
+                          "order": np.arange(n_nodes)})
+    # Components ordered by training-member count (descending), then by their first training id.
+    members = nodes[nodes["source"] == "influence"].groupby("component")["order"].agg(["size", "min"])
+    numbering = members.sort_values(["size", "min"], ascending=[False, True]).index
+    nodes["subpop_id"] = pd.Series(np.arange(len(numbering)), index=numbering)[nodes["component"]].to_numpy()
+    return nodes.sort_values(["subpop_id", "order"])[SUBPOP_COLUMNS].reset_index(drop=True)
