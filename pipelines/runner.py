@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from auditor.config import AuditConfig
 from auditor.store import Store
+from pipelines.detectors_stage import detectors_stage
+from pipelines.embeddings_stage import embeddings_stage
 from pipelines.memorization_stage import loo_stage, memorization_stage
 from pipelines.progress import ProgressFactory, silent
 from pipelines.stages import StageReport, ingest_stage, scores_stage, train_stage
 
-STAGES = ("ingest", "train", "scores", "memorization", "loo")
-DEFAULT_STAGES = ("ingest", "train", "scores", "memorization")
+STAGES = ("ingest", "train", "scores", "memorization", "embeddings", "detectors", "loo")
+DEFAULT_STAGES = ("ingest", "train", "scores", "memorization", "embeddings", "detectors")
 
 
 def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tuple[str, ...] = DEFAULT_STAGES,
                  progress: ProgressFactory = silent) -> list[StageReport]:
-    """Ingest -> train with dynamics -> scores and flags -> memorization (shadow models) -> exact LOO.
+    """Ingest -> train with dynamics -> scores and flags -> memorization (shadow models) -> embeddings ->
+    detectors -> exact LOO.
 
     `scores` needs `train` in the same call; `memorization` and `loo` read what earlier calls stored."""
     unknown = set(stages) - set(STAGES)
@@ -35,6 +38,10 @@ def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tu
             reports.append(scores_stage(store, cfg, train))
     if "memorization" in stages:
         reports.append(memorization_stage(store, cfg, progress))
+    if "embeddings" in stages:
+        reports.append(embeddings_stage(store, cfg, progress))
+    if "detectors" in stages:
+        reports.append(detectors_stage(store, cfg, progress))
     if "loo" in stages:
         reports.append(loo_stage(store, cfg, progress))
     return reports
@@ -66,6 +73,15 @@ def format_summary(reports: list[StageReport]) -> str:
             lines.append(f"      {f['method']}: {f['models']} shadow models ({f['reused']} reused, mean test acc "
                          f"{f['shadow_test_acc']:.2%}); {f['scored']} of {f['candidates']} points scored, "
                          f"{f['memorized']} memorized; {f['influence_pairs']} influence pairs")
+        elif report.stage == "embeddings":
+            fallback = f" - {f['fallback']}" if f["fallback"] else ""
+            lines.append(f"      {f['embedder']} ({f['dim']}-d): {f['embedded']} embedded now, {f['total']} in all"
+                         f"{fallback}")
+        elif report.stage == "detectors":
+            flags = ", ".join(f"{k} {v}" for k, v in sorted(f["flags"].items())) or "none"
+            lines.append(f"      flags: {flags}; {f['subpopulations']} sub-populations")
+            lines.append(f"      thresholds: duplicate {f['duplicate_threshold']}, leak {f['leak_threshold']}; "
+                         f"label issues from {f['probabilities']} probabilities; graph {f['graph']}")
         elif report.stage == "loo":
             lines.append(f"      exact LOO for {f['points']} points: {f['models']} models ({f['reused']} reused)")
     return "\n".join(lines)

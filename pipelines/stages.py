@@ -18,6 +18,7 @@ from auditor.config import AuditConfig
 from auditor.convergence import has_plateaued
 from auditor.default_dataset import materialise_default
 from auditor.dynamics_scores import dynamics_scores
+from auditor.embeddings import save_model_checkpoint
 from auditor.flags import memorized_candidates, unreadable_flags
 from auditor.ingest import ingest
 from auditor.manifest import list_inputs
@@ -26,7 +27,7 @@ from auditor.store import Store
 from auditor.training import EpochLog, resolve_device, train_model
 from pipelines.arrays import load_training_arrays, training_fingerprint
 from pipelines.progress import ProgressFactory, silent
-from pipelines.runs import finish_run, run_status, start_run
+from pipelines.runs import artifact_path, finish_run, run_status, start_run
 
 
 @dataclass
@@ -126,6 +127,10 @@ def train_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = sile
         if outcome.test is not None:
             preds.append(_predictions_frame(run_id, "test", test_ids, outcome.test, labels))
         store.append("predictions", pd.concat(preds, ignore_index=True))
+        save_model_checkpoint(outcome.model, artifact_path(store, run_id), arch=cfg.train.arch,
+                              in_channels=data.channels, num_classes=len(labels), width=cfg.train.width,
+                              image_size=cfg.data.image_size, mean=outcome.input_mean, std=outcome.input_std,
+                              run_id=run_id)
         curve = [e.test_acc for e in outcome.epochs if e.test_acc is not None]
         finish_run(store, run_id, converged=has_plateaued(curve, cfg.convergence.window, cfg.convergence.tolerance),
                    train_acc=outcome.train_acc, test_acc=outcome.test_acc, seconds=outcome.seconds)

@@ -17,6 +17,7 @@ EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
 LEAK_KINDS = ("exact_leak", "leak")
 _EXACT_KINDS = ("exact_duplicate", "exact_leak")
+ISOLATION_RATIO = 0.25
 
 
 def exact_duplicate_pairs(ids: np.ndarray, splits: np.ndarray, labels: np.ndarray, file_hash: np.ndarray,
@@ -45,9 +46,19 @@ def exact_duplicate_pairs(ids: np.ndarray, splits: np.ndarray, labels: np.ndarra
 
 
 def _graph_pairs(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query row, base row, similarity) of every graph edge at or above the threshold."""
-    rows, ranks = np.nonzero(graph.similarities >= threshold.value)
-    return rows, graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
+    """(query row, base row, similarity) of every graph edge at or above the threshold.
+
+    With a distribution-calibrated threshold, a nearest neighbour also counts when it is above the distribution's
+    floor and ISOLATION_RATIO times closer (in cosine distance) than the second neighbour: a lightly edited copy
+    stands apart from everything else even where the global tail cut is strict (Lowe's ratio test)."""
+    sims = graph.similarities
+    hit = sims >= threshold.value
+    floor = threshold.detail.get("floor") if threshold.method == "nn_distribution" else None
+    if floor is not None and sims.shape[1] >= 2:
+        gap1, gap2 = 1.0 - sims[:, 0], 1.0 - sims[:, 1]
+        hit[:, 0] |= (sims[:, 0] >= floor) & (gap1 <= ISOLATION_RATIO * np.nan_to_num(gap2, nan=1.0))
+    rows, ranks = np.nonzero(hit)
+    return rows, graph.indices[rows, ranks], sims[rows, ranks].astype(np.float64)
 
 
 def near_duplicate_pairs(graph_self: KnnGraph, ids: np.ndarray, labels: np.ndarray,

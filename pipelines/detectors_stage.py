@@ -1,0 +1,158 @@
+"""Detectors over one shared kNN graph: duplicates, leaks, long tail, sub-populations and label issues.
+
+Every flag carries JSON evidence; thresholds are calibrated on this dataset and embedder (or taken from reviewer
+judgements of pairs) and recorded in `thresholds`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+
+from auditor.config import AuditConfig
+from auditor.detectors.duplicates import (
+    duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
+from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
+from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
+from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
+from auditor.neighbors import graph_frame, knn
+from auditor.provenance import fingerprint
+from auditor.shadow_engine import train_shadow_block
+from auditor.store import Store
+from pipelines.arrays import load_training_arrays, training_fingerprint
+from pipelines.embeddings_stage import load_embeddings
+from pipelines.progress import ProgressFactory, silent
+from pipelines.runs import finish_run, start_run
+from pipelines.stages import StageReport
+
+DETECTOR_KINDS = ("duplicate", "leaked", "long_tail", "mislabeled")
+
+
+def _shadow_oof(store: Store, train_ids: np.ndarray) -> np.ndarray | None:
+    """Mean out-of-shard class probabilities of the current memorization run, if they cover every training point."""
+    frame = store.query("SELECT p.sample_id, p.probs FROM shadow_predictions p JOIN shadow_models m USING (model_id) "
+                        "JOIN shadow_designs d USING (design_id) WHERE p.split = 'train' AND NOT p.in_shard "
+                        "AND d.run_id = (SELECT max(mem_run_id) FROM scores)")
+    if frame.empty or frame["sample_id"].nunique() < len(train_ids):
+        return None
+    probs = np.stack(frame["probs"].to_numpy())
+    mean = pd.DataFrame(probs).groupby(frame["sample_id"].to_numpy()).mean()
+    return mean.reindex(train_ids).to_numpy(dtype=np.float32)
+
+
+def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactory) -> tuple[np.ndarray, str]:
+    """Out-of-sample class probabilities for every training point: the shadow models' out-of-shard predictions when
+    they cover every point (pLOO), else K-fold models of the audit recipe (stored in `oof_probs`, reused)."""
+    data = load_training_arrays(store, cfg)
+    shadow = _shadow_oof(store, data.train_ids)
+    if shadow is not None:
+        return shadow, "shadow models (out of shard)"
+    k = cfg.detectors.kfold
+    run_id = f"oof-{fingerprint(training_fingerprint(cfg, data.data_hash), k, cfg.seed)}"
+    stored = store.query("SELECT sample_id, probs FROM oof_probs WHERE run_id = ?", [run_id])
+    if len(stored) == len(data.train_ids):
+        order = pd.Series(np.arange(len(stored)), index=stored["sample_id"].to_numpy()).reindex(data.train_ids)
+        return np.stack(stored["probs"].to_numpy()[order.to_numpy()]).astype(np.float32), f"{k}-fold (reused)"
+    folds = np.random.default_rng(cfg.seed).permutation(len(data.train_ids)) % k
+    membership = np.stack([folds != f for f in range(k)])
+    bar = progress(f"{k}-fold out-of-sample models", 1, "block")
+    block = train_shadow_block(data.x_train, data.y_train, data.x_test, data.y_test, len(data.labels), membership,
+                               [int(fingerprint(run_id, f), 16) % 2 ** 31 for f in range(k)], cfg)
+    bar.update(1)
+    bar.close()
+    probs = block.train_probs[folds, np.arange(len(folds))].astype(np.float32)
+    store.write([("oof_probs", pd.DataFrame({"sample_id": data.train_ids, "probs": list(probs),
+                                             "source": f"{k}-fold", "run_id": run_id}))],
+                deletes=[("DELETE FROM oof_probs WHERE run_id = ?", [run_id])])
+    return probs, f"{k}-fold"
+
+
+def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, kind: str) -> Threshold:
+    """A configured value, else reviewer judgements of pairs (when both answers exist), else the distribution."""
+    if fixed > 0:
+        return Threshold(fixed, "configured", {})
+    judged = store.query("SELECT p.similarity, j.is_duplicate FROM pair_judgements j JOIN pairs p "
+                         "ON p.a_id = j.a_id AND p.b_id = j.b_id AND p.kind = ?",
+                         ["near_duplicate" if kind == "duplicate" else "leak"])
+    if judged["is_duplicate"].nunique() == 2:
+        return calibrate_from_labels(judged["similarity"].to_numpy(), judged["is_duplicate"].to_numpy(bool))
+    return calibrate_from_distribution(nn_similarities[np.isfinite(nn_similarities)])
+
+
+def _embedder(store: Store) -> str:
+    """The most recently computed embedder."""
+    embedder_id = store.scalar("SELECT embedder_id FROM embedders ORDER BY created_at DESC LIMIT 1")
+    if embedder_id is None:
+        raise RuntimeError("no embeddings yet: run the embeddings stage first (memaudit run --stages embeddings)")
+    return embedder_id
+
+
+def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
+    """Build the kNN graph once and run every detector on it; replaces their flags, pairs and evidence tables."""
+    t0 = time.perf_counter()
+    dc = cfg.detectors
+    embedder_id = _embedder(store)
+    run_id = f"detect-{fingerprint(embedder_id, cfg.to_dict()['detectors'], time.time_ns())}"
+    start_run(store, run_id, "detectors", cfg, seed=cfg.seed)
+    samples = store.query("SELECT sample_id, split, label, label_index, file_hash, pixel_hash FROM samples "
+                          "ORDER BY sample_id")
+    labels = store.query("SELECT label FROM classes ORDER BY label_index")["label"].tolist()
+    train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
+    train_ids, test_ids = train["sample_id"].to_numpy(), test["sample_id"].to_numpy()
+    x_train = load_embeddings(store, embedder_id, train_ids)
+    x_test = load_embeddings(store, embedder_id, test_ids)
+    graph = knn(x_train, dc.k, exact_below=dc.exact_below, index=dc.index)
+    to_train = knn(x_train, dc.k, query=x_test, exclude_self=False, exact_below=dc.exact_below, index=dc.index)
+
+    dup_threshold = _threshold(store, dc.duplicate_threshold, graph.similarities[:, 0], "duplicate")
+    leak_threshold = _threshold(store, dc.leak_threshold, to_train.similarities[:, 0], "leak")
+    exact = exact_duplicate_pairs(samples["sample_id"].to_numpy(), samples["split"].to_numpy(),
+                                  samples["label"].to_numpy(), samples["file_hash"].to_numpy(),
+                                  samples["pixel_hash"].to_numpy())
+    y_train, y_test = train["label_index"].to_numpy(), test["label_index"].to_numpy()
+    near = near_duplicate_pairs(graph, train_ids, y_train, dup_threshold)
+    leaks = leak_pairs(to_train, test_ids, train_ids, y_test, y_train, leak_threshold)
+    pairs = pd.concat([exact.drop(columns=["same_file"]), near, leaks], ignore_index=True)
+
+    clusters = class_clusters(x_train, y_train, seed=cfg.seed)
+    density = local_density(graph)
+    subpops = subpopulations_from_influence(
+        store.query("SELECT train_id, test_id, score FROM influence"),
+        store.query("SELECT sample_id FROM flags WHERE kind = 'memorized'")["sample_id"].to_numpy())
+
+    probs, prob_source = out_of_sample_probs(store, cfg, progress)
+    mem = store.query("SELECT sample_id, mem FROM scores WHERE mem IS NOT NULL").set_index("sample_id")["mem"]
+    cross = store.query("SELECT train_id, avg(score) AS s FROM influence GROUP BY train_id").set_index("train_id")["s"]
+    mislabeled = label_issue_flags(confident_learning(probs, y_train), knn_label_disagreement(graph, y_train,
+                                                                                             len(labels)),
+                                   train_ids, class_names=labels, self_influence=mem, cross_influence=cross)
+    flags = pd.concat([duplicate_flags(pairs, dup_threshold), leak_flags(pairs, leak_threshold),
+                       long_tail_flags(clusters, density, train_ids), mislabeled], ignore_index=True)
+    flags["run_id"] = run_id
+    cluster_frame = pd.DataFrame({"sample_id": train_ids[clusters["index"].to_numpy()], "embedder_id": embedder_id,
+                                  "label": np.asarray(labels, dtype=object)[clusters["label"].to_numpy()],
+                                  "cluster": clusters["cluster"], "cluster_size": clusters["cluster_size"],
+                                  "density": density[clusters["index"].to_numpy()].astype(np.float32)})
+    neighbors = pd.concat([graph_frame(graph, train_ids, train_ids), graph_frame(to_train, test_ids, train_ids)],
+                          ignore_index=True).assign(embedder_id=embedder_id)
+    thresholds = pd.DataFrame([{"run_id": run_id, "kind": kind, "embedder_id": embedder_id, "value": t.value,
+                                "method": t.method, "detail": json.dumps(t.detail, default=float)}
+                               for kind, t in (("duplicate", dup_threshold), ("leaked", leak_threshold))])
+    marks = ", ".join("?" * len(DETECTOR_KINDS))
+    store.write([("flags", flags), ("pairs", pairs.assign(embedder_id=embedder_id, run_id=run_id)),
+                 ("thresholds", thresholds), ("clusters", cluster_frame), ("neighbors", neighbors),
+                 ("subpopulations", subpops.assign(run_id=run_id))],
+                deletes=[(f"DELETE FROM flags WHERE kind IN ({marks})", list(DETECTOR_KINDS)),
+                         ("DELETE FROM pairs", []), ("DELETE FROM clusters", []), ("DELETE FROM subpopulations", []),
+                         ("DELETE FROM neighbors WHERE embedder_id = ?", [embedder_id])])
+    counts = flags["kind"].value_counts().to_dict()
+    seconds = time.perf_counter() - t0
+    finish_run(store, run_id, seconds=seconds, message=json.dumps(counts))
+    return StageReport("detectors", seconds, {
+        "embedder": embedder_id, "graph": graph.index_kind, "flags": counts, "probabilities": prob_source,
+        "duplicate_threshold": f"{dup_threshold.value:.4f} ({dup_threshold.method})",
+        "leak_threshold": f"{leak_threshold.value:.4f} ({leak_threshold.method})",
+        "pairs": pairs["kind"].value_counts().to_dict(), "subpopulations": int(subpops["subpop_id"].nunique())})
