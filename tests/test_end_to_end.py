@@ -77,7 +77,7 @@ def test_contract_tables_and_counts(quick_db):
                              "(SELECT sample_id FROM flags WHERE kind = 'memorized_candidate')").fetchone()[0]
         assert worst <= better
         kinds = dict(con.execute("SELECT kind, count(*) FROM runs GROUP BY kind").fetchall())
-        assert kinds == {"ingest": 1, "train": 1, "apb": 1, "memorization": 1}
+        assert kinds == {"ingest": 1, "train": 1, "apb": 1, "memorization": 1, "embeddings": 1, "detectors": 1}
         run = con.execute("SELECT status, config_json, versions_json, code_version, seed FROM runs "
                           "WHERE kind = 'apb'").fetchone()
         assert run[0] == "done" and json.loads(run[1])["profile"] == "quick"
@@ -126,7 +126,7 @@ def test_status_reports_runs_and_config(quick_db):
     db, _ = quick_db
     proc = _run("status", "--db", str(db))
     assert proc.returncode == 0
-    assert "profile=quick" in proc.stdout and "flags: memorized_candidate 10" in proc.stdout
+    assert "profile=quick" in proc.stdout and "memorized_candidate 10" in proc.stdout
 
 
 def test_clear_errors_exit_2(tmp_path):
