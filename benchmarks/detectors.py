@@ -84,7 +84,7 @@ def quality(profile: str) -> None:
         for kind in ("mislabeled", "leaked", "duplicate"):
             found = flags[flags["kind"] == kind]
             if kind == "leaked":  # score the held-out side: the planted test images
-                found = found[[json.loads(d).get("role") == "test" for d in found["detail"]]]
+                found = found[np.array([json.loads(d).get("role") == "test" for d in found["detail"]], dtype=bool)]
             rows.append([f"memaudit {kind}", *prf(set(found["sample_id"]), truth[kind])])
         samples = store.query("SELECT sample_id, label_index FROM samples WHERE split = 'train' ORDER BY sample_id")
         oof = store.query("SELECT sample_id, probs FROM oof_probs")
