@@ -1,13 +1,17 @@
-"""What every dashboard page shares: finding the audit database, guarding reads, cached image thumbnails."""
+"""What every dashboard page shares: finding the audit database, guarding reads, cached image thumbnails, and the
+names, colours and one-line evidence of the flag kinds."""
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
+import math
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import streamlit as st
@@ -21,11 +25,69 @@ DB_ENV = "MEMAUDIT_DB"
 USAGE = f"start the dashboard with `memaudit app --db PATH` (or `streamlit run app/main.py -- --db PATH`, or {DB_ENV})"
 _TABLES = {"samples", "classes", "problems", "runs", "epochs", "predictions", "scores", "flags"}
 METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact LOO"}
+# Display names and colours of the flag kinds (in queries.FLAG_PRIORITY order); 'none' is an unflagged map point.
+FLAG_NAMES = {"unreadable": "Unreadable", "leaked": "Leaked (train/test)", "mislabeled": "Mislabeled",
+              "memorized": "Memorized", "duplicate": "Duplicate", "long_tail": "Long tail",
+              "memorized_candidate": "Memorized candidate", "none": "No flag"}
+FLAG_COLORS = {"unreadable": "#000000", "leaked": "#d62728", "mislabeled": "#ff7f0e", "memorized": "#9467bd",
+               "duplicate": "#1f77b4", "long_tail": "#2ca02c", "memorized_candidate": "#bcbd22", "none": "#c7c7c7"}
+_MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~$"})
 
 
 def method_name(method: str | None) -> str:
     """Display name of a memorization method ('ploo_improved' -> 'pLOO-improved'); '–' when missing."""
     return "–" if method is None else METHOD_NAMES.get(method, method)
+
+
+def flag_name(kind: str | None) -> str:
+    """Display name of a flag kind ('long_tail' -> 'Long tail'); unknown kinds as they are."""
+    return "–" if kind is None else FLAG_NAMES.get(kind, kind)
+
+
+def md(text: Any) -> str:
+    """`text` with markdown's special characters escaped, to show a label or id from the data as it is."""
+    return str(text).translate(_MARKDOWN_SPECIAL)
+
+
+def parse_detail(detail: str | None) -> dict | str:
+    """A flag's detail: the JSON object of a detector flag as a dict, any other detail as its text ('' when none)."""
+    if detail is None:
+        return ""
+    try:
+        value = json.loads(detail)
+    except (TypeError, ValueError):
+        return str(detail)
+    return value if isinstance(value, dict) else str(detail)
+
+
+def _number(value: Any, fmt: str = ".3f") -> str:
+    """`value` formatted with `fmt`, '–' when missing or not a number."""
+    return format(value, fmt) if isinstance(value, int | float) and not math.isnan(value) else "–"
+
+
+def evidence_line(kind: str, detail: str | None, label: str | None = None) -> str:
+    """The one-line evidence of a flag as markdown, e.g. 'leaked: twin mnist_0505 (0.975)', 'mislabeled: given 3 →
+    suggested 8' or 'long tail: cluster of 2 in class 7'; `label` is the flagged sample's class."""
+    info = parse_detail(detail)
+    if not isinstance(info, dict):
+        text = info if len(info) <= 80 else info[:79] + "…"
+        return f"{md(kind.replace('_', ' '))}: {md(text)}" if text else md(kind.replace("_", " "))
+    if kind in ("leaked", "duplicate"):
+        line = f"{kind}: twin {md(info.get('twin', '–'))} ({_number(info.get('similarity'))})"
+        if info.get("exact"):
+            line += ", exact copy"
+        if info.get("twins", 1) > 1:
+            line += f", {info['twins'] - 1} more"
+        if info.get("conflicting") or info.get("conflicting_twins"):
+            line += ", :red[**other label**]"
+        return line
+    if kind == "mislabeled":
+        return f"mislabeled: given {md(info.get('given', '–'))} → suggested **{md(info.get('suggested', '–'))}**"
+    if kind == "long_tail":
+        where = "" if label is None else f" in class {md(label)}"
+        line = f"long tail: cluster of {info.get('cluster_size', '–')}{where}"
+        return line + (", low density" if "low_density" in info.get("reasons", []) else "")
+    return f"{md(kind.replace('_', ' '))}: " + ", ".join(f"{md(k)} {md(v)}" for k, v in list(info.items())[:3])
 
 
 def db_path(argv: list[str] | None = None) -> Path | None:
@@ -73,8 +135,11 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
 
 
 @st.cache_data(max_entries=2048, show_spinner=False)
-def thumbnail(path: str, size: int = 112) -> bytes | None:
-    """PNG bytes of the image at `path` fitted into size x size (pixelated when enlarged); None if unreadable."""
+def thumbnail(path: str | None, size: int = 112) -> bytes | None:
+    """PNG bytes of the image at `path` fitted into size x size (pixelated when enlarged); None if unreadable or
+    when there is no path (a sample missing from `samples`)."""
+    if not path or not isinstance(path, str):
+        return None
     try:
         img = Image.fromarray(decode_image(path).pixels)
     except (ImageError, Image.DecompressionBombError):

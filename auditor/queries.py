@@ -129,46 +129,172 @@ def jobs(store: Store, limit: int = 20) -> pd.DataFrame:
                        "LIMIT ?", [limit])
 
 
+# Flag kinds, most important first: the order of the review filter, the tiles, the findings and the map's colours.
+FLAG_PRIORITY: tuple[str, ...] = ("unreadable", "leaked", "mislabeled", "memorized", "duplicate", "long_tail",
+                                  "memorized_candidate")
+# Pair kinds behind each twin flag ('leaked' pairs have the training image as a_id and the test image as b_id).
+PAIR_KINDS: dict[str, tuple[str, ...]] = {"duplicate": ("exact_duplicate", "near_duplicate"),
+                                          "leaked": ("exact_leak", "leak")}
+# Rank of a flag kind in FLAG_PRIORITY (unknown kinds last); the list always travels as a parameter.
+_PRIORITY = "coalesce(list_position(?, {kind}), 1000)"
+# Tables and the view the detector sections read, absent from files written before the detectors existed.
+_DETECTOR_RELATIONS = ["embedders", "embedding_map", "neighbors", "pairs", "thresholds", "clusters", "audit"]
+# The latest detectors run with thresholds: it writes flags, pairs, clusters, neighbors and thresholds together.
+_DETECTOR_RUN = """(SELECT t.run_id FROM thresholds t LEFT JOIN runs r USING (run_id)
+                    ORDER BY r.started_at DESC NULLS LAST, t.run_id DESC LIMIT 1)"""
+# The embedder of that run (else the most recent embedder): the one behind `neighbors` and `clusters`.
+_DETECTOR_EMBEDDER = f"""coalesce((SELECT any_value(embedder_id) FROM thresholds WHERE run_id = {_DETECTOR_RUN}),
+                                  (SELECT embedder_id FROM embedders ORDER BY created_at DESC NULLS LAST LIMIT 1))"""
+
+
+def has_detector_schema(store: Store) -> bool:
+    """Whether the file has the embedding and detector tables and the `audit` view (written by a newer memaudit)."""
+    return int(store.scalar("SELECT count(DISTINCT table_name) FROM information_schema.tables "
+                            "WHERE list_contains(?, table_name)", [_DETECTOR_RELATIONS])) == len(_DETECTOR_RELATIONS)
+
+
+def flag_kinds(store: Store) -> list[str]:
+    """The flag kinds present in `flags`, most important first (FLAG_PRIORITY order, then others by name)."""
+    return store.query(f"SELECT DISTINCT kind FROM flags ORDER BY {_PRIORITY.format(kind='kind')}, kind",
+                       [list(FLAG_PRIORITY)])["kind"].tolist()
+
+
+def flag_counts(store: Store) -> pd.DataFrame:
+    """Flags per kind, most important first (kind, flags, samples, train, test: distinct samples per split)."""
+    return store.query(
+        "SELECT f.kind, count(*) AS flags, count(DISTINCT f.sample_id) AS samples, "
+        "       count(DISTINCT f.sample_id) FILTER (WHERE s.split = 'train') AS train, "
+        "       count(DISTINCT f.sample_id) FILTER (WHERE s.split = 'test') AS test "
+        "FROM flags f LEFT JOIN samples s USING (sample_id) "
+        f"GROUP BY f.kind ORDER BY {_PRIORITY.format(kind='f.kind')}, f.kind", [list(FLAG_PRIORITY)])
+
+
+def triage_counts(store: Store) -> pd.DataFrame:
+    """Samples per `triage` reading of the `audit` view, most frequent first, unflagged ones left out."""
+    return store.query("SELECT triage, count(*) AS samples FROM audit WHERE triage IS NOT NULL "
+                       "GROUP BY triage ORDER BY samples DESC, triage")
+
+
+def detector_thresholds(store: Store) -> pd.DataFrame:
+    """The thresholds of the latest detectors run (kind, value, method, detail, embedder_id, run_id)."""
+    return store.query("SELECT kind, value, method, detail, embedder_id, run_id FROM thresholds "
+                       f"WHERE run_id = {_DETECTOR_RUN} ORDER BY kind")
+
+
+def map_embedder(store: Store) -> dict | None:
+    """The most recent embedder with a 2-D map, with its points counted (n_points); None when there is no map."""
+    frame = store.query(
+        "SELECT e.embedder_id, e.kind, e.model_name, e.weights, e.dim, e.input_size, e.fallback_reason, e.created_at, "
+        "       m.n_points "
+        "FROM embedders e JOIN (SELECT embedder_id, count(*) AS n_points FROM embedding_map GROUP BY embedder_id) m "
+        "USING (embedder_id) ORDER BY e.created_at DESC NULLS LAST, e.embedder_id LIMIT 1")
+    return None if frame.empty else {k: None if pd.isna(v) else v for k, v in frame.iloc[0].items()}
+
+
+def embedding_map(store: Store, embedder_id: str, unflagged_limit: int = 5000) -> pd.DataFrame:
+    """Map points of `embedder_id` (all flagged, up to `unflagged_limit` unflagged) with their top flag, drawn last."""
+    priority = list(FLAG_PRIORITY)
+    return store.query(
+        "WITH f AS (SELECT sample_id, "
+        f"                 min_by(kind, {_PRIORITY.format(kind='kind')}) AS flag, "
+        f"                 string_agg(DISTINCT kind, ', ' ORDER BY kind) AS flags "
+        "          FROM flags GROUP BY sample_id) "
+        "SELECT m.sample_id, m.x, m.y, s.split, s.label, coalesce(f.flag, 'none') AS flag, "
+        "       coalesce(f.flags, '') AS flags "
+        "FROM embedding_map m LEFT JOIN samples s USING (sample_id) LEFT JOIN f USING (sample_id) "
+        "WHERE m.embedder_id = ? "
+        "QUALIFY f.flag IS NOT NULL "
+        "     OR row_number() OVER (PARTITION BY f.flag IS NULL ORDER BY hash(m.sample_id), m.sample_id) <= ? "
+        f"ORDER BY f.flag IS NOT NULL, {_PRIORITY.format(kind='f.flag')} DESC, m.sample_id",
+        [priority, embedder_id, unflagged_limit, priority])
+
+
+def twins(store: Store, sample_id: str, kind: str, limit: int = 6) -> pd.DataFrame:
+    """The twins of `sample_id` behind its 'duplicate' or 'leaked' flag, exact first, then the most similar."""
+    if kind not in PAIR_KINDS:
+        raise ValueError(f"no pairs behind flag kind {kind!r}; use one of {', '.join(PAIR_KINDS)}")
+    return store.query(
+        "SELECT t.twin_id, t.kind AS pair_kind, t.kind LIKE 'exact%' AS exact, t.similarity, t.conflicting, "
+        "       s.split, s.label, s.path "
+        "FROM (SELECT CASE WHEN a_id = ? THEN b_id ELSE a_id END AS twin_id, kind, similarity, conflicting "
+        "      FROM pairs WHERE (a_id = ? OR b_id = ?) AND list_contains(?, kind)) t "
+        "LEFT JOIN samples s ON s.sample_id = t.twin_id "
+        "QUALIFY row_number() OVER (PARTITION BY t.twin_id ORDER BY exact DESC, t.similarity DESC) = 1 "
+        "ORDER BY exact DESC, t.similarity DESC NULLS LAST, t.twin_id LIMIT ?",
+        [sample_id, sample_id, sample_id, list(PAIR_KINDS[kind]), limit])
+
+
+def cluster_members(store: Store, sample_id: str, limit: int = 8) -> pd.DataFrame:
+    """Other members of the cluster of `sample_id` in its class (same embedder, class, cluster id), densest first."""
+    return store.query(
+        "WITH me AS (SELECT embedder_id, label, cluster FROM clusters WHERE sample_id = ? "
+        f"           ORDER BY embedder_id = {_DETECTOR_EMBEDDER} DESC LIMIT 1) "
+        "SELECT c.sample_id, c.label, c.cluster, c.cluster_size, c.density, s.path "
+        "FROM clusters c JOIN me USING (embedder_id, label, cluster) LEFT JOIN samples s USING (sample_id) "
+        "WHERE c.sample_id <> ? ORDER BY c.density DESC NULLS LAST, c.sample_id LIMIT ?",
+        [sample_id, sample_id, limit])
+
+
+def sample_neighbors(store: Store, sample_id: str, limit: int = 10) -> pd.DataFrame:
+    """Nearest training images of `sample_id` (detectors' embedder), closest first, `disagrees` when labelled else."""
+    return store.query(
+        "SELECT n.rank, n.neighbor_id, n.similarity, s.label, s.label <> me.label AS disagrees, s.path "
+        "FROM neighbors n LEFT JOIN samples s ON s.sample_id = n.neighbor_id "
+        "LEFT JOIN (SELECT label FROM samples WHERE sample_id = ?) me ON true "
+        f"WHERE n.sample_id = ? AND n.embedder_id = {_DETECTOR_EMBEDDER} ORDER BY n.rank LIMIT ?",
+        [sample_id, sample_id, limit])
+
+
 # The only orderings the review grid offers: key -> ORDER BY text. User input only ever selects a key.
 REVIEW_SORTS: dict[str, str] = {
-    "apb_asc": "sc.apb ASC NULLS LAST, sc.sample_id",
-    "mem_desc": "sc.mem DESC NULLS LAST, sc.apb ASC NULLS LAST, sc.sample_id",
+    "apb_asc": "r.apb ASC NULLS LAST, r.sample_id",
+    "mem_desc": "r.mem DESC NULLS LAST, r.apb ASC NULLS LAST, r.sample_id",
+    "score_desc": "r.flag_score DESC NULLS LAST, r.apb ASC NULLS LAST, r.sample_id",
 }
+# Rows of the grid (CTE `r`): every scored training image, or every sample carrying the chosen flag kind (test images
+# too, e.g. the test side of a leak, whose ApB and mem are NULL; the one parameter is the kind).
+_REVIEW_COLUMNS = ("s.split, s.label, s.path, sc.apb, sc.first_learned, sc.forgetting_events, sc.mem, sc.mem_low, "
+                   "sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, sc.mem_note")
+_REVIEW_SCORED = (f"r AS (SELECT sc.sample_id, {_REVIEW_COLUMNS}, NULL::DOUBLE AS flag_score "
+                  "FROM scores sc JOIN samples s ON s.sample_id = sc.sample_id WHERE s.split = 'train')")
+_REVIEW_FLAGGED = (f"r AS (SELECT f.sample_id, {_REVIEW_COLUMNS}, f.flag_score "
+                   "FROM (SELECT sample_id, max(score) AS flag_score FROM flags WHERE kind = ? GROUP BY sample_id) f "
+                   "LEFT JOIN samples s ON s.sample_id = f.sample_id "
+                   "LEFT JOIN scores sc ON sc.sample_id = f.sample_id)")
 
 
-def _review_filter(label: str | None, flag: str | None) -> tuple[str, list]:
-    """WHERE clause (constant text) and its parameters for the review grid's filters."""
-    where, params = ["s.split = 'train'"], []
-    if label is not None:
-        where.append("s.label = ?")
-        params.append(label)
-    if flag is not None:
-        where.append("sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = ?)")
-        params.append(flag)
-    return " AND ".join(where), params
+def _review_rows(label: str | None, flag: str | None) -> tuple[str, list, str, list]:
+    """The rows CTE and the WHERE clause (constant text), each with its parameters, for the review grid's filters."""
+    rows, row_params = (_REVIEW_SCORED, []) if flag is None else (_REVIEW_FLAGGED, [flag])
+    where, params = ("true", []) if label is None else ("r.label = ?", [label])
+    return rows, row_params, where, params
 
 
 def review_count(store: Store, label: str | None = None, flag: str | None = None) -> int:
-    """Number of scored training images that pass the review filters (class, and a flag kind such as
-    'memorized_candidate' or 'memorized')."""
-    where, params = _review_filter(label, flag)
-    return int(store.scalar(f"SELECT count(*) FROM scores sc JOIN samples s USING (sample_id) WHERE {where}",
-                            params))
+    """Number of scored training images (with `flag`: of flagged samples of any split) passing the filters."""
+    rows, row_params, where, params = _review_rows(label, flag)
+    return int(store.scalar(f"WITH {rows} SELECT count(*) FROM r WHERE {where}", [*row_params, *params]))
 
 
 def review_page(store: Store, label: str | None = None, flag: str | None = None, sort: str = "apb_asc",
                 limit: int = 24, offset: int = 0) -> pd.DataFrame:
-    """One page of scored training images in the `sort` order (a REVIEW_SORTS key; ValueError otherwise), with
-    label, predicted label, image path, ApB, mem with its interval and the candidate / memorized flags."""
+    """One page of the review grid in `sort` order (a REVIEW_SORTS key) with every flag of each image."""
     if sort not in REVIEW_SORTS:
         raise ValueError(f"unknown review sort {sort!r}; use one of {', '.join(REVIEW_SORTS)}")
-    where, params = _review_filter(label, flag)
+    rows, row_params, where, params = _review_rows(label, flag)
     return store.query(
-        "SELECT sc.sample_id, s.label, p.pred_label, p.p_pred, sc.apb, sc.first_learned, sc.forgetting_events, "
-        "       sc.mem, sc.mem_low, sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, sc.mem_note, s.path, "
-        "       sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = 'memorized_candidate') "
-        "       AS memorized_candidate, "
-        "       sc.sample_id IN (SELECT sample_id FROM flags WHERE kind = 'memorized') AS memorized "
-        "FROM scores sc JOIN samples s USING (sample_id) "
-        f"LEFT JOIN predictions p ON p.sample_id = sc.sample_id AND p.run_id = {_PREDICTION_RUN} "
-        f"WHERE {where} ORDER BY {REVIEW_SORTS[sort]} LIMIT ? OFFSET ?", [*params, limit, offset])
+        f"WITH {rows}, "
+        "fl AS (SELECT sample_id, list({'kind': kind, 'score': score, 'detail': detail} "
+        f"                              ORDER BY {_PRIORITY.format(kind='kind')}, kind, score DESC) AS flags, "
+        "              bool_or(kind = 'memorized_candidate') AS memorized_candidate, "
+        "              bool_or(kind = 'memorized') AS memorized "
+        "       FROM flags GROUP BY sample_id) "
+        "SELECT r.sample_id, r.split, r.label, p.pred_label, p.p_pred, r.apb, r.first_learned, r.forgetting_events, "
+        "       r.mem, r.mem_low, r.mem_high, r.mem_n_in, r.mem_n_out, r.mem_method, r.mem_note, r.path, "
+        "       r.flag_score, coalesce(fl.memorized_candidate, false) AS memorized_candidate, "
+        "       coalesce(fl.memorized, false) AS memorized, "
+        "       coalesce(fl.flags, []) AS flags "
+        "FROM r LEFT JOIN fl ON fl.sample_id = r.sample_id "
+        f"LEFT JOIN predictions p ON p.sample_id = r.sample_id AND p.run_id = {_PREDICTION_RUN} "
+        f"WHERE {where} ORDER BY {REVIEW_SORTS[sort]} LIMIT ? OFFSET ?",
+        [*row_params, list(FLAG_PRIORITY), *params, limit, offset])

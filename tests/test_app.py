@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 from pathlib import Path
@@ -11,13 +12,14 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app.common import db_path, method_name
+from app.common import db_path, flag_name, method_name
 from auditor import queries
 from auditor.store import Store
 
 APP = Path(__file__).resolve().parent.parent / "app"
 OVERVIEW, REVIEW = str(APP / "pages" / "overview.py"), str(APP / "pages" / "review.py")
 MALICIOUS = "0' OR 1=1 --"
+GHOST = "ghost_0001"  # an unreadable input: flagged, but never in `samples`
 
 
 def run_page(page: str, monkeypatch, db: Path | None) -> AppTest:
@@ -63,9 +65,65 @@ def mem_store(mem_db) -> Store:
     return Store(mem_db)
 
 
+def _twin_flags(store: Store, a_id: str, b_id: str, pair_kind: str, similarity: float, flag_kind: str) -> None:
+    """Insert one pair and the flag on each of its sides with the detectors' JSON evidence."""
+    run_id, threshold, method = store.query(
+        "SELECT run_id, value, method FROM thresholds WHERE kind = ?", [flag_kind]).iloc[0]
+    labels = store.query("SELECT sample_id, label FROM samples WHERE list_contains(?, sample_id)",
+                         [[a_id, b_id]]).set_index("sample_id")["label"]
+    conflicting = bool(labels[a_id] != labels[b_id])
+    store.execute("INSERT INTO pairs SELECT ?, ?, ?, ?, ?, embedder_id, run_id FROM thresholds WHERE kind = ?",
+                  [a_id, b_id, pair_kind, similarity, conflicting, flag_kind])
+    for me, twin, role in ((a_id, b_id, "train"), (b_id, a_id, "test")):
+        detail = {**({"role": role} if flag_kind == "leaked" else {}), "twin": twin, "similarity": similarity,
+                  "exact": pair_kind.startswith("exact"), "conflicting": conflicting, "twins": 1,
+                  "conflicting_twins": int(conflicting), "threshold": threshold, "threshold_method": method}
+        store.execute("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
+                      [me, flag_kind, similarity, json.dumps(detail), run_id])
+
+
+def plant_problems(path: Path) -> dict[str, tuple[str, str]]:
+    """Plant, where the detectors found none, a train/test leak whose labels differ (the test image's nearest
+    training image with another label), a near duplicate (the closest training pair), and an unreadable file that
+    never reached `samples`; returns the planted pairs {'leaked': (train_id, test_id), 'duplicate': (a_id, b_id)}."""
+    store = Store(path)
+    planted = {}
+    if not store.scalar("SELECT count(*) FROM flags WHERE kind = 'leaked'"):
+        train_id, test_id, similarity = store.query(
+            "SELECT n.neighbor_id, n.sample_id, n.similarity FROM neighbors n JOIN samples t USING (sample_id) "
+            "JOIN samples r ON r.sample_id = n.neighbor_id WHERE t.split = 'test' AND r.label <> t.label "
+            "ORDER BY n.similarity DESC, n.sample_id LIMIT 1").iloc[0]
+        _twin_flags(store, train_id, test_id, "leak", round(float(similarity), 6), "leaked")
+        planted["leaked"] = (train_id, test_id)
+    if not store.scalar("SELECT count(*) FROM flags WHERE kind = 'duplicate'"):
+        a_id, b_id, similarity = store.query(
+            "SELECT n.sample_id, n.neighbor_id, n.similarity FROM neighbors n JOIN samples a USING (sample_id) "
+            "WHERE a.split = 'train' AND n.sample_id < n.neighbor_id "
+            "ORDER BY n.similarity DESC, n.sample_id LIMIT 1").iloc[0]
+        _twin_flags(store, a_id, b_id, "near_duplicate", round(float(similarity), 6), "duplicate")
+        planted["duplicate"] = (a_id, b_id)
+    store.execute("INSERT INTO flags VALUES (?, 'unreadable', 1.0, 'cannot identify image file', 'ingest')", [GHOST])
+    return planted
+
+
+@pytest.fixture(scope="module")
+def planted_db(mem_db, tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
+    """The memorized database with every flag kind: a leak, a duplicate and an unreadable file planted if absent."""
+    path = tmp_path_factory.mktemp("planted-db") / "audit.duckdb"
+    shutil.copy(mem_db, path)
+    return path, plant_problems(path)
+
+
+@pytest.fixture()
+def planted_store(planted_db) -> Store:
+    return Store(planted_db[0])
+
+
 def shown_ids(at: AppTest) -> list[str]:
-    """Sample ids of the images in the review grid, in display order."""
-    return [caption for image in at.image for caption in image.captions]
+    """Sample ids of the images in the review grid, in display order (the grid's images come before the evidence's:
+    one per tile, but for the tiles of unreadable images)."""
+    n_images = len(tiles(at)) - sum(w.value.endswith(": image unreadable") for w in at.warning)
+    return [caption for image in at.image for caption in image.captions][:n_images]
 
 
 def tiles(at: AppTest) -> list[str]:
@@ -245,6 +303,184 @@ def test_queries_on_an_empty_database(empty_db):
     assert queries.mem_histogram(store).empty and queries.mem_scatter(store).empty and queries.jobs(store).empty
 
 
+def flagged_ids(store: Store, kind: str) -> set[str]:
+    return set(store.query("SELECT sample_id FROM flags WHERE kind = ?", [kind])["sample_id"])
+
+
+def test_flag_kinds_lists_every_kind_present_most_important_first(planted_store):
+    store = planted_store
+    kinds = queries.flag_kinds(store)
+    present = set(store.query("SELECT DISTINCT kind FROM flags")["kind"])
+    assert set(kinds) == present >= {"unreadable", "leaked", "duplicate", "memorized", "memorized_candidate"}
+    assert kinds == sorted(kinds, key=queries.FLAG_PRIORITY.index)
+    assert queries.flag_kinds(Store(store.path)) == kinds
+
+
+def test_review_filters_by_every_flag_kind(planted_store):
+    store = planted_store
+    for kind in queries.flag_kinds(store):
+        page = queries.review_page(store, flag=kind, sort="score_desc", limit=1000)
+        assert set(page["sample_id"]) == flagged_ids(store, kind), kind
+        assert len(page) == queries.review_count(store, flag=kind) == len(flagged_ids(store, kind))
+        assert all(kind in [f["kind"] for f in flags] for flags in page["flags"])
+        scores = page["flag_score"].tolist()
+        assert scores == sorted(scores, reverse=True)
+    label = queries.class_labels(store)[0]
+    page = queries.review_page(store, label=label, flag="long_tail", limit=1000)
+    assert (page["label"] == label).all() and len(page) == queries.review_count(store, label=label, flag="long_tail")
+
+
+def test_review_includes_the_test_side_of_a_leak(planted_db, planted_store):
+    store, (train_id, test_id) = planted_store, planted_db[1]["leaked"]
+    page = queries.review_page(store, flag="leaked", limit=1000).set_index("sample_id")
+    assert {train_id, test_id} <= set(page.index)
+    assert page.loc[test_id, "split"] == "test" and page.loc[train_id, "split"] == "train"
+    assert pd.isna(page.loc[test_id, "apb"]) and pd.isna(page.loc[test_id, "mem"])
+    assert page.loc[test_id, "path"] == store.scalar("SELECT path FROM samples WHERE sample_id = ?", [test_id])
+    assert test_id not in set(queries.review_page(store, limit=1000)["sample_id"])  # unfiltered: training only
+
+
+def test_review_page_lists_every_flag_of_an_image(planted_store):
+    store = planted_store
+    page = queries.review_page(store, flag="mislabeled", limit=1000)
+    for row in page.itertuples():
+        kinds = [f["kind"] for f in row.flags]
+        expected = store.query("SELECT kind FROM flags WHERE sample_id = ?", [row.sample_id])["kind"]
+        assert sorted(kinds) == sorted(expected) and kinds == sorted(kinds, key=queries.FLAG_PRIORITY.index)
+        assert row.memorized_candidate == ("memorized_candidate" in kinds)
+        mislabeled = next(f for f in row.flags if f["kind"] == "mislabeled")
+        assert {"given", "suggested"} <= set(json.loads(mislabeled["detail"]))
+
+
+def test_unreadable_flag_of_a_sample_missing_from_samples(planted_store):
+    page = queries.review_page(planted_store, flag="unreadable", limit=1000)
+    ghost = page[page["sample_id"] == GHOST].iloc[0]
+    assert ghost["path"] is None and ghost["label"] is None and pd.isna(ghost["apb"])
+
+
+def test_twins_of_a_leak_and_of_a_duplicate(planted_db, planted_store):
+    store, planted = planted_store, planted_db[1]
+    for kind in ("leaked", "duplicate"):
+        pairs = store.query("SELECT a_id, b_id, similarity, conflicting FROM pairs WHERE list_contains(?, kind)",
+                            [list(queries.PAIR_KINDS[kind])])
+        a_id, b_id, similarity, conflicting = pairs.iloc[0] if kind not in planted else \
+            pairs[(pairs["a_id"] == planted[kind][0]) & (pairs["b_id"] == planted[kind][1])].iloc[0]
+        for me, other in ((a_id, b_id), (b_id, a_id)):
+            twins = queries.twins(store, me, kind)
+            assert other in set(twins["twin_id"])
+            twin = twins.set_index("twin_id").loc[other]
+            assert twin["similarity"] == pytest.approx(similarity) and twin["conflicting"] == conflicting
+            assert twin["path"] == store.scalar("SELECT path FROM samples WHERE sample_id = ?", [other])
+            assert twins["similarity"].is_monotonic_decreasing or twins["exact"].any()
+    train_id, test_id = planted["leaked"]
+    assert store.scalar("SELECT split FROM samples WHERE sample_id = ?", [queries.twins(store, test_id, "leaked")
+                                                                          ["twin_id"].iloc[0]]) == "train"
+    assert queries.twins(store, test_id, "duplicate").empty and queries.twins(store, MALICIOUS, "leaked").empty
+    with pytest.raises(ValueError, match="no pairs behind"):
+        queries.twins(store, train_id, "long_tail")
+
+
+def test_cluster_members_share_class_and_cluster(planted_store):
+    store = planted_store
+    sample_id = store.scalar("SELECT sample_id FROM flags WHERE kind = 'long_tail' ORDER BY score DESC, sample_id")
+    me = store.query("SELECT * FROM clusters WHERE sample_id = ?", [sample_id]).iloc[0]
+    members = queries.cluster_members(store, sample_id, limit=100)
+    assert sample_id not in set(members["sample_id"]) and len(members) == me["cluster_size"] - 1
+    assert (members["label"] == me["label"]).all() and (members["cluster"] == me["cluster"]).all()
+    assert members["density"].is_monotonic_decreasing and members["path"].notna().all()
+    assert len(queries.cluster_members(store, sample_id, limit=1)) == min(1, me["cluster_size"] - 1)
+    assert queries.cluster_members(store, MALICIOUS).empty
+
+
+def test_sample_neighbors_mark_the_disagreeing_ones(planted_store):
+    store = planted_store
+    sample_id = store.scalar("SELECT sample_id FROM flags WHERE kind = 'mislabeled' ORDER BY score DESC, sample_id")
+    detail = json.loads(store.scalar("SELECT detail FROM flags WHERE kind = 'mislabeled' AND sample_id = ?",
+                                     [sample_id]))
+    neighbors = queries.sample_neighbors(store, sample_id, limit=100)
+    label = store.scalar("SELECT label FROM samples WHERE sample_id = ?", [sample_id])
+    assert neighbors["rank"].tolist() == list(range(1, len(neighbors) + 1)) and len(neighbors) == detail["neighbors"]
+    assert (neighbors["disagrees"] == (neighbors["label"] != label)).all()
+    assert int(neighbors["disagrees"].sum()) == detail["disagreeing_neighbors"]
+    assert neighbors["similarity"].is_monotonic_decreasing and sample_id not in set(neighbors["neighbor_id"])
+    assert len(queries.sample_neighbors(store, sample_id, limit=3)) == 3
+    assert queries.sample_neighbors(store, MALICIOUS).empty
+
+
+def test_embedding_map_keeps_every_flagged_point_and_caps_the_rest(planted_store):
+    store = planted_store
+    embedder = queries.map_embedder(store)
+    latest = store.scalar("SELECT embedder_id FROM embedders ORDER BY created_at DESC LIMIT 1")
+    assert embedder["embedder_id"] == latest
+    assert embedder["n_points"] == store.scalar("SELECT count(*) FROM embedding_map WHERE embedder_id = ?", [latest])
+    everything = queries.embedding_map(store, latest, unflagged_limit=10 ** 9)
+    assert len(everything) == embedder["n_points"] and everything["sample_id"].is_unique
+    in_map = set(everything["sample_id"])
+    flagged = set(store.query("SELECT DISTINCT sample_id FROM flags")["sample_id"]) & in_map
+    capped = queries.embedding_map(store, latest, unflagged_limit=10)
+    assert set(capped.loc[capped["flag"] != "none", "sample_id"]) == flagged
+    assert (capped["flag"] == "none").sum() == 10 and len(capped) == len(flagged) + 10
+    again = queries.embedding_map(store, latest, unflagged_limit=10)
+    assert capped["sample_id"].tolist() == again["sample_id"].tolist()  # a fixed sample, not a random one
+    # the most important flag colours a point, and unflagged points come first so flagged ones are drawn on top
+    rank = {kind: i for i, kind in enumerate(queries.FLAG_PRIORITY)}
+    for row in capped[capped["flag"] != "none"].itertuples():
+        assert rank[row.flag] == min(rank[k] for k in row.flags.split(", "))
+    order = [-len(rank) if f == "none" else -rank[f] for f in capped["flag"]]
+    assert order == sorted(order)
+    test_side = capped[capped["flag"] == "leaked"]
+    assert set(test_side["split"]) == {"train", "test"}
+    assert queries.embedding_map(store, MALICIOUS).empty
+
+
+def test_findings_counts_equal_the_flags_table(planted_store):
+    store = planted_store
+    counts = queries.flag_counts(store).set_index("kind")
+    direct = store.query("SELECT kind, count(*) AS flags, count(DISTINCT sample_id) AS samples FROM flags "
+                         "GROUP BY kind").set_index("kind")
+    assert counts[["flags", "samples"]].sort_index().equals(direct.sort_index())
+    assert list(counts.index) == queries.flag_kinds(store)
+    in_samples = counts["train"] + counts["test"]
+    assert (in_samples <= counts["samples"]).all()
+    assert in_samples["unreadable"] == counts.loc["unreadable", "samples"] - 1  # the ghost is in no split
+    assert counts.loc["leaked", "test"] >= 1 and counts.loc["leaked", "train"] >= 1
+    triage = queries.triage_counts(store)
+    triaged = store.scalar("SELECT count(DISTINCT f.sample_id) FROM flags f JOIN samples s USING (sample_id) "
+                           "WHERE f.kind <> 'memorized_candidate'")
+    assert triage["samples"].sum() == triaged and triage["samples"].is_monotonic_decreasing
+    assert triage["triage"].str.startswith("leaked into the test set").any()
+
+
+def test_detector_thresholds_are_those_of_the_latest_run(planted_store, small_db, tmp_path):
+    store = planted_store
+    thresholds = queries.detector_thresholds(store)
+    assert set(thresholds["kind"]) == {"duplicate", "leaked"} and thresholds["method"].notna().all()
+    stored = store.query("SELECT kind, value FROM thresholds ORDER BY kind")
+    assert thresholds["value"].tolist() == stored["value"].tolist()
+    path = copy_db(small_db, tmp_path)
+    Store(path).execute("INSERT INTO thresholds SELECT 'detect-old', kind, embedder_id, 0.5, 'configured', '{}' "
+                        "FROM thresholds")
+    Store(path).execute("INSERT INTO runs (run_id, kind, started_at) VALUES ('detect-old', 'detectors', "
+                        "TIMESTAMP '2000-01-01')")
+    assert queries.detector_thresholds(Store(path))["value"].tolist() == stored["value"].tolist()
+
+
+def test_has_detector_schema(store, small_db, tmp_path):
+    assert queries.has_detector_schema(store)
+    path = copy_db(small_db, tmp_path)
+    Store(path).execute("DROP TABLE pairs")
+    assert not queries.has_detector_schema(Store(path))
+
+
+def test_new_queries_on_an_empty_database(empty_db):
+    store = Store(empty_db)
+    assert queries.flag_kinds(store) == [] and queries.flag_counts(store).empty and queries.triage_counts(store).empty
+    assert queries.detector_thresholds(store).empty and queries.map_embedder(store) is None
+    assert queries.embedding_map(store, "none").empty and queries.twins(store, "x", "leaked").empty
+    assert queries.cluster_members(store, "x").empty and queries.sample_neighbors(store, "x").empty
+    assert queries.review_count(store, flag="leaked") == 0 and queries.review_page(store, flag="leaked").empty
+
+
 # --- pages -------------------------------------------------------------------------------------------------
 
 
@@ -257,7 +493,7 @@ def test_overview_renders_counts_and_charts(small_db, store, monkeypatch):
     assert metrics["Classes"] == str(len(queries.class_labels(store)))
     run_id = queries.score_run(store)["run_id"]
     assert any(f"`{run_id}` | quick | mlp | 3 | 1 |" in m.value for m in at.markdown)
-    assert len(at.get("vega_lite_chart")) == 4  # accuracy, ApB histogram, mem histogram, ApB-vs-mem scatter
+    assert len(at.get("vega_lite_chart")) == 5  # accuracy, ApB, mem histogram, ApB-vs-mem scatter, embedding map
 
 
 def test_overview_memorization_section(mem_db, mem_store, monkeypatch):
@@ -283,7 +519,7 @@ def test_overview_without_memorization_says_how_to_run_it(small_db, tmp_path, mo
     at = run_page(OVERVIEW, monkeypatch, path)
     assert not at.exception and not at.error
     assert any(f"memaudit run --stages memorization --db {path}" in i.value for i in at.info)
-    assert "Method" not in [m.label for m in at.metric] and len(at.get("vega_lite_chart")) == 2
+    assert "Method" not in [m.label for m in at.metric] and len(at.get("vega_lite_chart")) == 3
     Store(path).execute("UPDATE jobs SET status = 'running', done = 2")
     at = run_page(OVERVIEW, monkeypatch, path)
     assert not at.exception and any("job is running" in i.value for i in at.info)
@@ -356,7 +592,7 @@ def test_review_pagination_and_page_size(small_db, store, monkeypatch):
     assert not at.exception and len(second) == 24 and not set(first) & set(second)
     assert second == queries.review_page(store, limit=24, offset=24)["sample_id"].tolist()
     at.selectbox(key="page_size").set_value(12).run()
-    assert len(at.image) == 12 and at.number_input(key="page").value == 1
+    assert len(shown_ids(at)) == 12 and at.number_input(key="page").value == 1
 
 
 def test_review_only_candidates(small_db, store, monkeypatch):
@@ -447,3 +683,177 @@ def test_missing_or_foreign_database_shows_an_error(page, tmp_path, monkeypatch)
     Store(foreign).execute("CREATE TABLE t(x INTEGER)")
     at = run_page(page, monkeypatch, foreign)
     assert not at.exception and "not a memaudit database" in at.error[0].value
+
+
+# --- flags, evidence and the embedding map -----------------------------------------------------------------
+
+
+def markdown(at: AppTest) -> list[str]:
+    """Every markdown text of the page (non-breaking spaces as spaces, markdown escapes removed)."""
+    return [m.value.replace("\u00a0", " ").replace("\\", "") for m in at.markdown]
+
+
+def review_with_flag(db: Path, monkeypatch, kind: str) -> AppTest:
+    at = run_page(REVIEW, monkeypatch, db)
+    at.selectbox(key="flag").set_value(kind).run()
+    assert not at.exception
+    return at
+
+
+def show_evidence(at: AppTest, sample_id: str) -> list[str]:
+    """Select `sample_id` in the evidence section; the page's markdown after the 'Evidence' heading."""
+    at.selectbox(key="evidence").set_value(sample_id).run()
+    assert not at.exception and at.selectbox(key="evidence").value == sample_id
+    return markdown(at)
+
+
+def test_review_flag_filter_offers_every_kind_present(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    at = run_page(REVIEW, monkeypatch, path)
+    counts = queries.flag_counts(store).set_index("kind")["samples"]
+    kinds = queries.flag_kinds(store)
+    assert at.selectbox(key="flag").options == ["All scored training images",
+                                                *(f"{flag_name(k)} ({counts[k]:,})" for k in kinds)]
+    lines = {"leaked": "leaked: twin ", "duplicate": "duplicate: twin ", "mislabeled": "mislabeled: given ",
+             "long_tail": "long tail: cluster of "}
+    for kind in kinds:
+        at.selectbox(key="flag").set_value(kind).run()
+        assert not at.exception, kind
+        assert at.selectbox(key="sort").value == "score_desc" and at.number_input(key="page").value == 1
+        expected = queries.review_page(store, flag=kind, sort="score_desc")
+        readable = expected[expected["path"].notna()]["sample_id"].tolist()
+        assert shown_ids(at) == readable, kind
+        if kind in lines:
+            assert all(lines[kind] in text for text in tiles(at)), kind
+    at.selectbox(key="flag").set_value(None).run()
+    assert at.selectbox(key="sort").value == "apb_asc"
+    assert shown_ids(at) == queries.review_page(store)["sample_id"].tolist()
+
+
+def test_review_leak_shows_both_sides_and_the_twin(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    train_id, test_id = planted_db[1]["leaked"]
+    at = review_with_flag(path, monkeypatch, "leaked")
+    ids, texts = shown_ids(at), dict(zip(shown_ids(at), tiles(at)))
+    assert {train_id, test_id} <= set(ids)
+    similarity = store.scalar("SELECT similarity FROM pairs WHERE a_id = ? AND b_id = ?", [train_id, test_id])
+    assert f"leaked: twin {test_id} ({similarity:.3f})" in texts[train_id].replace("\\", "")
+    assert f"leaked: twin {train_id} ({similarity:.3f})" in texts[test_id].replace("\\", "")
+    assert "test image: no ApB, no mem" in texts[test_id] and "ApB **" not in texts[test_id]
+    assert "other label" in texts[train_id]  # the planted leak crosses labels
+    threshold = queries.detector_thresholds(store).set_index("kind").loc["leaked"]
+    text = "\n".join(show_evidence(at, train_id))
+    assert "#### Leaked (train/test)" in text and f"similarity **{similarity:.4f}**" in text
+    assert f"threshold **{threshold['value']:.4f}** ({threshold['method']})" in text
+    assert "the labels differ" in text and "a copy of this training image is in the test set" in text
+    captions = [c for image in at.image for c in image.captions]
+    assert f"{train_id} (train)" in captions and f"twin {test_id} (test)" in captions
+    text = "\n".join(show_evidence(at, test_id))
+    assert "a copy of this test image is in the training set" in text
+    assert f"twin {train_id} (train)" in [c for image in at.image for c in image.captions]
+
+
+def test_review_duplicate_evidence(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    a_id, b_id, similarity = store.query("SELECT a_id, b_id, similarity FROM pairs WHERE list_contains(?, kind) "
+                                         "ORDER BY similarity DESC LIMIT 1",
+                                         [list(queries.PAIR_KINDS["duplicate"])]).iloc[0]
+    at = review_with_flag(path, monkeypatch, "duplicate")
+    text = "\n".join(show_evidence(at, b_id))
+    assert "#### Duplicate" in text and f"similarity **{similarity:.4f}**" in text
+    assert f"twin {a_id} (train)" in [c for image in at.image for c in image.captions]
+
+
+def test_review_mislabeled_evidence_shows_the_disagreeing_neighbours(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    at = review_with_flag(path, monkeypatch, "mislabeled")
+    sample_id = shown_ids(at)[0]
+    detail = json.loads(store.scalar("SELECT detail FROM flags WHERE kind = 'mislabeled' AND sample_id = ?",
+                                     [sample_id]))
+    text = "\n".join(show_evidence(at, sample_id))
+    assert f"given **{detail['given']}** → suggested :orange[**{detail['suggested']}**]" in text
+    assert f"{detail['disagreeing_neighbors']} of {detail['neighbors']} nearest neighbours" in text
+    neighbors = queries.sample_neighbors(store, sample_id)
+    captions = [c for image in at.image for c in image.captions]
+    assert all(f"{n.rank}. {n.neighbor_id}" in captions for n in neighbors.itertuples())
+    marks = [m for m in markdown(at) if re.fullmatch(r"(:red\[)?\*\*.+\*\* · -?\d\.\d\d\]?", m)]
+    assert len(marks) == len(neighbors)
+    assert [m.startswith(":red[") for m in marks] == neighbors["disagrees"].tolist()
+
+
+def test_review_long_tail_evidence_shows_its_cluster(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    at = review_with_flag(path, monkeypatch, "long_tail")
+    sample_id = shown_ids(at)[0]
+    detail = json.loads(store.scalar("SELECT detail FROM flags WHERE kind = 'long_tail' AND sample_id = ?",
+                                     [sample_id]))
+    text = "\n".join(show_evidence(at, sample_id))
+    assert f"cluster **#{detail['cluster']}** of **{detail['cluster_size']}** images" in text
+    members = queries.cluster_members(store, sample_id)
+    captions = [c for image in at.image for c in image.captions]
+    assert all(m in captions for m in members["sample_id"])
+    assert len(members) == min(8, detail["cluster_size"] - 1)
+
+
+def test_review_memorized_and_unreadable_evidence(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    at = review_with_flag(path, monkeypatch, "memorized")
+    sample_id = min(memorized_ids(store))
+    row = store.query("SELECT * FROM scores WHERE sample_id = ?", [sample_id]).iloc[0]
+    text = "\n".join(show_evidence(at, sample_id))
+    assert "#### Memorized" in text
+    assert f"mem **{row['mem']:.2f}** [{row['mem_low']:.2f}, {row['mem_high']:.2f}]" in text
+    at = review_with_flag(path, monkeypatch, "unreadable")
+    assert any(w.value == f"{GHOST}: image unreadable" for w in at.warning)
+    text = "\n".join(show_evidence(at, GHOST))
+    assert "#### Unreadable" in text and "cannot identify image file" in text
+
+
+def test_review_evidence_button_selects_the_tile(planted_db, monkeypatch):
+    at = review_with_flag(planted_db[0], monkeypatch, "long_tail")
+    ids = shown_ids(at)
+    assert at.selectbox(key="evidence").value in ids
+    assert [option.split(":")[0] for option in at.selectbox(key="evidence").options] == ids
+    at.button(key=f"evidence_{ids[-1]}").click().run()
+    assert not at.exception and at.selectbox(key="evidence").value == ids[-1]
+    at.selectbox(key="page_size").set_value(12).run()  # the selected image left the page: the first one is shown
+    assert not at.exception and at.selectbox(key="evidence").value == shown_ids(at)[0]
+
+
+def test_overview_findings_thresholds_and_map(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    at = run_page(OVERVIEW, monkeypatch, path)
+    assert not at.exception
+    assert {"Findings", "Embedding map"} <= {h.value for h in at.subheader}
+    flags = next(d.value for d in at.dataframe if "flag" in d.value.columns)
+    counts = queries.flag_counts(store)
+    assert flags["flag"].tolist() == [flag_name(k) for k in counts["kind"]]
+    assert flags["samples"].tolist() == counts["samples"].tolist()
+    triage = next(d.value for d in at.dataframe if "triage" in d.value.columns)
+    assert triage.equals(queries.triage_counts(store))
+    thresholds = next(d.value for d in at.dataframe if "threshold" in d.value.columns).set_index("threshold")
+    stored = queries.detector_thresholds(store).set_index("kind")
+    assert thresholds.loc["leaked similarity", "value"] == stored.loc["leaked", "value"]
+    assert thresholds.loc["duplicate similarity", "method"] == stored.loc["duplicate", "method"]
+    assert thresholds.loc["memorized mem", "value"] == 0.25
+    embedder = queries.map_embedder(store)
+    assert any(f"`{embedder['embedder_id']}`" in c.value and f"all {embedder['n_points']:,} points" in c.value
+               for c in at.caption)
+    assert len(at.get("vega_lite_chart")) == 5 and not any("fallback" in w.value for w in at.warning)
+
+
+def test_overview_map_names_a_fallback_embedder(small_db, tmp_path, monkeypatch):
+    path = copy_db(small_db, tmp_path)
+    Store(path).execute("UPDATE embedders SET fallback_reason = 'CLIP weights not available offline'")
+    at = run_page(OVERVIEW, monkeypatch, path)
+    assert not at.exception
+    assert any("CLIP weights not available offline" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("page", [OVERVIEW, REVIEW])
+def test_file_without_detector_tables_asks_for_the_stages(page, small_db, tmp_path, monkeypatch):
+    path = copy_db(small_db, tmp_path)
+    Store(path).execute("DROP TABLE pairs")
+    at = run_page(page, monkeypatch, path)
+    assert not at.exception and not at.error
+    assert any(f"--stages embeddings,detectors --db {path}" in i.value for i in at.info)

@@ -1,5 +1,6 @@
 """Overview page: what the audit database holds, which run produced the scores, how far to trust them, the
-memorization scores of the shadow models and the progress of long jobs."""
+memorization scores of the shadow models, the findings of every detector with the thresholds they used, a 2-D map of
+the embeddings coloured by flag, and the progress of long jobs."""
 
 from __future__ import annotations
 
@@ -9,15 +10,16 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.common import method_name, run_page
+from app.common import FLAG_COLORS, flag_name, method_name, run_page
 from auditor import queries
 from auditor.store import Store
 
 PROBLEM_ROWS = 500
 SCATTER_POINTS = 5000
+MAP_UNFLAGGED_POINTS = 5000
 JOB_REFRESH_S = 5
 JITTER = 0.04
-FLAG_COLORS = alt.Scale(domain=["memorized", "not flagged"], range=["#d62728", "#7f7f7f"])
+MEM_FLAG_SCALE = alt.Scale(domain=["memorized", "not flagged"], range=["#d62728", "#7f7f7f"])
 
 
 def _score_run(store: Store) -> dict | None:
@@ -175,7 +177,7 @@ def _scatter(points: pd.DataFrame) -> alt.LayerChart:
     base = alt.Chart(points).encode(
         x=alt.X("x:Q", title="ApB (lower: harder to learn)",
                 scale=alt.Scale(domain=[-JITTER, 1 + JITTER], nice=False)),
-        color=alt.Color("flag:N", title=None, scale=FLAG_COLORS, legend=alt.Legend(orient="top")),
+        color=alt.Color("flag:N", title=None, scale=MEM_FLAG_SCALE, legend=alt.Legend(orient="top")),
         tooltip=tooltip)
     bars = base.mark_rule(opacity=0.25).encode(y=alt.Y("mem_low:Q"), y2="mem_high:Q")
     dots = base.mark_circle(size=45, opacity=0.8).encode(
@@ -189,6 +191,83 @@ def _threshold_rule(threshold: float | None, channel: str) -> alt.Chart:
     encoding = {channel: alt.X("threshold:Q") if channel == "x" else alt.Y("threshold:Q")}
     return alt.Chart(frame).mark_rule(strokeDash=[4, 4], color="#d62728").encode(
         tooltip=[alt.Tooltip("threshold:Q", title="memorized threshold")], **encoding)
+
+
+def _findings(store: Store) -> None:
+    """Flags per kind, samples per triage reading of the `audit` view, and the thresholds the detectors used."""
+    st.subheader("Findings")
+    counts = queries.flag_counts(store)
+    if counts.empty:
+        st.info("No flags yet: `memaudit run --db ...` flags memorized candidates after scoring, and the detectors "
+                "(duplicates, leaks, long tail, label issues) after the embeddings.")
+        return
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Flags per kind** (most important first)")
+        table = counts.assign(flag=counts["kind"].map(flag_name))[["flag", "samples", "train", "test"]]
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            "samples": st.column_config.NumberColumn(help="Distinct samples with this flag"),
+            "train": st.column_config.NumberColumn(help="Of which training images"),
+            "test": st.column_config.NumberColumn(help="Of which test images")})
+    with right:
+        st.markdown("**Triage** (the `audit` view reads the flags of each sample together)")
+        triage = queries.triage_counts(store)
+        if triage.empty:
+            st.caption("No sample has a flag that the triage reads.")
+        else:
+            st.dataframe(triage, hide_index=True, width="stretch")
+    thresholds = queries.detector_thresholds(store)
+    run = queries.memorization_run(store)
+    rows = [{"threshold": f"{kind} similarity", "value": value, "method": method}
+            for kind, value, method in thresholds[["kind", "value", "method"]].itertuples(index=False)]
+    if run is not None and run["threshold"] is not None:
+        rows.append({"threshold": "memorized mem", "value": run["threshold"], "method": "configured"})
+    if rows:
+        st.markdown("**Thresholds used**")
+        st.dataframe(pd.DataFrame(rows), hide_index=True, column_config={
+            "value": st.column_config.NumberColumn(format="%.4f")})
+        if not thresholds.empty:
+            st.caption(f"Detectors run `{thresholds['run_id'].iloc[0]}` on embedder "
+                       f"`{thresholds['embedder_id'].iloc[0]}`; 'nn_distribution': calibrated on this dataset's "
+                       "nearest-neighbour similarities, 'labels': on reviewed pairs, 'configured': set in the config.")
+
+
+def _embedding_map(store: Store) -> None:
+    """A 2-D PCA map of the latest embedder (computed by the pipeline) coloured by each sample's most important flag."""
+    st.subheader("Embedding map")
+    embedder = queries.map_embedder(store)
+    if embedder is None:
+        st.info(f"No embedding map yet: compute the embeddings with `memaudit run --stages embeddings,detectors "
+                f"--db {store.path}`.")
+        return
+    if embedder["fallback_reason"]:
+        st.warning(f"Embedder `{embedder['embedder_id']}` is a fallback: {embedder['fallback_reason']}", icon="⚠️")
+    points = queries.embedding_map(store, embedder["embedder_id"], MAP_UNFLAGGED_POINTS)
+    n_flagged = int((points["flag"] != "none").sum())
+    shown = (f"all {len(points):,} points" if len(points) >= embedder["n_points"] else
+             f"{len(points):,} of {embedder['n_points']:,} points (all {n_flagged:,} flagged, a sample of the rest)")
+    st.caption(f"First two principal components of embedder `{embedder['embedder_id']}` ({embedder['kind']}, "
+               f"{embedder['model_name']}, {embedder['dim']}-d, input {embedder['input_size']} px), computed by the "
+               f"pipeline; {shown}. Colour: the most important flag of each image; triangles are test images.")
+    present = [kind for kind in FLAG_COLORS if kind in set(points["flag"])]
+    others = sorted(set(points["flag"]) - set(FLAG_COLORS))
+    domain = [*present[:-1], *others, present[-1]] if present and present[-1] == "none" else [*present, *others]
+    colors = [FLAG_COLORS.get(kind, "#8c564b") for kind in domain]
+    points = points.assign(flag_name=points["flag"].map(flag_name), split=points["split"].fillna("–"))
+    names = [flag_name(kind) for kind in domain]
+    chart = alt.Chart(points).mark_point(filled=True).encode(
+        x=alt.X("x:Q", title="PC 1", axis=alt.Axis(labels=False, ticks=False)),
+        y=alt.Y("y:Q", title="PC 2", axis=alt.Axis(labels=False, ticks=False)),
+        color=alt.Color("flag_name:N", title=None, scale=alt.Scale(domain=names, range=colors),
+                        legend=alt.Legend(orient="top")),
+        shape=alt.Shape("split:N", title=None, scale=alt.Scale(domain=["train", "test", "–"],
+                                                              range=["circle", "triangle-up", "diamond"]),
+                        legend=None),
+        opacity=alt.condition(alt.datum.flag == "none", alt.value(0.3), alt.value(0.9)),
+        size=alt.condition(alt.datum.flag == "none", alt.value(14), alt.value(48)),
+        tooltip=["sample_id", "split", "label", alt.Tooltip("flag_name:N", title="flag"),
+                 alt.Tooltip("flags:N", title="all flags")])
+    st.altair_chart(chart.properties(height=520).configure_axis(grid=False).interactive(), width="stretch")
 
 
 def _jobs(store: Store) -> None:
@@ -246,6 +325,12 @@ def render(store: Store) -> None:
     _charts(store)
     if scored:
         _memorization(store)
+    if queries.has_detector_schema(store):
+        _findings(store)
+        _embedding_map(store)
+    else:
+        st.info(f"This file predates the detectors (no embeddings, pairs or `audit` view): add them with "
+                f"`memaudit run --stages embeddings,detectors --db {store.path}`.")
     _jobs(store)
 
 
