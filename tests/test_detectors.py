@@ -325,7 +325,7 @@ def test_isolated_nearest_copy_counts_below_the_tail_cut():
 
     sims = np.array([[0.975, 0.80], [0.975, 0.97], [0.90, 0.80]], dtype=np.float32)
     graph = KnnGraph(indices=np.array([[0, 1], [1, 0], [2, 0]]), similarities=sims, exact=True, index_kind="Flat")
-    strict = Threshold(0.98, "nn_distribution", {"floor": 0.97})
+    strict = Threshold(0.98, "nn_distribution", {"floor": 0.99, "isolation_floor": 0.97})
     pairs = leak_pairs(graph, np.array(["t0", "t1", "t2"]), np.array(["a", "b", "c"]), np.zeros(3), np.zeros(3),
                        strict)
     assert list(zip(pairs["a_id"], pairs["b_id"])) == [("a", "t0")]  # t1 is not isolated, t2 is below the floor

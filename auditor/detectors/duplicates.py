@@ -49,11 +49,12 @@ def _graph_pairs(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.
     """(query row, base row, similarity) of every graph edge at or above the threshold.
 
     With a distribution-calibrated threshold, a nearest neighbour also counts when it is above the distribution's
-    floor and ISOLATION_RATIO times closer (in cosine distance) than the second neighbour: a lightly edited copy
-    stands apart from everything else even where the global tail cut is strict (Lowe's ratio test)."""
+    isolation floor (its 90th percentile) and ISOLATION_RATIO times closer (in cosine distance) than the second
+    neighbour: a lightly edited copy stands apart from everything else even where the global tail cut is strict and
+    copies are more common than the tail cut allows (Lowe's ratio test)."""
     sims = graph.similarities
     hit = sims >= threshold.value
-    floor = threshold.detail.get("floor") if threshold.method == "nn_distribution" else None
+    floor = threshold.detail.get("isolation_floor") if threshold.method == "nn_distribution" else None
     if floor is not None and sims.shape[1] >= 2:
         gap1, gap2 = 1.0 - sims[:, 0], 1.0 - sims[:, 1]
         hit[:, 0] |= (sims[:, 0] >= floor) & (gap1 <= ISOLATION_RATIO * np.nan_to_num(gap2, nan=1.0))

@@ -36,7 +36,7 @@ class Threshold:
 
 
 def calibrate_from_distribution(nn_similarities: np.ndarray, *, c: float = 4.0,
-                                floor_quantile: float = 0.99) -> Threshold:
+                                floor_quantile: float = 0.99, isolation_quantile: float = 0.90) -> Threshold:
     """The robust upper-tail cut (module docstring) on nearest-neighbour similarities, e.g. graph.similarities[:, 0],
     never below their floor_quantile quantile."""
     s = np.asarray(nn_similarities, dtype=np.float64).ravel()
@@ -56,6 +56,7 @@ def calibrate_from_distribution(nn_similarities: np.ndarray, *, c: float = 4.0,
     return Threshold(value=value, method="nn_distribution", detail={
         "c": c, "floor_quantile": floor_quantile, "median_log_gap": centre, "tail_sd_log_gap": scale,
         "mad_cut": mad_cut, "floor": floor, "binding": "mad" if mad_cut >= floor else "floor", "n": len(s),
+        "isolation_floor": float(np.quantile(fitted, isolation_quantile)),
         "n_identical": len(s) - len(fitted), "n_above": n_above, "fraction_above": n_above / len(s)})
 
 
