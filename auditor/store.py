@@ -190,10 +190,14 @@ class Store:
         with self.connect() as con:
             con.execute(sql, params or [])
 
-    def write(self, inserts: list[tuple[str, pd.DataFrame]], deletes: list[tuple[str, list]] = ()) -> None:
-        """In one short transaction: run each `DELETE FROM <table> WHERE ...` given as (statement, params), then
-        insert each DataFrame into its table (columns by name). A re-run thereby replaces its own earlier output."""
+    def write(self, inserts: list[tuple[str, pd.DataFrame]], deletes: list[tuple[str, list]] = (),
+              frames: dict[str, pd.DataFrame] | None = None) -> None:
+        """In one short transaction: run each (statement, params) of `deletes` (DELETE, or UPDATE ... FROM a frame
+        registered under its name in `frames`), then insert each DataFrame into its table (columns by name). A re-run
+        thereby replaces its own earlier output."""
         with self.connect() as con:
+            for name, frame in (frames or {}).items():
+                con.register(name, frame)
             con.execute("BEGIN TRANSACTION")
             try:
                 for statement, params in deletes:

@@ -207,23 +207,13 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
                               "score": influence["score"], "n_in": influence["n_in"], "n_out": influence["n_out"],
                               "low": influence["low"], "high": influence["high"], "run_id": run_id})
     note = NOT_A_CANDIDATE if design.method == "ploo_improved" else "not scored"
-    with store.connect() as con:
-        con.execute("BEGIN TRANSACTION")
-        con.execute("UPDATE scores SET mem = NULL, mem_low = NULL, mem_high = NULL, mem_n_in = NULL, "
-                    "mem_n_out = NULL, mem_method = ?, mem_note = ?, mem_run_id = ?", [design.method, note, run_id])
-        con.register("_mem", scores)
-        con.execute("UPDATE scores SET mem = m.mem, mem_low = m.mem_low, mem_high = m.mem_high, "
-                    "mem_n_in = m.mem_n_in, mem_n_out = m.mem_n_out, mem_note = NULL FROM _mem m "
-                    "WHERE scores.sample_id = m.sample_id")
-        con.unregister("_mem")
-        con.execute("DELETE FROM flags WHERE kind = 'memorized'")
-        con.execute("DELETE FROM influence")
-        for table, frame in (("flags", flags), ("influence", influence)):
-            if len(frame):
-                con.register("_incoming", frame)
-                con.execute(f"INSERT INTO {table} ({', '.join(frame.columns)}) SELECT * FROM _incoming")
-                con.unregister("_incoming")
-        con.execute("COMMIT")
+    store.write([("flags", flags), ("influence", influence)], frames={"_mem": scores}, deletes=[
+        ("UPDATE scores SET mem = NULL, mem_low = NULL, mem_high = NULL, mem_n_in = NULL, mem_n_out = NULL, "
+         "mem_method = ?, mem_note = ?, mem_run_id = ?", [design.method, note, run_id]),
+        ("UPDATE scores SET mem = m.mem, mem_low = m.mem_low, mem_high = m.mem_high, mem_n_in = m.mem_n_in, "
+         "mem_n_out = m.mem_n_out, mem_note = NULL FROM _mem m WHERE scores.sample_id = m.sample_id", []),
+        ("DELETE FROM flags WHERE kind = 'memorized'", []),
+        ("DELETE FROM influence", [])])
     test_accs = store.query("SELECT m.test_acc FROM shadow_models m JOIN shadow_designs d USING (design_id) "
                             "WHERE d.run_id = ?", [run_id])["test_acc"]
     seconds = time.perf_counter() - t0
