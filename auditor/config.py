@@ -92,6 +92,8 @@ class DetectorConfig:
     duplicate_threshold: float
     leak_threshold: float
     kfold: int
+    pixel_match: bool
+    pixel_max_shift: int
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ _MINIMUM = {
     "memorization.influence_min": 0.0, "memorization.influence_top_k": 1, "memorization.loo_models": 1,
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
+    "detectors.pixel_max_shift": 0,
 }
 _RECORD_MODES = {"batch", "epoch_end"}
 

@@ -99,35 +99,48 @@ def _drop_self(indices: np.ndarray, sims: np.ndarray, rows: np.ndarray, k: int) 
     return np.take_along_axis(indices, keep, axis=1), np.take_along_axis(sims, keep, axis=1)
 
 
+class NeighborIndex:
+    """A faiss index over the normalised base, built once and searched by any number of query batches: exact
+    below exact_below base vectors, else the `index` approximation (module docstring)."""
+
+    def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000,
+                 index: Literal["hnsw", "ivf"] = "hnsw", nlist: int | None = None, nprobe: int = 16,
+                 use_gpu: bool | None = None) -> None:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if index not in ("hnsw", "ivf"):
+            raise ValueError(f"index must be 'hnsw' or 'ivf', got {index!r}")
+        self.base = normalise(base)
+        self.exact = len(self.base) < exact_below
+        self._gpu = _gpu_resources(use_gpu, self.exact, index)
+        self._built, self.kind = _build(self.base, self.exact, index, nlist, nprobe, k + 1, self._gpu)
+
+    def search(self, query: np.ndarray, k: int, *, own_rows: np.ndarray | None = None) -> KnnGraph:
+        """The k most cosine-similar base rows of each query row; own_rows[q] (a base row) is left out of row q."""
+        if np.ndim(query) != 2 or np.shape(query)[1] != self.base.shape[1]:
+            raise ValueError(f"query {np.shape(query)} must be 2-D with base's {self.base.shape[1]} columns")
+        search_k = k + 1 if own_rows is not None else k
+        indices = np.empty((len(query), k), dtype=np.int64)
+        sims = np.empty((len(query), k), dtype=np.float32)
+        for start in range(0, len(query), _QUERY_CHUNK):
+            stop = min(start + _QUERY_CHUNK, len(query))
+            s, i = self._built.search(normalise(query[start:stop]), search_k)
+            if own_rows is not None:
+                i, s = _drop_self(i, s, own_rows[start:stop], k)
+            indices[start:stop], sims[start:stop] = i, s
+        sims[indices < 0] = np.nan
+        return KnnGraph(indices=indices, similarities=sims, exact=self.exact, index_kind=self.kind)
+
+
 def knn(base: np.ndarray, k: int, *, query: np.ndarray | None = None, exclude_self: bool = True,
         exact_below: int = 200_000, index: Literal["hnsw", "ivf"] = "hnsw", nlist: int | None = None,
         nprobe: int = 16, use_gpu: bool | None = None) -> KnnGraph:
     """The k most cosine-similar base rows of each query row (query=None: of each base row, itself excluded when
     exclude_self); exact below exact_below base vectors, else the `index` approximation (module docstring)."""
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if index not in ("hnsw", "ivf"):
-        raise ValueError(f"index must be 'hnsw' or 'ivf', got {index!r}")
-    base = normalise(base)
-    if query is not None and (np.ndim(query) != 2 or np.shape(query)[1] != base.shape[1]):
-        raise ValueError(f"query {np.shape(query)} must be 2-D with base's {base.shape[1]} columns")
-    exact = len(base) < exact_below
-    self_graph = query is None and exclude_self
-    search_k = k + 1 if self_graph else k
-    gpu = _gpu_resources(use_gpu, exact, index)
-    built, kind = _build(base, exact, index, nlist, nprobe, search_k, gpu)
-    n_query = len(base) if query is None else len(query)
-    indices = np.empty((n_query, k), dtype=np.int64)
-    sims = np.empty((n_query, k), dtype=np.float32)
-    for start in range(0, n_query, _QUERY_CHUNK):
-        stop = min(start + _QUERY_CHUNK, n_query)
-        chunk = base[start:stop] if query is None else normalise(query[start:stop])
-        s, i = built.search(chunk, search_k)
-        if self_graph:
-            i, s = _drop_self(i, s, np.arange(start, stop), k)
-        indices[start:stop], sims[start:stop] = i, s
-    sims[indices < 0] = np.nan
-    return KnnGraph(indices=indices, similarities=sims, exact=exact, index_kind=kind)
+    built = NeighborIndex(base, k, exact_below=exact_below, index=index, nlist=nlist, nprobe=nprobe, use_gpu=use_gpu)
+    if query is None:
+        return built.search(built.base, k, own_rows=np.arange(len(built.base)) if exclude_self else None)
+    return built.search(query, k)
 
 
 def graph_frame(graph: KnnGraph, query_ids: np.ndarray, base_ids: np.ndarray) -> pd.DataFrame:

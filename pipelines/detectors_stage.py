@@ -15,6 +15,7 @@ import pandas as pd
 from auditor.config import AuditConfig
 from auditor.detectors.duplicates import (
     duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
+from auditor.detectors.pixel_match import PIXEL_OUTLIER_C, shift_knn
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
@@ -22,13 +23,16 @@ from auditor.neighbors import graph_frame, knn
 from auditor.provenance import fingerprint
 from auditor.shadow_engine import train_shadow_block
 from auditor.store import Store
-from pipelines.arrays import load_training_arrays, training_fingerprint
+from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
 from pipelines.embeddings_stage import load_embeddings
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import finish_run, start_run
 from pipelines.stages import StageReport
 
 DETECTOR_KINDS = ("duplicate", "leaked", "long_tail", "mislabeled")
+# The `thresholds` row kind of each thresholded pair kind (the embedding ones keep their flag names).
+THRESHOLD_KINDS = {"near_duplicate": "duplicate", "leak": "leaked", "pixel_duplicate": "pixel_duplicate",
+                   "pixel_leak": "pixel_leak"}
 
 
 def _shadow_oof(store: Store, train_ids: np.ndarray) -> np.ndarray | None:
@@ -43,10 +47,11 @@ def _shadow_oof(store: Store, train_ids: np.ndarray) -> np.ndarray | None:
     return mean.reindex(train_ids).to_numpy(dtype=np.float32)
 
 
-def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactory) -> tuple[np.ndarray, str]:
+def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactory,
+                        data: TrainingArrays | None = None) -> tuple[np.ndarray, str]:
     """Out-of-sample class probabilities for every training point: the shadow models' out-of-shard predictions when
     they cover every point (pLOO), else K-fold models of the audit recipe (stored in `oof_probs`, reused)."""
-    data = load_training_arrays(store, cfg)
+    data = data or load_training_arrays(store, cfg)
     shadow = _shadow_oof(store, data.train_ids)
     if shadow is not None:
         return shadow, "shadow models (out of shard)"
@@ -70,16 +75,35 @@ def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactor
     return probs, f"{k}-fold"
 
 
-def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, kind: str) -> Threshold:
-    """A configured value, else reviewer judgements of pairs (when both answers exist), else the distribution."""
+def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, pair_kind: str,
+               c: float = 4.0) -> Threshold:
+    """A configured value, else reviewer judgements of this kind's pairs (when both answers exist), else the
+    distribution of nearest-neighbour similarities."""
     if fixed > 0:
         return Threshold(fixed, "configured", {})
     judged = store.query("SELECT p.similarity, j.is_duplicate FROM pair_judgements j JOIN pairs p "
-                         "ON p.a_id = j.a_id AND p.b_id = j.b_id AND p.kind = ?",
-                         ["near_duplicate" if kind == "duplicate" else "leak"])
+                         "ON p.a_id = j.a_id AND p.b_id = j.b_id AND p.kind = ?", [pair_kind])
     if judged["is_duplicate"].nunique() == 2:
         return calibrate_from_labels(judged["similarity"].to_numpy(), judged["is_duplicate"].to_numpy(bool))
-    return calibrate_from_distribution(nn_similarities[np.isfinite(nn_similarities)])
+    return calibrate_from_distribution(nn_similarities[np.isfinite(nn_similarities)], c=c)
+
+
+def pixel_pairs(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[pd.DataFrame, dict[str, Threshold]]:
+    """Duplicate and leak pairs by shift-tolerant pixel matching (pixel_match.py), with their thresholds."""
+    dc = cfg.detectors
+    self_graph = shift_knn(data.x_train, dc.k, max_shift=dc.pixel_max_shift, exact_below=dc.exact_below,
+                           index=dc.index)
+    to_train = shift_knn(data.x_train, dc.k, query=data.x_test, max_shift=dc.pixel_max_shift,
+                         exact_below=dc.exact_below, index=dc.index)
+    thresholds = {"pixel_duplicate": _threshold(store, 0.0, self_graph.similarities[:, 0], "pixel_duplicate",
+                                                PIXEL_OUTLIER_C),
+                  "pixel_leak": _threshold(store, 0.0, to_train.similarities[:, 0], "pixel_leak", PIXEL_OUTLIER_C)}
+    pairs = pd.concat([
+        near_duplicate_pairs(self_graph, data.train_ids, data.y_train, thresholds["pixel_duplicate"],
+                             "pixel_duplicate"),
+        leak_pairs(to_train, data.test_ids, data.train_ids, data.y_test, data.y_train, thresholds["pixel_leak"],
+                   "pixel_leak")], ignore_index=True)
+    return pairs, thresholds
 
 
 def _embedder(store: Store) -> str:
@@ -107,15 +131,19 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     graph = knn(x_train, dc.k, exact_below=dc.exact_below, index=dc.index)
     to_train = knn(x_train, dc.k, query=x_test, exclude_self=False, exact_below=dc.exact_below, index=dc.index)
 
-    dup_threshold = _threshold(store, dc.duplicate_threshold, graph.similarities[:, 0], "duplicate")
-    leak_threshold = _threshold(store, dc.leak_threshold, to_train.similarities[:, 0], "leak")
+    thresholds = {"near_duplicate": _threshold(store, dc.duplicate_threshold, graph.similarities[:, 0],
+                                               "near_duplicate"),
+                  "leak": _threshold(store, dc.leak_threshold, to_train.similarities[:, 0], "leak")}
     exact = exact_duplicate_pairs(samples["sample_id"].to_numpy(), samples["split"].to_numpy(),
                                   samples["label"].to_numpy(), samples["file_hash"].to_numpy(),
                                   samples["pixel_hash"].to_numpy())
     y_train, y_test = train["label_index"].to_numpy(), test["label_index"].to_numpy()
-    near = near_duplicate_pairs(graph, train_ids, y_train, dup_threshold)
-    leaks = leak_pairs(to_train, test_ids, train_ids, y_test, y_train, leak_threshold)
-    pairs = pd.concat([exact.drop(columns=["same_file"]), near, leaks], ignore_index=True)
+    near = near_duplicate_pairs(graph, train_ids, y_train, thresholds["near_duplicate"])
+    leaks = leak_pairs(to_train, test_ids, train_ids, y_test, y_train, thresholds["leak"])
+    data = load_training_arrays(store, cfg, progress) if dc.pixel_match else None
+    pixel, pixel_thresholds = pixel_pairs(store, data, cfg) if data is not None else (None, {})
+    thresholds.update(pixel_thresholds)
+    pairs = pd.concat([exact.drop(columns=["same_file"]), near, leaks, pixel], ignore_index=True)
 
     clusters = class_clusters(x_train, y_train, seed=cfg.seed)
     density = local_density(graph)
@@ -123,13 +151,13 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
         store.query("SELECT train_id, test_id, score FROM influence"),
         store.query("SELECT sample_id FROM flags WHERE kind = 'memorized'")["sample_id"].to_numpy())
 
-    probs, prob_source = out_of_sample_probs(store, cfg, progress)
+    probs, prob_source = out_of_sample_probs(store, cfg, progress, data)
     mem = store.query("SELECT sample_id, mem FROM scores WHERE mem IS NOT NULL").set_index("sample_id")["mem"]
     cross = store.query("SELECT train_id, avg(score) AS s FROM influence GROUP BY train_id").set_index("train_id")["s"]
     mislabeled = label_issue_flags(confident_learning(probs, y_train), knn_label_disagreement(graph, y_train,
                                                                                              len(labels)),
                                    train_ids, class_names=labels, self_influence=mem, cross_influence=cross)
-    flags = pd.concat([duplicate_flags(pairs, dup_threshold), leak_flags(pairs, leak_threshold),
+    flags = pd.concat([duplicate_flags(pairs, thresholds), leak_flags(pairs, thresholds),
                        long_tail_flags(clusters, density, train_ids), mislabeled], ignore_index=True)
     flags["run_id"] = run_id
     cluster_frame = pd.DataFrame({"sample_id": train_ids[clusters["index"].to_numpy()], "embedder_id": embedder_id,
@@ -138,12 +166,12 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
                                   "density": density[clusters["index"].to_numpy()].astype(np.float32)})
     neighbors = pd.concat([graph_frame(graph, train_ids, train_ids), graph_frame(to_train, test_ids, train_ids)],
                           ignore_index=True).assign(embedder_id=embedder_id)
-    thresholds = pd.DataFrame([{"run_id": run_id, "kind": kind, "embedder_id": embedder_id, "value": t.value,
+    threshold_rows = pd.DataFrame([{"run_id": run_id, "kind": kind, "embedder_id": embedder_id, "value": t.value,
                                 "method": t.method, "detail": json.dumps(t.detail, default=float)}
-                               for kind, t in (("duplicate", dup_threshold), ("leaked", leak_threshold))])
+                               for kind, t in ((THRESHOLD_KINDS[k], t) for k, t in thresholds.items())])
     marks = ", ".join("?" * len(DETECTOR_KINDS))
     store.write([("flags", flags), ("pairs", pairs.assign(embedder_id=embedder_id, run_id=run_id)),
-                 ("thresholds", thresholds), ("clusters", cluster_frame), ("neighbors", neighbors),
+                 ("thresholds", threshold_rows), ("clusters", cluster_frame), ("neighbors", neighbors),
                  ("subpopulations", subpops.assign(run_id=run_id))],
                 deletes=[(f"DELETE FROM flags WHERE kind IN ({marks})", list(DETECTOR_KINDS)),
                          ("DELETE FROM pairs", []), ("DELETE FROM clusters", []), ("DELETE FROM subpopulations", []),
@@ -153,6 +181,5 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     finish_run(store, run_id, seconds=seconds, message=json.dumps(counts))
     return StageReport("detectors", seconds, {
         "embedder": embedder_id, "graph": graph.index_kind, "flags": counts, "probabilities": prob_source,
-        "duplicate_threshold": f"{dup_threshold.value:.4f} ({dup_threshold.method})",
-        "leak_threshold": f"{leak_threshold.value:.4f} ({leak_threshold.method})",
+        **{f"{kind}_threshold": f"{t.value:.4f} ({t.method})" for kind, t in thresholds.items()},
         "pairs": pairs["kind"].value_counts().to_dict(), "subpopulations": int(subpops["subpop_id"].nunique())})

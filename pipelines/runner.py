@@ -80,8 +80,9 @@ def format_summary(reports: list[StageReport]) -> str:
         elif report.stage == "detectors":
             flags = ", ".join(f"{k} {v}" for k, v in sorted(f["flags"].items())) or "none"
             lines.append(f"      flags: {flags}; {f['subpopulations']} sub-populations")
-            lines.append(f"      thresholds: duplicate {f['duplicate_threshold']}, leak {f['leak_threshold']}; "
-                         f"label issues from {f['probabilities']} probabilities; graph {f['graph']}")
+            cuts = ", ".join(f"{k.removesuffix('_threshold')} {v}" for k, v in f.items() if k.endswith("_threshold"))
+            lines.append(f"      thresholds: {cuts}; label issues from {f['probabilities']} probabilities; "
+                         f"graph {f['graph']}")
         elif report.stage == "loo":
             lines.append(f"      exact LOO for {f['points']} points: {f['models']} models ({f['reused']} reused)")
     return "\n".join(lines)

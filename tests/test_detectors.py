@@ -163,9 +163,21 @@ def test_a_sample_with_several_twins_gets_one_flag_naming_the_best():
     flags = duplicate_flags(pairs, Threshold(0.95, "manual")).set_index("sample_id")
     assert sorted(flags.index) == ["a", "b", "c", "d"] and (flags["kind"] == "duplicate").all()
     detail = json.loads(flags.loc["a", "detail"])
-    assert detail == {"twin": "d", "similarity": 1.0, "exact": True, "conflicting": True, "twins": 3,
-                      "conflicting_twins": 2, "threshold": 0.95, "threshold_method": "manual"}
+    assert detail == {"twin": "d", "pair_kind": "exact_duplicate", "similarity": 1.0, "exact": True,
+                      "conflicting": True, "twins": 3, "conflicting_twins": 2, "threshold": None,
+                      "threshold_method": None}
     assert flags.loc["b", "score"] == pytest.approx(0.97)
+    assert json.loads(flags.loc["b", "detail"])["threshold"] == 0.95
+
+
+def test_each_pair_kind_reports_its_own_threshold():
+    pairs = pd.DataFrame({"a_id": ["a", "c"], "b_id": ["b", "d"], "kind": ["near_duplicate", "pixel_duplicate"],
+                          "similarity": [0.97, 0.999], "conflicting": [False, False]})
+    flags = duplicate_flags(pairs, {"near_duplicate": Threshold(0.95, "nn_distribution"),
+                                    "pixel_duplicate": Threshold(0.99, "nn_distribution")}).set_index("sample_id")
+    details = flags["detail"].map(json.loads)
+    assert details["a"]["threshold"] == 0.95 and details["a"]["pair_kind"] == "near_duplicate"
+    assert details["d"]["threshold"] == 0.99 and details["d"]["pair_kind"] == "pixel_duplicate"
 
 
 # ---- long tail

@@ -83,8 +83,11 @@ def test_planted_duplicates_and_leaks_are_found_with_evidence(audited):
     flag = store.query("SELECT detail FROM flags WHERE kind = 'leaked' AND sample_id = 'leak_near'")
     detail = json.loads(flag["detail"].iloc[0])
     assert detail["twin"] == truth["leak_of"] and detail["threshold"] > 0 and "threshold_method" in detail
+    pixel = pairs[pairs["kind"] == "pixel_leak"]
+    assert (truth["leak_of"], "leak_near") in set(map(tuple, pixel[["a_id", "b_id"]].to_numpy()))
     thresholds = store.query("SELECT kind, value, method FROM thresholds")
-    assert set(thresholds["kind"]) == {"duplicate", "leaked"} and (thresholds["value"] > 0).all()
+    assert set(thresholds["kind"]) == {"duplicate", "leaked", "pixel_duplicate", "pixel_leak"}
+    assert (thresholds["value"] > 0).all()
 
 
 def test_label_flips_are_flagged_mislabeled_with_a_suggestion(audited):

@@ -4,6 +4,7 @@ graph) and train-test leaks, as pairs and as one flag per sample naming its clos
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
@@ -14,8 +15,9 @@ from auditor.neighbors import KnnGraph
 
 PAIR_COLUMNS = ["a_id", "b_id", "kind", "similarity", "conflicting"]
 EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting"]
-DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate")
-LEAK_KINDS = ("exact_leak", "leak")
+# Pair kinds by signal: file/pixel hashes, the embedding graph, shift-tolerant pixel matching (pixel_match.py).
+DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "pixel_duplicate")
+LEAK_KINDS = ("exact_leak", "leak", "pixel_leak")
 _EXACT_KINDS = ("exact_duplicate", "exact_leak")
 ISOLATION_RATIO = 0.25
 
@@ -62,37 +64,50 @@ def _graph_pairs(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.
     return rows, graph.indices[rows, ranks], sims[rows, ranks].astype(np.float64)
 
 
-def near_duplicate_pairs(graph_self: KnnGraph, ids: np.ndarray, labels: np.ndarray,
-                         threshold: Threshold) -> pd.DataFrame:
+def near_duplicate_pairs(graph_self: KnnGraph, ids: np.ndarray, labels: np.ndarray, threshold: Threshold,
+                         kind: str = "near_duplicate") -> pd.DataFrame:
     """Each unordered pair of the self-graph at or above the threshold once (a_id the earlier row)."""
     ids, labels = np.asarray(ids), np.asarray(labels)
     rows, cols, sims = _graph_pairs(graph_self, threshold)
     edges = pd.DataFrame({"a": np.minimum(rows, cols), "b": np.maximum(rows, cols), "similarity": sims})
     edges = edges.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
     a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
-    return pd.DataFrame({"a_id": ids[a], "b_id": ids[b], "kind": "near_duplicate",
+    return pd.DataFrame({"a_id": ids[a], "b_id": ids[b], "kind": kind,
                          "similarity": edges["similarity"].to_numpy(), "conflicting": labels[a] != labels[b]},
                         columns=PAIR_COLUMNS)
 
 
 def leak_pairs(graph_test_to_train: KnnGraph, test_ids: np.ndarray, train_ids: np.ndarray,
-               test_labels: np.ndarray, train_labels: np.ndarray, threshold: Threshold) -> pd.DataFrame:
+               test_labels: np.ndarray, train_labels: np.ndarray, threshold: Threshold,
+               kind: str = "leak") -> pd.DataFrame:
     """Every (training, test) edge of the test-to-train graph at or above the threshold (a_id the training side)."""
     rows, cols, sims = _graph_pairs(graph_test_to_train, threshold)
-    return pd.DataFrame({"a_id": np.asarray(train_ids)[cols], "b_id": np.asarray(test_ids)[rows], "kind": "leak",
+    return pd.DataFrame({"a_id": np.asarray(train_ids)[cols], "b_id": np.asarray(test_ids)[rows], "kind": kind,
                          "similarity": sims,
                          "conflicting": np.asarray(train_labels)[cols] != np.asarray(test_labels)[rows]},
                         columns=PAIR_COLUMNS)
 
 
-def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, threshold: Threshold | None,
+Thresholds = Threshold | Mapping[str, Threshold] | None
+
+
+def _threshold_of(thresholds: Thresholds, pair_kind: str) -> Threshold | None:
+    """The threshold behind a pair kind: one for all non-exact kinds, or one per pair kind."""
+    if pair_kind in _EXACT_KINDS or thresholds is None:
+        return None
+    return thresholds.get(pair_kind) if isinstance(thresholds, Mapping) else thresholds
+
+
+def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, thresholds: Thresholds,
                 roles: tuple[str, str] | None) -> pd.DataFrame:
     """One flag per sample in the `kinds` pairs: its best twin (exact first, then most similar), score = that
-    similarity, with the number of twins and how many carry another label; roles name the a and b sides."""
+    similarity, with the pair kind (signal), its threshold, the number of twins and how many carry another label;
+    roles name the a and b sides."""
     chosen = pairs[pairs["kind"].isin(kinds)]
     exact = chosen["kind"].isin(_EXACT_KINDS).to_numpy()
     sides = [pd.DataFrame({"sample_id": chosen[me].to_numpy(), "twin": chosen[other].to_numpy(),
                            "similarity": chosen["similarity"].to_numpy(dtype=np.float64), "exact": exact,
+                           "pair_kind": chosen["kind"].to_numpy(),
                            "conflicting": chosen["conflicting"].to_numpy(dtype=bool), "role": role})
              for me, other, role in zip(("a_id", "b_id"), ("b_id", "a_id"), roles or (None, None))]
     twins = (pd.concat(sides, ignore_index=True)
@@ -100,22 +115,25 @@ def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, thr
              .drop_duplicates(["sample_id", "twin"]))
     counts = twins.groupby("sample_id").agg(twins=("twin", "size"), conflicting_twins=("conflicting", "sum"))
     best = twins.drop_duplicates("sample_id").join(counts, on="sample_id")
-    details = [json.dumps({**({"role": row.role} if roles else {}), "twin": str(row.twin),
-                           "similarity": round(row.similarity, 6), "exact": bool(row.exact),
-                           "conflicting": bool(row.conflicting), "twins": int(row.twins),
-                           "conflicting_twins": int(row.conflicting_twins),
-                           "threshold": None if threshold is None else round(threshold.value, 6),
-                           "threshold_method": None if threshold is None else threshold.method})
-               for row in best.itertuples(index=False)]
+    details = []
+    for row in best.itertuples(index=False):
+        threshold = _threshold_of(thresholds, row.pair_kind)
+        details.append(json.dumps({**({"role": row.role} if roles else {}), "twin": str(row.twin),
+                                   "pair_kind": row.pair_kind, "similarity": round(row.similarity, 6),
+                                   "exact": bool(row.exact), "conflicting": bool(row.conflicting),
+                                   "twins": int(row.twins), "conflicting_twins": int(row.conflicting_twins),
+                                   "threshold": None if threshold is None else round(threshold.value, 6),
+                                   "threshold_method": None if threshold is None else threshold.method}))
     return pd.DataFrame({"sample_id": best["sample_id"].to_numpy(), "kind": flag_kind,
                          "score": best["similarity"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
 
 
-def duplicate_flags(pairs: pd.DataFrame, threshold: Threshold | None = None) -> pd.DataFrame:
-    """A 'duplicate' flag on both sides of every exact or near duplicate pair (threshold: the near one's)."""
-    return _twin_flags(pairs, DUPLICATE_KINDS, "duplicate", threshold, None)
+def duplicate_flags(pairs: pd.DataFrame, thresholds: Thresholds = None) -> pd.DataFrame:
+    """A 'duplicate' flag on both sides of every exact, near or pixel duplicate pair (thresholds: one for all
+    similarity-based pairs, or one per pair kind)."""
+    return _twin_flags(pairs, DUPLICATE_KINDS, "duplicate", thresholds, None)
 
 
-def leak_flags(pairs: pd.DataFrame, threshold: Threshold | None = None) -> pd.DataFrame:
-    """A 'leaked' flag on both the training and the test side of every exact or near train-test pair."""
-    return _twin_flags(pairs, LEAK_KINDS, "leaked", threshold, ("train", "test"))
+def leak_flags(pairs: pd.DataFrame, thresholds: Thresholds = None) -> pd.DataFrame:
+    """A 'leaked' flag on both the training and the test side of every exact, embedding or pixel train-test pair."""
+    return _twin_flags(pairs, LEAK_KINDS, "leaked", thresholds, ("train", "test"))
