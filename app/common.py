@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 
 from auditor import queries
 from auditor.images import ImageError, decode_image
+from auditor.reviews import default_reviewer
 from auditor.store import Store, StoreBusy
 
 DB_ENV = "MEMAUDIT_DB"
@@ -123,8 +124,18 @@ def open_store() -> Store:
     return store
 
 
+def reviewer() -> str:
+    """The reviewer named in the sidebar (default: the OS user), recorded with every decision."""
+    if not str(st.session_state.get("reviewer") or "").strip():
+        st.session_state["reviewer"] = default_reviewer()
+    return st.session_state["reviewer"].strip()
+
+
 def run_page(title: str, render: Callable[[Store], None]) -> None:
-    """Render one page against the database, turning a locked or unreadable file into an error message."""
+    """Render one page against the database, turning a locked or unreadable file into an error message; the
+    sidebar names the reviewer."""
+    reviewer()
+    st.sidebar.text_input("Reviewer", key="reviewer", help="Recorded with every decision you make")
     st.title(title)
     try:
         store = open_store()

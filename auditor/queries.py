@@ -3,6 +3,8 @@ parameters, and pages of rows are cut in DuckDB (LIMIT/OFFSET), never in pandas.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pandas as pd
 
 from auditor.store import Store
@@ -121,12 +123,16 @@ def mem_scatter(store: Store, limit: int = 5000) -> pd.DataFrame:
         "ORDER BY m.sample_id IS NULL, hash(sc.sample_id), sc.sample_id LIMIT ?", [limit])
 
 
+# The columns of `jobs` the dashboard shows.
+JOB_COLUMNS = ["job_id", "kind", "status", "done", "total", "unit", "eta_s", "started_at", "updated_at", "finished_at",
+               "message", "run_id", "pid", "command", "log_path"]
+
+
 def jobs(store: Store, limit: int = 20) -> pd.DataFrame:
-    """The `limit` most recent long-running jobs, running ones first (kind, status, done, total, unit, eta_s,
-    started_at, updated_at, finished_at, message, run_id)."""
-    return store.query("SELECT kind, status, done, total, unit, eta_s, started_at, updated_at, finished_at, message, "
-                       "run_id FROM jobs ORDER BY status = 'running' DESC, updated_at DESC NULLS LAST, job_id "
-                       "LIMIT ?", [limit])
+    """The `limit` most recent long-running jobs, running ones first (JOB_COLUMNS; `command` and `log_path`, absent
+    from files written before jobs could be launched from the dashboard, are then empty)."""
+    return store.query("SELECT * FROM jobs ORDER BY status = 'running' DESC, updated_at DESC NULLS LAST, job_id "
+                       "LIMIT ?", [limit]).reindex(columns=JOB_COLUMNS)
 
 
 # Flag kinds, most important first: the order of the review filter, the tiles, the findings and the map's colours.
@@ -245,56 +251,205 @@ def sample_neighbors(store: Store, sample_id: str, limit: int = 10) -> pd.DataFr
         [sample_id, sample_id, limit])
 
 
-# The only orderings the review grid offers: key -> ORDER BY text. User input only ever selects a key.
+# Scores the review grid can sort and range-filter by: key -> column of the rows CTE `r`.
+REVIEW_SCORES: dict[str, str] = {"apb": "r.apb", "mem": "r.mem", "score": "r.flag_score",
+                                 "first_learned": "r.first_learned", "forgetting": "r.forgetting_events",
+                                 "el2n": "r.el2n", "confidence": "r.confidence"}
+# The only orderings the review grid offers: key ('<score>_asc' / '<score>_desc') -> ORDER BY text. User input only
+# ever selects a key.
 REVIEW_SORTS: dict[str, str] = {
-    "apb_asc": "r.apb ASC NULLS LAST, r.sample_id",
-    "mem_desc": "r.mem DESC NULLS LAST, r.apb ASC NULLS LAST, r.sample_id",
-    "score_desc": "r.flag_score DESC NULLS LAST, r.apb ASC NULLS LAST, r.sample_id",
-}
+    f"{key}_{way}": f"{column} {way.upper()} NULLS LAST, r.apb ASC NULLS LAST, r.sample_id"
+    for key, column in REVIEW_SCORES.items() for way in ("asc", "desc")}
+# Review states of the filter: key -> condition on the current decision `d` (constant text).
+REVIEW_STATES: dict[str, str] = {"any": "true", "undecided": "d.action IS NULL", "decided": "d.action IS NOT NULL",
+                                 "keep": "d.action = 'keep'", "remove": "d.action = 'remove'",
+                                 "relabel": "d.action = 'relabel'"}
 # Rows of the grid (CTE `r`): every scored training image, or every sample carrying the chosen flag kind (test images
-# too, e.g. the test side of a leak, whose ApB and mem are NULL; the one parameter is the kind).
-_REVIEW_COLUMNS = ("s.split, s.label, s.path, sc.apb, sc.first_learned, sc.forgetting_events, sc.mem, sc.mem_low, "
-                   "sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, sc.mem_note")
+# too, e.g. the test side of a leak, whose ApB and mem are NULL; the one parameter is the kind), or every sample
+# with any flag but `memorized_candidate` (flag 'any').
+_REVIEW_COLUMNS = ("s.split, s.label, s.path, sc.apb, sc.first_learned, sc.forgetting_events, sc.el2n, "
+                   "sc.confidence, sc.mem, sc.mem_low, sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, "
+                   "sc.mem_note")
 _REVIEW_SCORED = (f"r AS (SELECT sc.sample_id, {_REVIEW_COLUMNS}, NULL::DOUBLE AS flag_score "
                   "FROM scores sc JOIN samples s ON s.sample_id = sc.sample_id WHERE s.split = 'train')")
 _REVIEW_FLAGGED = (f"r AS (SELECT f.sample_id, {_REVIEW_COLUMNS}, f.flag_score "
-                   "FROM (SELECT sample_id, max(score) AS flag_score FROM flags WHERE kind = ? GROUP BY sample_id) f "
+                   "FROM (SELECT sample_id, max(score) AS flag_score FROM flags "
+                   "      WHERE kind = ? OR (? = 'any' AND kind <> 'memorized_candidate') GROUP BY sample_id) f "
                    "LEFT JOIN samples s ON s.sample_id = f.sample_id "
                    "LEFT JOIN scores sc ON sc.sample_id = f.sample_id)")
+# The current decision of each sample (CTE `d`), or no rows in a file written before `reviews` existed.
+_DECISIONS = "d AS (SELECT sample_id, action, new_label, reviewer, decided_at FROM current_reviews)"
+_NO_DECISIONS = ("d AS (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS action, NULL::VARCHAR AS new_label, "
+                 "NULL::VARCHAR AS reviewer, NULL::TIMESTAMP AS decided_at WHERE false)")
 
 
-def _review_rows(label: str | None, flag: str | None) -> tuple[str, list, str, list]:
-    """The rows CTE and the WHERE clause (constant text), each with its parameters, for the review grid's filters."""
-    rows, row_params = (_REVIEW_SCORED, []) if flag is None else (_REVIEW_FLAGGED, [flag])
-    where, params = ("true", []) if label is None else ("r.label = ?", [label])
-    return rows, row_params, where, params
+@dataclass(frozen=True)
+class ReviewFilter:
+    """What the review grid shows: class, flag kind (None: scored training images, 'any': any flag but candidates),
+    split, a [low, high] range of one REVIEW_SCORES score, the review state and an explicit selection of ids."""
+
+    label: str | None = None
+    flag: str | None = None
+    split: str | None = None
+    score: str | None = None
+    low: float | None = None
+    high: float | None = None
+    state: str = "any"
+    sample_ids: tuple[str, ...] | None = None
 
 
-def review_count(store: Store, label: str | None = None, flag: str | None = None) -> int:
-    """Number of scored training images (with `flag`: of flagged samples of any split) passing the filters."""
-    rows, row_params, where, params = _review_rows(label, flag)
-    return int(store.scalar(f"WITH {rows} SELECT count(*) FROM r WHERE {where}", [*row_params, *params]))
+def has_reviews(store: Store) -> bool:
+    """Whether the file has the `reviews` table and `current_reviews` view (written by memaudit with decisions)."""
+    return int(store.scalar("SELECT count(*) FROM information_schema.tables "
+                            "WHERE table_name IN ('reviews', 'current_reviews')")) == 2
+
+
+def _review_rows(store: Store, f: ReviewFilter) -> tuple[str, list, str, list]:
+    """The rows and decisions CTEs and the WHERE clause (constant text), each with its parameters, for `f`."""
+    if f.score is not None and f.score not in REVIEW_SCORES:
+        raise ValueError(f"unknown review score {f.score!r}; use one of {', '.join(REVIEW_SCORES)}")
+    if f.state not in REVIEW_STATES:
+        raise ValueError(f"unknown review state {f.state!r}; use one of {', '.join(REVIEW_STATES)}")
+    rows, row_params = (_REVIEW_SCORED, []) if f.flag is None else (_REVIEW_FLAGGED, [f.flag, f.flag])
+    decisions = _DECISIONS if has_reviews(store) else _NO_DECISIONS
+    where, params = [REVIEW_STATES[f.state]], []
+    for condition, value in (("r.label = ?", f.label), ("r.split = ?", f.split)):
+        if value is not None:
+            where.append(condition)
+            params.append(value)
+    if f.score is not None:
+        for op, bound in ((">=", f.low), ("<=", f.high)):
+            if bound is not None:
+                where.append(f"{REVIEW_SCORES[f.score]} {op} ?")
+                params.append(float(bound))
+    if f.sample_ids is not None:
+        where.append("list_contains(?, r.sample_id)")
+        params.append(list(f.sample_ids))
+    return f"WITH {rows}, {decisions} ", row_params, " AND ".join(where), params
+
+
+def review_count(store: Store, label: str | None = None, flag: str | None = None, *,
+                 where: ReviewFilter | None = None) -> int:
+    """Number of images passing the filters (`where`, else class and flag only)."""
+    f = where or ReviewFilter(label=label, flag=flag)
+    ctes, row_params, condition, params = _review_rows(store, f)
+    return int(store.scalar(f"{ctes}SELECT count(*) FROM r LEFT JOIN d ON d.sample_id = r.sample_id "
+                            f"WHERE {condition}", [*row_params, *params]))
+
+
+def review_score_range(store: Store, score: str, flag: str | None = None) -> tuple[float, float] | None:
+    """The smallest and largest value of a REVIEW_SCORES score among the rows of `flag` (None when none has one)."""
+    ctes, row_params, _, _ = _review_rows(store, ReviewFilter(flag=flag, score=score))
+    row = store.query(f"{ctes}SELECT min({REVIEW_SCORES[score]}) AS lo, max({REVIEW_SCORES[score]}) AS hi FROM r",
+                      row_params).iloc[0]
+    return None if pd.isna(row["lo"]) else (float(row["lo"]), float(row["hi"]))
 
 
 def review_page(store: Store, label: str | None = None, flag: str | None = None, sort: str = "apb_asc",
-                limit: int = 24, offset: int = 0) -> pd.DataFrame:
-    """One page of the review grid in `sort` order (a REVIEW_SORTS key) with every flag of each image."""
+                limit: int = 24, offset: int = 0, *, where: ReviewFilter | None = None) -> pd.DataFrame:
+    """One page of the review grid in `sort` order (a REVIEW_SORTS key) with every flag and the current decision
+    of each image (filters: `where`, else class and flag only)."""
     if sort not in REVIEW_SORTS:
         raise ValueError(f"unknown review sort {sort!r}; use one of {', '.join(REVIEW_SORTS)}")
-    rows, row_params, where, params = _review_rows(label, flag)
+    f = where or ReviewFilter(label=label, flag=flag)
+    ctes, row_params, condition, params = _review_rows(store, f)
     return store.query(
-        f"WITH {rows}, "
+        f"{ctes}, "
         "fl AS (SELECT sample_id, list({'kind': kind, 'score': score, 'detail': detail} "
         f"                              ORDER BY {_PRIORITY.format(kind='kind')}, kind, score DESC) AS flags, "
         "              bool_or(kind = 'memorized_candidate') AS memorized_candidate, "
         "              bool_or(kind = 'memorized') AS memorized "
         "       FROM flags GROUP BY sample_id) "
         "SELECT r.sample_id, r.split, r.label, p.pred_label, p.p_pred, r.apb, r.first_learned, r.forgetting_events, "
-        "       r.mem, r.mem_low, r.mem_high, r.mem_n_in, r.mem_n_out, r.mem_method, r.mem_note, r.path, "
-        "       r.flag_score, coalesce(fl.memorized_candidate, false) AS memorized_candidate, "
-        "       coalesce(fl.memorized, false) AS memorized, "
-        "       coalesce(fl.flags, []) AS flags "
-        "FROM r LEFT JOIN fl ON fl.sample_id = r.sample_id "
+        "       r.el2n, r.confidence, r.mem, r.mem_low, r.mem_high, r.mem_n_in, r.mem_n_out, r.mem_method, "
+        "       r.mem_note, r.path, r.flag_score, coalesce(fl.memorized_candidate, false) AS memorized_candidate, "
+        "       coalesce(fl.memorized, false) AS memorized, coalesce(fl.flags, []) AS flags, "
+        "       d.action AS decision, d.new_label AS decision_label, d.reviewer AS decided_by "
+        "FROM r LEFT JOIN fl ON fl.sample_id = r.sample_id LEFT JOIN d ON d.sample_id = r.sample_id "
         f"LEFT JOIN predictions p ON p.sample_id = r.sample_id AND p.run_id = {_PREDICTION_RUN} "
-        f"WHERE {where} ORDER BY {REVIEW_SORTS[sort]} LIMIT ? OFFSET ?",
+        f"WHERE {condition} ORDER BY {REVIEW_SORTS[sort]} LIMIT ? OFFSET ?",
         [*row_params, list(FLAG_PRIORITY), *params, limit, offset])
+
+
+def job(store: Store, job_id: str) -> dict | None:
+    """One job's state (job_id, kind, status, pid, started_at, message), None when there is no such job."""
+    frame = store.query("SELECT job_id, kind, status, pid, started_at, message FROM jobs WHERE job_id = ?", [job_id])
+    return None if frame.empty else {k: None if pd.isna(v) else v for k, v in frame.iloc[0].items()}
+
+
+def running_jobs(store: Store) -> pd.DataFrame:
+    """Every job recorded as running, oldest first (job_id, pid, started_at)."""
+    return store.query("SELECT job_id, pid, started_at FROM jobs WHERE status = 'running' ORDER BY started_at, job_id")
+
+
+def last_ingest_source(store: Store) -> str | None:
+    """The data source of the latest finished ingest, as its run message records it ('... problems from SOURCE');
+    None when nothing was ingested."""
+    source = store.scalar("SELECT regexp_extract(message, ' problems from (.+)$', 1) FROM runs "
+                          "WHERE kind = 'ingest' AND status = 'done' ORDER BY finished_at DESC NULLS LAST LIMIT 1")
+    return source or None
+
+
+def sample_detail(store: Store, sample_id: str) -> dict | None:
+    """Everything the Point detail page shows in its header for one sample: split, label, path, every score with its
+    interval and runs, the prediction of the score run, its flags and its current decision; None if unknown."""
+    decisions = _DECISIONS if has_reviews(store) else _NO_DECISIONS
+    frame = store.query(
+        f"WITH {decisions} "
+        "SELECT s.sample_id, s.split, s.label, s.path, s.width, s.height, s.mode, s.source, sc.run_id, sc.apb, "
+        "       sc.first_learned, sc.forgetting_events, sc.confidence, sc.variability, sc.el2n, sc.n_seeds, "
+        "       sc.converged, sc.mem, sc.mem_low, sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, sc.mem_note, "
+        "       sc.mem_run_id, p.pred_label, p.p_pred, p.p_label, "
+        "       (SELECT list({'kind': kind, 'score': score, 'detail': detail} "
+        f"                    ORDER BY {_PRIORITY.format(kind='kind')}, kind, score DESC) "
+        "        FROM flags f WHERE f.sample_id = s.sample_id) AS flags, "
+        "       d.action AS decision, d.new_label AS decision_label, d.reviewer AS decided_by, "
+        "       d.decided_at "
+        "FROM samples s LEFT JOIN scores sc USING (sample_id) LEFT JOIN d USING (sample_id) "
+        f"LEFT JOIN predictions p ON p.sample_id = s.sample_id AND p.run_id = {_PREDICTION_RUN} "
+        "WHERE s.sample_id = ?", [list(FLAG_PRIORITY), sample_id])
+    if frame.empty:
+        return None
+    row = frame.iloc[0].to_dict()
+    row["flags"] = [] if row["flags"] is None or not len(row["flags"]) else list(row["flags"])
+    return {k: (None if not isinstance(v, list | dict) and pd.isna(v) else v) for k, v in row.items()}
+
+
+def sample_dynamics(store: Store, sample_id: str) -> pd.DataFrame:
+    """The training dynamics of one sample in the seed runs behind `scores` (seed, step, epoch, correct, p_label,
+    loss), in step order: how early and how steadily the model learned it."""
+    return store.query(
+        "SELECT r.seed, d.step, d.epoch, d.phase, d.correct, d.p_label, d.loss "
+        "FROM dynamics d JOIN runs r ON r.run_id = d.run_id "
+        "JOIN run_inputs i ON i.input_run_id = d.run_id AND i.run_id = (SELECT min(run_id) FROM scores) "
+        "WHERE d.sample_id = ? ORDER BY r.seed, d.step", [sample_id])
+
+
+def influenced_tests(store: Store, sample_id: str, limit: int = 8) -> pd.DataFrame:
+    """The test points `sample_id` influences most (cross-influence from the shadow models: accuracy on the test
+    point with the training point in minus out), strongest first, with their images."""
+    return store.query(
+        "SELECT i.test_id, i.score, i.low, i.high, i.n_in, i.n_out, s.label, s.path "
+        "FROM influence i LEFT JOIN samples s ON s.sample_id = i.test_id "
+        "WHERE i.train_id = ? ORDER BY abs(i.score) DESC, i.test_id LIMIT ?", [sample_id, limit])
+
+
+def sample_loo(store: Store, sample_id: str) -> dict | None:
+    """The exact leave-one-out score of `sample_id` (mem, interval, models in / out, run), if one was computed."""
+    frame = store.query("SELECT mem, mem_low, mem_high, mem_n_in, mem_n_out, run_id FROM loo_scores "
+                        "WHERE sample_id = ? ORDER BY run_id DESC LIMIT 1", [sample_id])
+    return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def sample_ids_like(store: Store, text: str, limit: int = 20) -> list[str]:
+    """Sample ids starting with `text` (a parameter, never SQL), for the Point detail page's search box."""
+    return store.query("SELECT sample_id FROM samples WHERE starts_with(sample_id, ?) ORDER BY sample_id LIMIT ?",
+                       [text, limit])["sample_id"].tolist()
+
+
+def flag_class_counts(store: Store) -> pd.DataFrame:
+    """Distinct flagged samples per flag kind and class (kind, label, samples), most important kind first."""
+    return store.query(
+        "SELECT f.kind, coalesce(s.label, '–') AS label, count(DISTINCT f.sample_id) AS samples "
+        "FROM flags f LEFT JOIN samples s USING (sample_id) GROUP BY f.kind, s.label, s.label_index "
+        f"ORDER BY {_PRIORITY.format(kind='f.kind')}, f.kind, s.label_index", [list(FLAG_PRIORITY)])

@@ -88,6 +88,9 @@ CREATE TABLE IF NOT EXISTS clusters(
     sample_id VARCHAR, embedder_id VARCHAR, label VARCHAR, cluster INTEGER, cluster_size INTEGER, density REAL);
 CREATE TABLE IF NOT EXISTS subpopulations(subpop_id INTEGER, sample_id VARCHAR, source VARCHAR, run_id VARCHAR);
 CREATE TABLE IF NOT EXISTS oof_probs(sample_id VARCHAR, probs FLOAT[], source VARCHAR, run_id VARCHAR);
+CREATE TABLE IF NOT EXISTS reviews(
+    decision_id VARCHAR PRIMARY KEY, sample_id VARCHAR NOT NULL, action VARCHAR NOT NULL, new_label VARCHAR,
+    note VARCHAR, reviewer VARCHAR, decided_at TIMESTAMP, undoes VARCHAR);
 """
 
 # Columns added to tables of an earlier schema version (ALTER ... IF NOT EXISTS keeps old files usable).
@@ -100,11 +103,18 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_n_out INTEGER;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_method VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_note VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_run_id VARCHAR;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command VARCHAR;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log_path VARCHAR;
 """
 
 # The table users query first: one row per sample with its scores, the list of its flags and a triage that reads the
 # signals together (memorized + label issue -> likely mislabeled; memorized alone -> likely rare; leaked -> fix split).
 VIEWS = """
+CREATE OR REPLACE VIEW current_reviews AS
+SELECT sample_id, action, new_label, note, reviewer, decided_at, decision_id
+FROM reviews r
+WHERE action <> 'undo' AND decision_id NOT IN (SELECT undoes FROM reviews WHERE undoes IS NOT NULL)
+QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY decided_at DESC, decision_id DESC) = 1;
 CREATE OR REPLACE VIEW audit AS
 WITH f AS (SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS flags FROM flags GROUP BY sample_id)
 SELECT s.*, sc.* EXCLUDE (sample_id), coalesce(f.flags, []) AS flags,

@@ -137,12 +137,17 @@ def knn_speed(sizes: list[int], dim: int = 512, n_query: int = 1000, k: int = 10
         t0 = time.perf_counter()
         approx = knn(base, k, query=query, exclude_self=False, exact_below=0, index="ivf")
         timings["faiss IVF (train + add + search)"] = time.perf_counter() - t0
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(approx.indices, exact.indices)])
+        t0 = time.perf_counter()
+        hnsw = knn(base, k, query=query, exclude_self=False, exact_below=0, index="hnsw")
+        timings["faiss HNSW (build + search)"] = time.perf_counter() - t0
+        recalls = {name: np.mean([len(set(a) & set(b)) / k for a, b in zip(graph.indices, exact.indices)])
+                   for name, graph in (("IVF", approx), ("HNSW", hnsw))}
         agree = np.mean([len(set(a) & set(b)) / k for a, b in zip(top, exact.indices)])
         base_time = timings["numpy brute force"]
         for name, t in timings.items():
-            note = f"recall@10 {recall:.3f}" if "IVF" in name else (f"agrees with faiss {agree:.3f}"
-                                                                     if "numpy" in name else "")
+            approximate = next((kind for kind in recalls if kind in name), None)
+            note = (f"recall@10 {recalls[approximate]:.3f}" if approximate else
+                    f"agrees with faiss {agree:.3f}" if "numpy" in name else "")
             rows.append([f"{n:,}", name, f"{t:.3f}", f"{base_time / t:.2f}x", note])
         del base
     _table(f"2. kNN of {n_query:,} queries, k = {k}, 512-d, 2 CPU cores (speed-up vs numpy brute force)",

@@ -10,18 +10,21 @@ import sys
 from pathlib import Path
 
 from auditor.config import ConfigError, load_config
+from auditor.export import ExportSummary, export_manifest
 from auditor.manifest import ManifestError
 from auditor.store import Store, StoreBusy
-from pipelines.progress import terminal
+from pipelines.launcher import tracked
 from pipelines.runner import DEFAULT_STAGES, STAGES, format_summary, run_pipeline
 
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.profile)
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-    reports = run_pipeline(Store(args.db), args.data, cfg, stages=stages, progress=terminal)
+    store = Store(args.db)
+    with tracked(store, args.job_id, len(stages)) as progress:
+        cfg = load_config(args.config, args.profile)
+        reports = run_pipeline(store, args.data, cfg, stages=stages, progress=progress)
     print(format_summary(reports))
     print(f"\nresults in {args.db}; open them with: memaudit app --db {args.db}")
     return 0
@@ -79,6 +82,23 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def export_text(summary: ExportSummary) -> str:
+    """The export summary the `export` command prints."""
+    dropped = ", ".join(f"{kind} {n}" for kind, n in summary.dropped_by_kind.items()) or "none"
+    return (f"exported {summary.rows_out} of {summary.rows_in} rows to {summary.path}\n"
+            f"  removed {summary.removed}, relabeled {summary.relabeled}, dropped unreviewed: {dropped}\n"
+            f"  changelog: {summary.changelog}")
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    kinds = [k.strip() for k in args.drop_kinds.split(",") if k.strip()]
+    summary = export_manifest(Store(args.db), Path(args.out), fmt=args.format,
+                              apply_relabels=not args.no_relabels, drop_removed=not args.keep_removed,
+                              drop_kinds=kinds)
+    print(export_text(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memaudit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", default="standard", help="quick | standard (see [profiles] in the config)")
     run.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                      help=f"comma-separated subset of: {', '.join(STAGES)} (default: {','.join(DEFAULT_STAGES)})")
+    run.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard's launcher: the jobs row to end
     run.set_defaults(func=_cmd_run)
     app = sub.add_parser("app", help="open the dashboard on an audit database")
     app.add_argument("--db", required=True)
@@ -99,6 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="print what has been computed, with which config")
     status.add_argument("--db", required=True)
     status.set_defaults(func=_cmd_status)
+    export = sub.add_parser("export", help="write the cleaned manifest: review decisions applied, with a changelog")
+    export.add_argument("--db", required=True)
+    export.add_argument("--out", required=True, help="the manifest to write (.csv, .parquet or .jsonl)")
+    export.add_argument("--format", choices=("csv", "parquet", "jsonl"), help="default: from the suffix of --out")
+    export.add_argument("--drop-kinds", default="",
+                        help="comma-separated flag kinds whose unreviewed samples are dropped too (e.g. leaked)")
+    export.add_argument("--no-relabels", action="store_true", help="keep the original labels of relabeled samples")
+    export.add_argument("--keep-removed", action="store_true", help="keep the samples decided 'remove'")
+    export.set_defaults(func=_cmd_export)
     return parser
 
 

@@ -454,7 +454,8 @@ def test_findings_counts_equal_the_flags_table(planted_store):
 def test_detector_thresholds_are_those_of_the_latest_run(planted_store, small_db, tmp_path):
     store = planted_store
     thresholds = queries.detector_thresholds(store)
-    assert set(thresholds["kind"]) == {"duplicate", "leaked"} and thresholds["method"].notna().all()
+    assert set(thresholds["kind"]) == {"duplicate", "leaked", "pixel_duplicate", "pixel_leak"}
+    assert thresholds["method"].notna().all()
     stored = store.query("SELECT kind, value FROM thresholds ORDER BY kind")
     assert thresholds["value"].tolist() == stored["value"].tolist()
     path = copy_db(small_db, tmp_path)
@@ -493,7 +494,8 @@ def test_overview_renders_counts_and_charts(small_db, store, monkeypatch):
     assert metrics["Classes"] == str(len(queries.class_labels(store)))
     run_id = queries.score_run(store)["run_id"]
     assert any(f"`{run_id}` | quick | mlp | 3 | 1 |" in m.value for m in at.markdown)
-    assert len(at.get("vega_lite_chart")) == 5  # accuracy, ApB, mem histogram, ApB-vs-mem scatter, embedding map
+    # accuracy, ApB, mem histogram, ApB-vs-mem scatter, flags per kind and class, embedding map
+    assert len(at.get("vega_lite_chart")) == 6
 
 
 def test_overview_memorization_section(mem_db, mem_store, monkeypatch):
@@ -519,28 +521,22 @@ def test_overview_without_memorization_says_how_to_run_it(small_db, tmp_path, mo
     at = run_page(OVERVIEW, monkeypatch, path)
     assert not at.exception and not at.error
     assert any(f"memaudit run --stages memorization --db {path}" in i.value for i in at.info)
-    assert "Method" not in [m.label for m in at.metric] and len(at.get("vega_lite_chart")) == 3
+    # accuracy, ApB, flags per kind and class, embedding map
+    assert "Method" not in [m.label for m in at.metric] and len(at.get("vega_lite_chart")) == 4
     Store(path).execute("UPDATE jobs SET status = 'running', done = 2")
     at = run_page(OVERVIEW, monkeypatch, path)
     assert not at.exception and any("job is running" in i.value for i in at.info)
 
 
-def test_overview_jobs_section(small_db, store, tmp_path, monkeypatch):
+def test_overview_points_to_the_jobs_page(small_db, tmp_path, monkeypatch):
     at = run_page(OVERVIEW, monkeypatch, small_db)
-    assert not at.exception and "Jobs" in [h.value for h in at.subheader]
-    table = at.dataframe[-1].value
-    assert table.loc[0, ["kind", "status"]].tolist() == ["pLOO-improved", "done"]
-    total = int(store.scalar("SELECT total FROM jobs"))
-    assert table.loc[0, "done / total"] == f"{total} / {total} models"
-    assert not at.get("progress")
+    assert not at.exception and "Jobs" not in [h.value for h in at.subheader] and not at.get("progress")
+    assert not any("see the Jobs page" in i.value for i in at.info)
     path = copy_db(small_db, tmp_path)
     Store(path).execute("UPDATE jobs SET status = 'running', done = 1, eta_s = 120, finished_at = NULL")
     at = run_page(OVERVIEW, monkeypatch, path)
-    assert not at.exception
-    progress = at.get("progress")
-    assert len(progress) == 1 and progress[0].proto.value == int(100 / total)
-    assert f"1 of {total} models, ETA 2 min" in progress[0].proto.text
-    assert at.dataframe[-1].value.loc[0, "ETA"] == "2 min"
+    assert not at.exception and not at.get("progress")
+    assert at.info[0].value == "1 job running — see the Jobs page."
 
 
 @pytest.mark.parametrize("converged", [False, True])
@@ -712,7 +708,7 @@ def test_review_flag_filter_offers_every_kind_present(planted_db, planted_store,
     at = run_page(REVIEW, monkeypatch, path)
     counts = queries.flag_counts(store).set_index("kind")["samples"]
     kinds = queries.flag_kinds(store)
-    assert at.selectbox(key="flag").options == ["All scored training images",
+    assert at.selectbox(key="flag").options == ["All scored training images", "Any flag but candidate",
                                                 *(f"{flag_name(k)} ({counts[k]:,})" for k in kinds)]
     lines = {"leaked": "leaked: twin ", "duplicate": "duplicate: twin ", "mislabeled": "mislabeled: given ",
              "long_tail": "long tail: cluster of "}
@@ -839,7 +835,7 @@ def test_overview_findings_thresholds_and_map(planted_db, planted_store, monkeyp
     embedder = queries.map_embedder(store)
     assert any(f"`{embedder['embedder_id']}`" in c.value and f"all {embedder['n_points']:,} points" in c.value
                for c in at.caption)
-    assert len(at.get("vega_lite_chart")) == 5 and not any("fallback" in w.value for w in at.warning)
+    assert len(at.get("vega_lite_chart")) == 6 and not any("fallback" in w.value for w in at.warning)
 
 
 def test_overview_map_names_a_fallback_embedder(small_db, tmp_path, monkeypatch):

@@ -1,10 +1,8 @@
 """Overview page: what the audit database holds, which run produced the scores, how far to trust them, the
 memorization scores of the shadow models, the findings of every detector with the thresholds they used, a 2-D map of
-the embeddings coloured by flag, and the progress of long jobs."""
+the embeddings coloured by flag (the progress of long jobs is on the Jobs page)."""
 
 from __future__ import annotations
-
-from datetime import UTC, datetime
 
 import altair as alt
 import pandas as pd
@@ -17,8 +15,8 @@ from auditor.store import Store
 PROBLEM_ROWS = 500
 SCATTER_POINTS = 5000
 MAP_UNFLAGGED_POINTS = 5000
-JOB_REFRESH_S = 5
 JITTER = 0.04
+BRUSH = "brush"
 MEM_FLAG_SCALE = alt.Scale(domain=["memorized", "not flagged"], range=["#d62728", "#7f7f7f"])
 
 
@@ -109,9 +107,9 @@ def _memorization(store: Store) -> None:
     st.subheader("Memorization")
     run = queries.memorization_run(store)
     if run is None:
-        running = queries.jobs(store)["status"].eq("running").any()
+        running = not queries.running_jobs(store).empty
         st.info("No memorization scores yet"
-                + (": a shadow-model job is running (see Jobs below)." if running else
+                + (": a shadow-model job is running (see the Jobs page)." if running else
                    f": train the shadow models and score the candidates with "
                    f"`memaudit run --stages memorization --db {store.path}`."))
         return
@@ -156,13 +154,34 @@ def _memorization(store: Store) -> None:
             st.altair_chart(bars + _threshold_rule(threshold, "x"), width="stretch")
     with right:
         st.markdown("**ApB against mem** (bars: 95% interval)")
-        points = queries.mem_scatter(store, SCATTER_POINTS)
+        points = _jittered(queries.mem_scatter(store, SCATTER_POINTS))
         if points.empty:
             st.info("No point has a mem score.")
         else:
             if run["n_scored"] > len(points):
                 st.caption(f"{len(points):,} of {run['n_scored']:,} scored points (all memorized ones first).")
-            st.altair_chart(_scatter(points) + _threshold_rule(threshold, "y"), width="stretch")
+            event = st.altair_chart(_scatter(points) + _threshold_rule(threshold, "y"), width="stretch",
+                                    on_select="rerun", key="mem_scatter", selection_mode=BRUSH)
+            _open_brushed(points, event)
+
+
+def _open_brushed(points: pd.DataFrame, event) -> None:
+    """A button that opens the points brushed on the scatter (an ApB x mem rectangle) in the Review grid."""
+    box = (event or {}).get("selection", {}).get(BRUSH) or {}
+    if "x" not in box or "mem" not in box:
+        st.caption("Drag a rectangle on the scatter to open those points in Review.")
+        return
+    (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["mem"])
+    chosen = points.loc[points["x"].between(x0, x1) & points["mem"].between(y0, y1), "sample_id"].tolist()
+    if st.button(f"Open the {len(chosen)} brushed points in Review", disabled=not chosen, key="open_brushed"):
+        st.session_state["selection"] = chosen
+        st.switch_page("pages/review.py")
+
+
+def _jittered(points: pd.DataFrame) -> pd.DataFrame:
+    """The points with x = ApB plus a small fixed jitter (from the sample id) that separates equal ApB and mem."""
+    jitter = pd.util.hash_pandas_object(points["sample_id"], index=False).to_numpy() % 1000 / 1000 - 0.5
+    return points.assign(x=points["apb"] + JITTER * jitter)
 
 
 def _scatter(points: pd.DataFrame) -> alt.LayerChart:
@@ -171,9 +190,6 @@ def _scatter(points: pd.DataFrame) -> alt.LayerChart:
                alt.Tooltip("mem:Q", format=".2f"), alt.Tooltip("interval:N", title="95% interval"),
                alt.Tooltip("mem_n_in:Q", title="models with it"), alt.Tooltip("mem_n_out:Q", title="models without"),
                "flag"]
-    # A small fixed jitter (from the sample id) separates points with equal ApB and mem; the tooltip shows exact ApB.
-    jitter = pd.util.hash_pandas_object(points["sample_id"], index=False).to_numpy() % 1000 / 1000 - 0.5
-    points = points.assign(x=points["apb"] + JITTER * jitter)
     base = alt.Chart(points).encode(
         x=alt.X("x:Q", title="ApB (lower: harder to learn)",
                 scale=alt.Scale(domain=[-JITTER, 1 + JITTER], nice=False)),
@@ -181,7 +197,8 @@ def _scatter(points: pd.DataFrame) -> alt.LayerChart:
         tooltip=tooltip)
     bars = base.mark_rule(opacity=0.25).encode(y=alt.Y("mem_low:Q"), y2="mem_high:Q")
     dots = base.mark_circle(size=45, opacity=0.8).encode(
-        y=alt.Y("mem:Q", title="mem", scale=alt.Scale(domain=[-1, 1])))
+        y=alt.Y("mem:Q", title="mem", scale=alt.Scale(domain=[-1, 1]))).add_params(
+        alt.selection_interval(name=BRUSH, encodings=["x", "y"]))
     return bars + dots
 
 
@@ -209,6 +226,13 @@ def _findings(store: Store) -> None:
             "samples": st.column_config.NumberColumn(help="Distinct samples with this flag"),
             "train": st.column_config.NumberColumn(help="Of which training images"),
             "test": st.column_config.NumberColumn(help="Of which test images")})
+        by_class = queries.flag_class_counts(store).assign(flag=lambda f: f["kind"].map(flag_name))
+        st.altair_chart(alt.Chart(by_class).mark_bar().encode(
+            x=alt.X("label:N", title="class", sort=None), y=alt.Y("samples:Q", title="flagged images"),
+            color=alt.Color("kind:N", title=None, scale=alt.Scale(domain=list(FLAG_COLORS),
+                                                                  range=list(FLAG_COLORS.values())),
+                            legend=alt.Legend(orient="top")),
+            xOffset="kind:N", tooltip=["flag", "label", "samples"]).properties(height=220), width="stretch")
     with right:
         st.markdown("**Triage** (the `audit` view reads the flags of each sample together)")
         triage = queries.triage_counts(store)
@@ -270,52 +294,11 @@ def _embedding_map(store: Store) -> None:
     st.altair_chart(chart.properties(height=520).configure_axis(grid=False).interactive(), width="stretch")
 
 
-def _jobs(store: Store) -> None:
-    """The jobs table, refreshed every few seconds while one is running; the whole page reruns when it ends."""
-    frame = queries.jobs(store)
-    if frame.empty:
-        return
-    st.subheader("Jobs")
-    running = bool(frame["status"].eq("running").any())
-    st.fragment(_job_list, run_every=JOB_REFRESH_S if running else None)(store, running)
-
-
-def _job_list(store: Store, was_running: bool) -> None:
-    """A progress bar per running job and a table of every recent job."""
-    frame = queries.jobs(store)
-    if was_running and not frame["status"].eq("running").any():
-        st.rerun()  # a job just finished: refresh the scores and charts above
-    clock = datetime.now(UTC).replace(tzinfo=None)
-    for job in frame[frame["status"] == "running"].itertuples():
-        done, total = int(job.done or 0), int(job.total or 0)
-        age = "" if pd.isna(job.updated_at) else \
-            f", last update {_duration((clock - job.updated_at).total_seconds())} ago"
-        st.progress(min(done / total, 1.0) if total else 0.0,
-                    text=f"{method_name(job.kind)}: {done:,} of {total:,} {job.unit or ''}, "
-                         f"ETA {_duration(job.eta_s)}{age}")
-    table = pd.DataFrame({
-        "kind": frame["kind"].map(method_name), "status": frame["status"],
-        "done / total": [f"{int(d or 0):,} / {int(t or 0):,} {u or ''}".strip()
-                         for d, t, u in zip(frame["done"], frame["total"], frame["unit"])],
-        "ETA": [_duration(e) if s == "running" else "–" for e, s in zip(frame["eta_s"], frame["status"])],
-        "updated (UTC)": frame["updated_at"], "message": frame["message"], "run": frame["run_id"]})
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={"updated (UTC)": st.column_config.DatetimeColumn(format="YYYY-MM-DD HH:mm:ss")})
-
-
-def _duration(seconds: float | None) -> str:
-    """`seconds` as '45 s', '12 min' or '3.5 h'; '–' when unknown."""
-    if seconds is None or pd.isna(seconds):
-        return "–"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def render(store: Store) -> None:
     """The whole overview, or an info message while the database holds no samples."""
+    running = len(queries.running_jobs(store))
+    if running:
+        st.info(f"{running} job{'s' if running > 1 else ''} running — see the Jobs page.", icon=":material/sync:")
     counts = queries.dataset_counts(store)
     if counts.empty:
         st.info("The audit database holds no samples yet: ingest a dataset with `memaudit run --db ...`.")
@@ -331,7 +314,6 @@ def render(store: Store) -> None:
     else:
         st.info(f"This file predates the detectors (no embeddings, pairs or `audit` view): add them with "
                 f"`memaudit run --stages embeddings,detectors --db {store.path}`.")
-    _jobs(store)
 
 
 run_page("Audit overview", render)

@@ -1,0 +1,159 @@
+"""The evidence behind a flag, as the dashboard shows it: twins side by side, a cluster's members, the neighbours
+that disagree with a label, mem with its interval; shared by the Review and Point detail pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app.common import flag_name, md, parse_detail, thumbnail
+from auditor import queries
+from auditor.store import Store
+
+EVIDENCE_IMAGE = 160
+STRIP_IMAGE = 96
+TWINS_SHOWN = 6
+CLUSTER_MEMBERS_SHOWN = 8
+NEIGHBORS_SHOWN = 10
+NBSP = "\u00a0"
+
+
+def mem_text(row: dict[str, Any]) -> str:
+    """'mem 0.62 [0.31, 0.85]' for a scored point, 'mem – (not a candidate)' (from mem_note) for one that is not."""
+    if pd.isna(row["mem"]):
+        if pd.isna(row["mem_method"]):
+            return "mem – (not run)"
+        note = "not scored" if pd.isna(row["mem_note"]) else str(row["mem_note"]).split(" (")[0]
+        return f"mem – ({note})"
+    return f"mem **{row['mem']:.2f}** [{row['mem_low']:.2f},{NBSP}{row['mem_high']:.2f}]"
+
+
+def models_text(row: dict[str, Any]) -> str:
+    """'4 models in, 4 out' (shadow models trained with / without the point); '' for an unscored point."""
+    if pd.isna(row["mem"]):
+        return ""
+    return f"{int(row['mem_n_in'])} models in, {int(row['mem_n_out'])} out"
+
+
+def label_text(value: Any) -> str:
+    """A label from the data, escaped for markdown; '–' when missing."""
+    return "–" if value is None or pd.isna(value) else md(value)
+
+
+def picture(path: str | None, caption: str, size: int = EVIDENCE_IMAGE) -> None:
+    """An image from a path recorded in `samples` (`size` pixels wide, or as wide as its column for a strip of small
+    ones), or a note when it cannot be shown."""
+    image = thumbnail(path, size)
+    if image is None:
+        st.caption(f"{caption} (image unreadable)")
+    else:
+        st.image(image, caption=caption, width="stretch" if size <= STRIP_IMAGE else size)
+
+
+def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thresholds: dict) -> None:
+    """The image and its closest twin side by side with similarity, threshold and labels, then any other twins."""
+    pairs = queries.twins(store, row["sample_id"], kind, TWINS_SHOWN + 1)
+    if pairs.empty:
+        st.info(f"The pairs behind this flag are gone (twin {info.get('twin', '–')}): re-run the detectors.")
+        return
+    best = pairs.iloc[0]
+    threshold = info.get("threshold", thresholds.get(kind, {}).get("value"))
+    method = info.get("threshold_method", thresholds.get(kind, {}).get("method"))
+    left, middle, right = st.columns([1, 1, 2])
+    with left:
+        picture(row["path"], f"{row['sample_id']} ({row['split']})")
+    with middle:
+        picture(best["path"], f"twin {best['twin_id']} ({best['split'] or '–'})")
+    with right:
+        same = label_text(row["label"]) == label_text(best["label"])
+        labels = (f"**{label_text(row['label'])}** and **{label_text(best['label'])}**" if same else
+                  f":red[**{label_text(row['label'])}** and **{label_text(best['label'])}**: the labels differ]")
+        facts = [f"similarity **{best['similarity']:.4f}**"
+                 + (" (an exact copy: same pixels or file)" if best["exact"] else ""),
+                 "threshold " + ("–" if threshold is None else f"**{threshold:.4f}**")
+                 + f" ({method or 'unknown method'})",
+                 f"labels {labels}"]
+        if not best["exact"] and threshold is not None and best["similarity"] < threshold:
+            facts.append(":gray[below the threshold, but kept: far closer to this image than to anything else]")
+        if kind == "leaked":
+            here, there = ("training", "test") if row["split"] == "train" else ("test", "training")
+            facts.append(f"a copy of this {here} image is in the {there} set: fix the split")
+        st.markdown("  \n".join(facts))
+    if len(pairs) > 1:
+        st.markdown(f"**Other twins** ({int(info.get('twins', len(pairs))) - 1} in all)")
+        for column, twin in zip(st.columns(TWINS_SHOWN), pairs.iloc[1:].itertuples()):
+            with column:
+                picture(twin.path, f"{twin.twin_id} {twin.similarity:.3f}", STRIP_IMAGE)
+                if label_text(twin.label) != label_text(row["label"]):
+                    st.markdown(f":small[:red[label **{label_text(twin.label)}**]]")
+
+
+def cluster_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
+    """The cluster's size against its class, the rules that fired, and a few other members of the cluster."""
+    reasons = {"tiny_cluster": "tiny cluster", "low_density": "low local density"}
+    percentile = info.get("density_percentile")
+    density = ("" if percentile is None else "; the lowest local density of its class" if percentile <= 0 else
+               f"; local density above only {percentile:.0%} of its class")
+    st.markdown(f"cluster **#{info.get('cluster', '–')}** of **{info.get('cluster_size', '–')}** images in class "
+                f"**{label_text(row['label'])}** ({info.get('class_size', '–')} training images): "
+                f"{', '.join(reasons.get(r, r) for r in info.get('reasons', [])) or 'no rule recorded'}{density}")
+    members = queries.cluster_members(store, row["sample_id"], CLUSTER_MEMBERS_SHOWN)
+    if members.empty:
+        st.caption("No other member: this image is a cluster of its own.")
+        return
+    st.caption(f"{len(members)} other member{'s' if len(members) > 1 else ''} of its cluster"
+               + (" (densest first)" if int(info.get("cluster_size", 0) or 0) - 1 > len(members) else "") + ":")
+    for column, member in zip(st.columns(CLUSTER_MEMBERS_SHOWN), members.itertuples()):
+        with column:
+            picture(member.path, member.sample_id, STRIP_IMAGE)
+
+
+def label_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
+    """Given and suggested label, the model's confidence, and the nearest neighbours with the disagreeing ones red."""
+    facts = [f"given **{label_text(info.get('given'))}** → suggested :orange[**{label_text(info.get('suggested'))}**]",
+             f"out-of-sample probability of the given label {info.get('self_confidence', float('nan')):.2f}"]
+    if info.get("neighbors"):
+        facts.append(f"{info.get('disagreeing_neighbors', '–')} of {info['neighbors']} nearest neighbours carry "
+                     f"another label (weighted vote {info.get('knn_disagreement', float('nan')):.0%} against, "
+                     f"mostly for **{label_text(info.get('knn_label'))}**)")
+    if info.get("memorization") is not None:
+        reading = {"mislabeled": "memorized and hurting the test points it influences: likely mislabeled",
+                   "rare_but_useful": "memorized and helping test points: likely rare but correct"}
+        facts.append(f"mem {info['memorization']:.2f}, mean influence on test points "
+                     + ("–" if info.get("cross_influence") is None else f"{info['cross_influence']:+.2f}")
+                     + (f": {reading[info['influence_reading']]}" if info.get("influence_reading") in reading else ""))
+    st.markdown("  \n".join(facts))
+    neighbors = queries.sample_neighbors(store, row["sample_id"], NEIGHBORS_SHOWN)
+    if neighbors.empty:
+        st.caption("No neighbours recorded for this image.")
+        return
+    st.caption("Nearest training images (rank, id; label · similarity), those with another label in red:")
+    for column, neighbor in zip(st.columns(NEIGHBORS_SHOWN), neighbors.itertuples()):
+        with column:
+            picture(neighbor.path, f"{neighbor.rank}. {neighbor.neighbor_id}", STRIP_IMAGE)
+            text = f"**{label_text(neighbor.label)}** · {neighbor.similarity:.2f}"
+            st.markdown(f":red[{text}]" if neighbor.disagrees else text)
+
+
+def flag_evidence(store: Store, row: dict[str, Any], flags: list[dict[str, Any]]) -> None:
+    """Each flag of one image as a heading with its evidence in plain words (twin, cluster, neighbours, mem)."""
+    thresholds = queries.detector_thresholds(store).set_index("kind").to_dict("index") \
+        if queries.has_detector_schema(store) else {}
+    for flag in flags:
+        kind, info = flag["kind"], parse_detail(flag["detail"])
+        scored = kind not in (*queries.PAIR_KINDS, "memorized") and not pd.isna(flag["score"])
+        st.markdown(f"#### {flag_name(kind)}" + (f" :gray[(score {flag['score']:.2f})]" if scored else ""))
+        if kind in queries.PAIR_KINDS and isinstance(info, dict):
+            twin_evidence(store, row, kind, info, thresholds)
+        elif kind == "long_tail" and isinstance(info, dict):
+            cluster_evidence(store, row, info)
+        elif kind == "mislabeled" and isinstance(info, dict):
+            label_evidence(store, row, info)
+        elif kind == "memorized" and row.get("mem") is not None and not pd.isna(row["mem"]):
+            st.markdown(f"{mem_text(row)} (95% interval), {models_text(row)}  \n:gray[{md(info)}]")
+        elif isinstance(info, dict):
+            st.json(info, expanded=False)
+        else:
+            st.markdown(md(info) or ":gray[no detail recorded]")

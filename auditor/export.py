@@ -1,0 +1,172 @@
+"""The cleaned manifest: the audited samples with the review decisions applied, in the input manifest's format (so
+`memaudit run --data <export>` audits it again), plus a changelog of every change; both written atomically."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from auditor.ingest import class_order
+from auditor.manifest import MANIFEST_SUFFIXES
+from auditor.queries import FLAG_PRIORITY, flag_kinds
+from auditor.reviews import current_decisions
+from auditor.store import Store
+
+MANIFEST_COLUMNS = ["sample_id", "path", "label", "split"]
+CHANGELOG_COLUMNS = ["sample_id", "change", "old_label", "new_label", "reason"]
+WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
+    "csv": lambda frame, path: frame.to_csv(path, index=False),
+    "parquet": lambda frame, path: frame.to_parquet(path, index=False),
+    "jsonl": lambda frame, path: frame.to_json(path, orient="records", lines=True, force_ascii=False),
+}
+
+
+class ExportError(RuntimeError):
+    """The export could not be written; the previous files at the target paths are left as they were."""
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote and changed; `by_class` has class, before, after, removed, relabeled_in, relabeled_out."""
+
+    path: Path
+    changelog: Path
+    rows_in: int
+    rows_out: int
+    removed: int
+    relabeled: int
+    dropped_by_kind: dict[str, int]
+    by_class: pd.DataFrame
+
+
+def _check_kinds(store: Store, drop_kinds: Sequence[str]) -> list[str]:
+    """`drop_kinds` without repeats, each a flag kind present in the file or known to memaudit."""
+    kinds = list(dict.fromkeys(drop_kinds))
+    known = list(dict.fromkeys([*flag_kinds(store), *FLAG_PRIORITY]))
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise ValueError(f"unknown flag kind(s) {', '.join(unknown)}; use one of: {', '.join(known)}")
+    return kinds
+
+
+def _reason(row: tuple) -> str:
+    """'note (reviewer, decided at)' of a decision, or the flag kinds that dropped an unreviewed sample."""
+    if pd.isna(row.action):
+        return f"unreviewed, flagged {', '.join(row.kinds)}"
+    who = f"{row.reviewer}, {row.decided_at:%Y-%m-%d %H:%M:%S} UTC"
+    return f"{row.note} ({who})" if isinstance(row.note, str) and row.note else f"({who})"
+
+
+def _plan(store: Store, apply_relabels: bool, drop_removed: bool, kinds: list[str]) -> pd.DataFrame:
+    """Every sample with its decision, the drop kinds it carries, and what the export does with it (`change`)."""
+    samples = store.query("SELECT sample_id, path, label, split FROM samples ORDER BY sample_id")
+    decisions = current_decisions(store).drop(columns=["split", "label"])
+    flagged = store.query("SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS kinds FROM flags "
+                          "WHERE list_contains(?::VARCHAR[], kind) GROUP BY sample_id", [kinds])
+    rows = samples.merge(decisions, on="sample_id", how="left").merge(flagged, on="sample_id", how="left")
+    removed = (rows["action"] == "remove") & drop_removed
+    relabeled = (rows["action"] == "relabel") & apply_relabels & (rows["new_label"] != rows["label"])
+    dropped = rows["action"].isna() & rows["kinds"].notna()
+    rows["change"] = np.select([removed, relabeled, dropped], ["removed", "relabeled", "dropped_unreviewed"], None)
+    return rows
+
+
+def plan_export(store: Store, *, apply_relabels: bool = True, drop_removed: bool = True,
+                drop_kinds: Sequence[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cleaned manifest rows and the changelog rows, without writing anything (the dashboard's preview)."""
+    return _split(_plan(store, apply_relabels, drop_removed, _check_kinds(store, drop_kinds)))
+
+
+def _split(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(manifest, changelog) of a plan."""
+    relabeled = rows["change"] == "relabeled"
+    manifest = rows[~rows["change"].isin(["removed", "dropped_unreviewed"])].assign(
+        label=rows["new_label"].where(relabeled, rows["label"]))[MANIFEST_COLUMNS].reset_index(drop=True)
+    changed = rows[rows["change"].notna()]
+    changelog = pd.DataFrame({
+        "sample_id": changed["sample_id"], "change": changed["change"], "old_label": changed["label"],
+        "new_label": changed["new_label"].where(changed["change"] == "relabeled"),
+        "reason": [_reason(row) for row in changed.itertuples(index=False)]}, columns=CHANGELOG_COLUMNS)
+    return manifest, changelog.reset_index(drop=True)
+
+
+def _by_class(rows: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
+    """Per class: rows before and after, dropped (removed or by kind), relabeled into and out of it."""
+    relabeled = rows[rows["change"] == "relabeled"]
+    counts = {"before": rows["label"], "after": manifest["label"],
+              "removed": rows.loc[rows["change"].isin(["removed", "dropped_unreviewed"]), "label"],
+              "relabeled_in": relabeled["new_label"], "relabeled_out": relabeled["label"]}
+    classes = class_order({*rows["label"], *relabeled["new_label"]})
+    table = pd.DataFrame({name: labels.value_counts().reindex(classes, fill_value=0).to_numpy()
+                          for name, labels in counts.items()})
+    table.insert(0, "class", classes)
+    return table
+
+
+def _output(out: Path, fmt: str | None) -> tuple[Path, str]:
+    """The target path and its format: the suffix decides (the manifest reader goes by it); a bare name gets one."""
+    suffix = out.suffix.lower()
+    if fmt is None:
+        if suffix not in MANIFEST_SUFFIXES:
+            raise ValueError(f"cannot tell the format of {out} from its suffix; end it in "
+                             f"{', '.join(MANIFEST_SUFFIXES)} or pass a format")
+        return out, suffix[1:]
+    if f".{fmt}" not in MANIFEST_SUFFIXES:
+        raise ValueError(f"unknown export format {fmt!r}; use one of: {', '.join(WRITERS)}")
+    if not suffix:
+        return out.with_suffix(f".{fmt}"), fmt
+    if suffix != f".{fmt}":
+        raise ValueError(f"{out} ends in {suffix} but the format is {fmt}; manifests are read by their suffix, so "
+                         f"name it {out.with_suffix(f'.{fmt}').name}")
+    return out, fmt
+
+
+def _write_atomically(targets: list[tuple[Path, Callable[[Path], None]]]) -> None:
+    """Write every target to a temp file beside it and fsync it, then move them all into place; on any failure the
+    temp files are removed and the files already at the targets stay as they were."""
+    temps: list[Path] = []
+    path = targets[0][0]
+    try:
+        for path, write in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            temps.append(Path(name))
+            write(temps[-1])
+            with open(temps[-1], "rb+") as fh:
+                os.fsync(fh.fileno())
+    except BaseException as exc:
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+        if not isinstance(exc, Exception):
+            raise
+        reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
+        raise ExportError(f"could not write {path}: {reason}; the previous file there is left unchanged") from exc
+    for temp, (path, _) in zip(temps, targets):
+        os.replace(temp, path)
+
+
+def export_manifest(store: Store, out: Path, *, fmt: str | None = None, apply_relabels: bool = True,
+                    drop_removed: bool = True, drop_kinds: Sequence[str] = ()) -> ExportSummary:
+    """Write the cleaned manifest (absolute paths; format from `fmt` or the suffix) and `<stem>.changelog.csv`
+    beside it."""
+    path, fmt = _output(Path(out), fmt)
+    kinds = _check_kinds(store, drop_kinds)
+    rows = _plan(store, apply_relabels, drop_removed, kinds)
+    manifest, changelog = _split(rows)
+    changelog_path = path.with_name(f"{path.stem}.changelog.csv")
+    _write_atomically([(path, lambda tmp: WRITERS[fmt](manifest, tmp)),
+                       (changelog_path, lambda tmp: WRITERS["csv"](changelog, tmp))])
+    dropped = Counter(kind for carried in rows.loc[rows["change"] == "dropped_unreviewed", "kinds"] for kind in carried)
+    return ExportSummary(
+        path=path, changelog=changelog_path, rows_in=len(rows), rows_out=len(manifest),
+        removed=int((rows["change"] == "removed").sum()), relabeled=int((rows["change"] == "relabeled").sum()),
+        dropped_by_kind={kind: dropped[kind] for kind in kinds},
+        by_class=_by_class(rows, manifest))

@@ -1,0 +1,189 @@
+"""The curation pages (Streamlit AppTest): review filters and decisions, Point detail, Decisions with undo, Export,
+and the Overview's flags-per-class chart and brushing."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from auditor import queries
+from auditor.queries import ReviewFilter
+from auditor.reviews import current_decisions, record_decisions
+from auditor.store import Store
+
+PAGES = Path(__file__).resolve().parent.parent / "app" / "pages"
+MALICIOUS = "0' OR 1=1 --"
+
+
+@pytest.fixture()
+def db(small_db, tmp_path, monkeypatch) -> Path:
+    """A private copy of the small audited database (pages write decisions), named by MEMAUDIT_DB."""
+    path = tmp_path / "audit.duckdb"
+    shutil.copy(small_db, path)
+    monkeypatch.setenv("MEMAUDIT_DB", str(path))
+    return path
+
+
+def page(name: str, **state) -> AppTest:
+    """One page run with `state` put in its session first."""
+    at = AppTest.from_file(str(PAGES / f"{name}.py"))
+    for key, value in state.items():
+        at.session_state[key] = value
+    return at.run(timeout=60)
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.exception] + [str(e.value) for e in at.error]
+
+
+def grid_ids(at: AppTest) -> list[str]:
+    """Sample ids of the grid's tiles, from their pick checkboxes."""
+    return [c.key.removeprefix("pick_") for c in at.checkbox if c.key and c.key.startswith("pick_")]
+
+
+def test_review_decides_for_picked_images_in_bulk_and_undoes(db):
+    at = page("review")
+    assert not errors(at)
+    first, second = grid_ids(at)[:2]
+    at.checkbox(key=f"pick_{first}").check()
+    at.checkbox(key=f"pick_{second}").check().run(timeout=60)
+    at.selectbox(key="decision_action").select("remove")
+    at.text_input(key="decision_note").input("blurry")
+    at.button(key="decision_apply").click().run(timeout=60)
+    assert not errors(at)
+    decided = current_decisions(Store(db)).set_index("sample_id")
+    assert set(decided.index) == {first, second} and (decided["action"] == "remove").all()
+    assert (decided["note"] == "blurry").all() and decided["reviewer"].notna().all()
+    assert not at.checkbox(key=f"pick_{first}").value  # picks are cleared once stored
+    at.checkbox(key=f"pick_{first}").check().run(timeout=60)
+    at.selectbox(key="decision_action").select("undo")
+    at.button(key="decision_apply").click().run(timeout=60)
+    assert set(current_decisions(Store(db))["sample_id"]) == {second}
+
+
+def test_review_relabels_and_filters_by_review_state(db):
+    at = page("review")
+    target = grid_ids(at)[0]
+    label = Store(db).scalar("SELECT label FROM samples WHERE sample_id = ?", [target])
+    new = next(c for c in queries.class_labels(Store(db)) if c != label)
+    at.checkbox(key=f"pick_{target}").check().run(timeout=60)
+    at.selectbox(key="decision_action").select("relabel").run(timeout=60)
+    at.selectbox(key="decision_label").select(new)
+    at.button(key="decision_apply").click().run(timeout=60)
+    at.selectbox(key="state").select("relabel").run(timeout=60)
+    assert grid_ids(at) == [target]
+    assert any("relabel" in m.value and new in m.value for m in at.markdown)
+    at.selectbox(key="state").select("undecided").run(timeout=60)
+    assert target not in grid_ids(at) and grid_ids(at)
+
+
+def test_review_filters_by_split_and_score_range(db):
+    store = Store(db)
+    at = page("review", flag="any")
+    at.selectbox(key="split").select("test").run(timeout=60)
+    expected = queries.review_page(store, where=ReviewFilter(flag="any", split="test"), sort="score_desc")
+    assert grid_ids(at) == expected["sample_id"].tolist()[:24]
+    at = page("review")
+    at.selectbox(key="range_score").select("apb").run(timeout=60)
+    low, high = queries.review_score_range(store, "apb")
+    slider = at.slider(key="range_apb_None")
+    assert slider.value == (pytest.approx(low), pytest.approx(high))
+    middle = (low + high) / 2
+    slider.set_value((low, middle)).run(timeout=60)
+    shown = store.query("SELECT apb FROM scores WHERE list_contains(?, sample_id)", [grid_ids(at)])["apb"]
+    assert len(shown) and (shown <= middle + 1e-9).all()
+    assert queries.review_count(store, where=ReviewFilter(score="apb", low=low, high=middle)) < \
+        queries.review_count(store)
+
+
+def test_review_queries_reject_unknown_keys_and_keep_text_as_parameters(db):
+    store = Store(db)
+    with pytest.raises(ValueError, match="review state"):
+        queries.review_count(store, where=ReviewFilter(state=MALICIOUS))
+    with pytest.raises(ValueError, match="review score"):
+        queries.review_count(store, where=ReviewFilter(score=MALICIOUS))
+    assert queries.review_count(store, where=ReviewFilter(split=MALICIOUS)) == 0
+    assert queries.review_page(store, where=ReviewFilter(sample_ids=(MALICIOUS,))).empty
+
+
+def test_a_brushed_selection_opens_in_review(db):
+    ids = Store(db).query("SELECT sample_id FROM scores ORDER BY sample_id LIMIT 3")["sample_id"].tolist()
+    at = page("review", selection=ids)
+    assert sorted(grid_ids(at)) == ids
+    at.button(key="clear_selection").click().run(timeout=60)
+    assert len(grid_ids(at)) > 3
+
+
+def test_overview_brush_button_stores_the_points_inside_the_rectangle(db):
+    store = Store(db)
+    at = page("overview")
+    assert not errors(at)
+    assert any(c.value.startswith("Drag a rectangle") for c in at.caption)
+    points = queries.mem_scatter(store)
+    at.session_state["mem_scatter"] = {"selection": {"brush": {"x": [-1.0, 2.0], "mem": [-1.0, 1.0]}}}
+    at.run(timeout=60)
+    button = at.button(key="open_brushed")
+    assert button.label == f"Open the {len(points)} brushed points in Review"
+
+
+def test_point_detail_shows_scores_dynamics_and_decides(db):
+    store = Store(db)
+    sample_id = store.scalar("SELECT sample_id FROM scores WHERE mem IS NOT NULL ORDER BY mem DESC LIMIT 1")
+    at = page("point", point=sample_id)
+    assert not errors(at)
+    text = " ".join(m.value for m in at.markdown)
+    assert "ApB" in text and "mem" in text and "Training dynamics" in text
+    assert at.query_params["id"] in (sample_id, [sample_id])
+    at.text_input(key="point_note").input("rare style")
+    at.button(key="point_keep").click().run(timeout=60)
+    decided = current_decisions(store, [sample_id])
+    assert decided["action"].tolist() == ["keep"] and decided["note"].tolist() == ["rare style"]
+    at.button(key="point_undo").click().run(timeout=60)
+    assert current_decisions(store, [sample_id]).empty
+
+
+def test_point_detail_says_not_found_for_an_unknown_id(db):
+    at = page("point", point=MALICIOUS)
+    assert any("not found" in e for e in errors(at))
+
+
+def test_decisions_page_lists_counts_and_undoes_a_selection(db):
+    store = Store(db)
+    ids = store.query("SELECT sample_id FROM samples ORDER BY sample_id LIMIT 3")["sample_id"].tolist()
+    record_decisions(store, ids, "remove", reviewer="ana")
+    at = page("decisions")
+    assert not errors(at)
+    assert at.metric[0].value == "3"
+    at.session_state["decisions_table"] = {"selection": {"rows": [0], "columns": []}}
+    at.run(timeout=60)
+    newest = current_decisions(store)["sample_id"].iloc[0]
+    at.button(key="decisions_undo").click().run(timeout=60)
+    assert newest not in set(current_decisions(store)["sample_id"]) and len(current_decisions(store)) == 2
+
+
+def test_export_page_previews_and_writes_into_the_exports_folder(db):
+    store = Store(db)
+    removed = store.scalar("SELECT sample_id FROM samples ORDER BY sample_id LIMIT 1")
+    record_decisions(store, [removed], "remove", reviewer="ana")
+    at = page("export")
+    assert not errors(at)
+    assert [m.value for m in at.metric][1] == "1"
+    at.text_input(key="export_name").input("../escape").run(timeout=60)
+    assert any("plain file name" in e for e in errors(at))
+    at.text_input(key="export_name").input("round1").run(timeout=60)
+    at.button(key="export_write").click().run(timeout=60)
+    out = db.parent / "exports" / "round1.csv"
+    frame = pd.read_csv(out, dtype=str)
+    assert removed not in set(frame["sample_id"]) and len(frame) == store.scalar("SELECT count(*) FROM samples") - 1
+    assert (db.parent / "exports" / "round1.changelog.csv").is_file()
+    assert not (db.parent / "escape.csv").exists()
+
+
+def test_every_page_is_in_the_navigation():
+    main = (PAGES.parent / "main.py").read_text()
+    for name in ("overview", "review", "point", "decisions", "export", "jobs"):
+        assert f"pages/{name}.py" in main
