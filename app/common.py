@@ -88,6 +88,8 @@ def evidence_line(kind: str, detail: str | None, label: str | None = None) -> st
         where = "" if label is None else f" in class {md(label)}"
         line = f"long tail: cluster of {info.get('cluster_size', '–')}{where}"
         return line + (", low density" if "low_density" in info.get("reasons", []) else "")
+    if "summary" in info:
+        return f"{md(kind.replace('_', ' '))}: {md(info['summary'])}"
     return f"{md(kind.replace('_', ' '))}: " + ", ".join(f"{md(k)} {md(v)}" for k, v in list(info.items())[:3])
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app.common import flag_name, md, parse_detail, thumbnail
+from app.common import flag_name, md, parse_detail, reviewer, thumbnail
 from auditor import queries
-from auditor.store import Store
+from auditor.reviews import judge_pair, pair_judgement
+from auditor.store import Store, StoreBusy
 
 EVIDENCE_IMAGE = 160
 STRIP_IMAGE = 96
@@ -81,6 +82,8 @@ def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thre
             here, there = ("training", "test") if row["split"] == "train" else ("test", "training")
             facts.append(f"a copy of this {here} image is in the {there} set: fix the split")
         st.markdown("  \n".join(facts))
+        if not best["exact"]:
+            _judge_buttons(store, row["sample_id"], best["twin_id"], kind)
     if len(pairs) > 1:
         st.markdown(f"**Other twins** ({int(info.get('twins', len(pairs))) - 1} in all)")
         for column, twin in zip(st.columns(TWINS_SHOWN), pairs.iloc[1:].itertuples()):
@@ -88,6 +91,28 @@ def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thre
                 picture(twin.path, f"{twin.twin_id} {twin.similarity:.3f}", STRIP_IMAGE)
                 if label_text(twin.label) != label_text(row["label"]):
                     st.markdown(f":small[:red[label **{label_text(twin.label)}**]]")
+
+
+def _judge(store: Store, one: str, other: str, is_duplicate: bool) -> None:
+    """Store a reviewer's answer on a pair; a busy or changed database shows why it was not stored."""
+    try:
+        judge_pair(store, one, other, is_duplicate, reviewer=reviewer())
+    except (StoreBusy, ValueError) as exc:
+        st.session_state["decision_error"] = f"Judgement not saved: {exc}"
+
+
+def _judge_buttons(store: Store, sample_id: str, twin_id: str, kind: str) -> None:
+    """Confirm or reject a detected pair: the answers calibrate this pair kind's threshold on the next detectors
+    run (once both answers exist), instead of the similarity distribution."""
+    answer = pair_judgement(store, sample_id, twin_id)
+    what = "a copy" if kind == "leaked" else "a duplicate"
+    st.caption("Your judgement: " + ("not yet given" if answer is None else
+                                     f"**{what}**" if answer else f"**not {what}**")
+               + " — judged pairs calibrate the next detectors run's threshold.")
+    yes, no = st.columns(2)
+    key = f"judge_{kind}_{sample_id}_{twin_id}"
+    yes.button(f"Yes, {what}", key=f"{key}_yes", on_click=_judge, args=(store, sample_id, twin_id, True))
+    no.button(f"No, not {what}", key=f"{key}_no", on_click=_judge, args=(store, sample_id, twin_id, False))
 
 
 def cluster_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
@@ -152,7 +177,10 @@ def flag_evidence(store: Store, row: dict[str, Any], flags: list[dict[str, Any]]
         elif kind == "mislabeled" and isinstance(info, dict):
             label_evidence(store, row, info)
         elif kind == "memorized" and row.get("mem") is not None and not pd.isna(row["mem"]):
-            st.markdown(f"{mem_text(row)} (95% interval), {models_text(row)}  \n:gray[{md(info)}]")
+            summary = info.get("summary", "") if isinstance(info, dict) else info
+            st.markdown(f"{mem_text(row)} (95% interval), {models_text(row)}  \n:gray[{md(summary)}]")
+        elif isinstance(info, dict) and "summary" in info:
+            st.markdown(md(info["summary"]))
         elif isinstance(info, dict):
             st.json(info, expanded=False)
         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -24,10 +25,14 @@ def memorized_candidates(scores: pd.DataFrame, cfg: CandidateConfig) -> pd.DataF
     chosen = chosen.head(cfg.max)
     details = []
     for rank, row in enumerate(chosen.itertuples(index=False), start=1):
-        learned = ("never learned" if pd.isna(row.first_learned)
-                   else f"learned for good at epoch {row.first_learned:g}")
-        details.append(f"ApB {row.apb:.2f} (rank {rank} of {len(ranked)}, {rule}); {learned}; "
-                       f"{row.forgetting_events:g} forgetting events")
+        never = pd.isna(row.first_learned)
+        learned = "never learned" if never else f"learned for good at epoch {row.first_learned:g}"
+        details.append(json.dumps({
+            "apb": round(float(row.apb), 6), "rank": rank, "ranked": len(ranked), "rule": rule,
+            "first_learned": None if never else float(row.first_learned),
+            "forgetting_events": float(row.forgetting_events),
+            "summary": f"ApB {row.apb:.2f} (rank {rank} of {len(ranked)}, {rule}); {learned}; "
+                       f"{row.forgetting_events:g} forgetting events"}))
     return pd.DataFrame({"sample_id": chosen["sample_id"].to_numpy(), "kind": "memorized_candidate",
                          "score": 1.0 - chosen["apb"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
 

@@ -143,3 +143,22 @@ def decision_counts(store: Store) -> pd.DataFrame:
                         "LEFT JOIN current_reviews c USING (action) LEFT JOIN samples s USING (sample_id) "
                         "GROUP BY a.action ORDER BY list_position(?, a.action)", [list(ACTIONS), list(ACTIONS)],
                  pd.DataFrame({"action": list(ACTIONS), "samples": 0}))
+
+
+def judge_pair(store: Store, one: str, other: str, is_duplicate: bool, *, reviewer: str) -> None:
+    """Record a reviewer's answer on one detected pair, named in either order (a real duplicate / leak or not), in
+    `pair_judgements`; the next detectors run calibrates that pair kind's threshold on the latest answers."""
+    _check_reviewer(reviewer)
+    with store.connect() as con:
+        found = con.execute("SELECT a_id, b_id FROM pairs WHERE (a_id = ? AND b_id = ?) OR (a_id = ? AND b_id = ?) "
+                            "LIMIT 1", [one, other, other, one]).fetchone()
+        if found is None:
+            raise ValueError(f"no detected pair {one} / {other}: judge pairs the detectors found")
+        con.execute("INSERT INTO pair_judgements VALUES (?, ?, ?, ?, ?)",
+                    [*found, bool(is_duplicate), reviewer, datetime.now(UTC).replace(tzinfo=None)])
+
+
+def pair_judgement(store: Store, one: str, other: str) -> bool | None:
+    """The latest answer on a pair named in either order (True: a real duplicate), None when nobody judged it."""
+    return store.scalar("SELECT is_duplicate FROM pair_judgements WHERE (a_id = ? AND b_id = ?) "
+                        "OR (a_id = ? AND b_id = ?) ORDER BY decided_at DESC LIMIT 1", [one, other, other, one])

@@ -82,7 +82,9 @@ def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, pair_kin
     if fixed > 0:
         return Threshold(fixed, "configured", {})
     judged = store.query("SELECT p.similarity, j.is_duplicate FROM pair_judgements j JOIN pairs p "
-                         "ON p.a_id = j.a_id AND p.b_id = j.b_id AND p.kind = ?", [pair_kind])
+                         "ON p.a_id = j.a_id AND p.b_id = j.b_id AND p.kind = ? "
+                         "QUALIFY row_number() OVER (PARTITION BY j.a_id, j.b_id ORDER BY j.decided_at DESC) = 1",
+                         [pair_kind])
     if judged["is_duplicate"].nunique() == 2:
         return calibrate_from_labels(judged["similarity"].to_numpy(), judged["is_duplicate"].to_numpy(bool))
     return calibrate_from_distribution(nn_similarities[np.isfinite(nn_similarities)], c=c)

@@ -169,9 +169,12 @@ def _score_frame(scores: pd.DataFrame, data: TrainingArrays, method: str, run_id
 
 def _memorized_flags(frame: pd.DataFrame, threshold: float, run_id: str) -> pd.DataFrame:
     hit = frame[flag_memorized(frame, threshold).to_numpy()]
-    detail = [f"mem {r.mem:.2f} (95% CI {r.mem_low:.2f} to {r.mem_high:.2f}) from {r.mem_n_in} models with it and "
-              f"{r.mem_n_out} without ({METHOD_NAMES[r.mem_method]}); threshold {threshold:g}"
-              for r in hit.itertuples()]
+    detail = [json.dumps({
+        "mem": round(float(r.mem), 6), "low": round(float(r.mem_low), 6), "high": round(float(r.mem_high), 6),
+        "n_in": int(r.mem_n_in), "n_out": int(r.mem_n_out), "method": r.mem_method, "threshold": threshold,
+        "summary": f"mem {r.mem:.2f} (95% CI {r.mem_low:.2f} to {r.mem_high:.2f}) from {r.mem_n_in} models with it "
+                   f"and {r.mem_n_out} without ({METHOD_NAMES[r.mem_method]}); threshold {threshold:g}"})
+        for r in hit.itertuples()]
     return pd.DataFrame({"sample_id": hit["sample_id"].to_numpy(), "kind": "memorized",
                          "score": hit["mem"].to_numpy(), "detail": detail, "run_id": run_id})
 

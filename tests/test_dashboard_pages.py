@@ -3,16 +3,18 @@ and the Overview's flags-per-class chart and brushing."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from auditor import queries
 from auditor.queries import ReviewFilter
-from auditor.reviews import current_decisions, record_decisions
+from auditor.reviews import current_decisions, judge_pair, pair_judgement, record_decisions
 from auditor.store import Store
 
 PAGES = Path(__file__).resolve().parent.parent / "app" / "pages"
@@ -187,3 +189,48 @@ def test_every_page_is_in_the_navigation():
     main = (PAGES.parent / "main.py").read_text()
     for name in ("overview", "review", "point", "decisions", "export", "jobs"):
         assert f"pages/{name}.py" in main
+
+
+def _plant_duplicate(store: Store) -> tuple[str, str]:
+    """Two training images made a detected near-duplicate pair with its flags (as the detectors write them)."""
+    a_id, b_id = store.query("SELECT sample_id FROM samples WHERE split = 'train' ORDER BY sample_id LIMIT 2")[
+        "sample_id"].tolist()
+    store.execute("INSERT INTO pairs VALUES (?, ?, 'near_duplicate', 0.97, false, 'e', 'detect-t')", [a_id, b_id])
+    for me, twin in ((a_id, b_id), (b_id, a_id)):
+        detail = json.dumps({"twin": twin, "pair_kind": "near_duplicate", "similarity": 0.97, "exact": False,
+                             "conflicting": False, "twins": 1, "conflicting_twins": 0, "threshold": 0.95,
+                             "threshold_method": "nn_distribution"})
+        store.execute("INSERT INTO flags VALUES (?, 'duplicate', 0.97, ?, 'detect-t')", [me, detail])
+    return a_id, b_id
+
+
+def test_judging_a_pair_stores_the_latest_answer_and_calibrates_the_threshold(db):
+    from pipelines.detectors_stage import _threshold
+
+    store = Store(db)
+    a_id, b_id = _plant_duplicate(store)
+    store.execute("INSERT INTO pairs VALUES (?, ?, 'near_duplicate', 0.90, false, 'e', 'detect-t')", [b_id, a_id])
+    judge_pair(store, b_id, a_id, True, reviewer="ana")  # either order names the pair
+    assert pair_judgement(store, a_id, b_id) is True
+    judge_pair(store, a_id, b_id, False, reviewer="ana")
+    assert pair_judgement(store, b_id, a_id) is False  # the latest answer counts
+    with pytest.raises(ValueError, match="no detected pair"):
+        judge_pair(store, a_id, MALICIOUS, True, reviewer="ana")
+    judge_pair(store, a_id, b_id, True, reviewer="ana")
+    assert _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate").method == "nn_distribution"
+    store.execute("UPDATE pair_judgements SET a_id = ?, b_id = ? WHERE decided_at = (SELECT min(decided_at) "
+                  "FROM pair_judgements)", [b_id, a_id])  # the first answer (yes) now judges the 0.90 pair ...
+    store.execute("UPDATE pair_judgements SET is_duplicate = false WHERE a_id = ? AND b_id = ?", [b_id, a_id])
+    threshold = _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate")  # ... as not a duplicate
+    assert threshold.method == "labels_f1" and 0.90 < threshold.value <= 0.97
+
+
+def test_point_detail_confirms_or_rejects_a_twin(db):
+    store = Store(db)
+    a_id, b_id = _plant_duplicate(store)
+    at = page("point", point=a_id)
+    assert not errors(at)
+    assert any("Your judgement: not yet given" in c.value for c in at.caption)
+    at.button(key=f"judge_duplicate_{a_id}_{b_id}_no").click().run(timeout=60)
+    assert pair_judgement(store, a_id, b_id) is False
+    assert any("not a duplicate" in c.value for c in at.caption)

@@ -160,3 +160,18 @@ def test_more_seeds_reuse_finished_ones_and_keep_predictions(quick_db, small_con
     page = queries.review_page(store, limit=5)
     assert page["pred_label"].notna().all()
     assert set(queries.accuracy_curves(store)["seed"]) == {0, 1}
+
+
+def test_memorization_flags_carry_json_evidence(small_db):
+    store = Store(small_db)
+    flags = store.query("SELECT f.kind, f.detail, s.apb, s.mem FROM flags f JOIN scores s USING (sample_id) "
+                        "WHERE f.kind IN ('memorized_candidate', 'memorized')")
+    assert (flags["kind"] == "memorized_candidate").any()
+    for row in flags.itertuples():
+        detail = json.loads(row.detail)
+        assert detail["summary"]
+        if row.kind == "memorized_candidate":
+            assert detail["apb"] == pytest.approx(row.apb, abs=1e-6) and 1 <= detail["rank"] <= detail["ranked"]
+        else:
+            assert detail["mem"] == pytest.approx(row.mem, abs=1e-6)
+            assert detail["low"] <= detail["mem"] <= detail["high"]
