@@ -383,10 +383,12 @@ def running_jobs(store: Store) -> pd.DataFrame:
 
 
 def last_ingest_source(store: Store) -> str | None:
-    """The data source of the latest finished ingest, as its run message records it ('... problems from SOURCE');
-    None when nothing was ingested."""
-    source = store.scalar("SELECT regexp_extract(message, ' problems from (.+)$', 1) FROM runs "
-                          "WHERE kind = 'ingest' AND status = 'done' ORDER BY finished_at DESC NULLS LAST LIMIT 1")
+    """The data source of the latest ingest (`meta.data_source`; in older files its run message, '... problems from
+    SOURCE'); None when nothing was ingested."""
+    source = store.scalar(
+        "SELECT coalesce((SELECT value FROM meta WHERE key = 'data_source'), "
+        "                (SELECT regexp_extract(message, ' problems from (.+)$', 1) FROM runs WHERE kind = 'ingest' "
+        "                 AND status = 'done' ORDER BY finished_at DESC NULLS LAST LIMIT 1))")
     return source or None
 
 

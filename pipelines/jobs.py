@@ -19,6 +19,14 @@ class Job:
                       " updated_at, pid) VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?)",
                       [job_id, kind, run_id, total, unit, now(), now(), os.getpid()])
 
+    @classmethod
+    def attach(cls, store: Store, job_id: str) -> Job:
+        """A handle on an existing row (e.g. to cancel or fail it), without registering it as running again."""
+        job = cls.__new__(cls)
+        job.store, job.job_id, job.total = store, job_id, None
+        job._t0, job._done_at_start = time.monotonic(), None
+        return job
+
     def update(self, done: int, message: str | None = None) -> None:
         """Record progress; the ETA extrapolates the rate of the work done in this process (resumed work is free)."""
         if self._done_at_start is None:

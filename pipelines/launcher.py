@@ -115,13 +115,6 @@ def tracked(store: Store, job_id: str | None, total: int) -> Iterator[ProgressFa
     job.finish("done", "finished")
 
 
-def _handle(store: Store, job_id: str) -> Job:
-    """A Job on an existing row, to end it with Job.finish (constructing a Job would re-register it as running)."""
-    job = Job.__new__(Job)
-    job.store, job.job_id = store, job_id
-    return job
-
-
 def _proc_stat(pid: int) -> tuple[str, datetime] | None:
     """State letter and start time (naive UTC) of `pid` from /proc; None where /proc cannot tell (no such file)."""
     try:
@@ -160,7 +153,7 @@ def refresh(store: Store) -> int:
     """Mark 'failed' every running job whose process is gone (killed, crashed, machine restarted); returns how many."""
     stale = [job.job_id for job in queries.running_jobs(store).itertuples() if not is_alive(job.pid, job.started_at)]
     for job_id in stale:
-        _handle(store, job_id).finish("failed", "process vanished (see its log, if any)")
+        Job.attach(store, job_id).finish("failed", "process vanished (see its log, if any)")
     return len(stale)
 
 
@@ -180,7 +173,7 @@ def cancel(store: Store, job_id: str) -> bool:
             _signal(pid, signal.SIGKILL)
     same_process = queries.running_jobs(store)
     for other in same_process.loc[same_process["pid"].eq(pid) | same_process["job_id"].eq(job_id), "job_id"]:
-        _handle(store, other).finish("cancelled", "cancelled")
+        Job.attach(store, other).finish("cancelled", "cancelled")
     return True
 
 

@@ -44,6 +44,10 @@ def resolve_data(data: str) -> Path:
     return materialise_default() if data == "default" else Path(data)
 
 
+# The `meta` key holding the absolute path of the data the last ingest read (background jobs re-run it).
+DATA_SOURCE_KEY = "data_source"
+
+
 def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
     """List and decode every input image; replace `samples`, `classes` and the ingest `problems`."""
     t0 = time.perf_counter()
@@ -56,9 +60,11 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
     result = ingest(listing, limit_per_class=cfg.data.limit_per_class, workers=cfg.data.workers,
                     progress=bar.update)
     bar.close()
-    store.write([("samples", result.samples), ("classes", result.classes), ("problems", result.problems)],
+    store.write([("samples", result.samples), ("classes", result.classes), ("problems", result.problems),
+                 ("meta", pd.DataFrame({"key": [DATA_SOURCE_KEY], "value": [str(source.resolve())]}))],
                 deletes=[("DELETE FROM samples", []), ("DELETE FROM classes", []),
-                         ("DELETE FROM problems WHERE stage = 'ingest'", [])])
+                         ("DELETE FROM problems WHERE stage = 'ingest'", []),
+                         ("DELETE FROM meta WHERE key = ?", [DATA_SOURCE_KEY])])
     seconds = time.perf_counter() - t0
     finish_run(store, run_id, seconds=seconds, message=f"{len(result.samples)} samples, "
                                                        f"{len(result.problems)} problems from {source}")
