@@ -4,7 +4,6 @@ names, colours and one-line evidence of the flag kinds."""
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import os
@@ -15,11 +14,10 @@ from typing import Any
 
 import duckdb
 import streamlit as st
-from PIL import Image, ImageOps
 
 from auditor import queries
-from auditor.images import ImageError, decode_image
 from auditor.reviews import default_reviewer
+from auditor.thumbnails import thumbnail as make_thumbnail
 from auditor.store import Store, StoreBusy
 
 DB_ENV = "MEMAUDIT_DB"
@@ -149,15 +147,10 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
 
 @st.cache_data(max_entries=2048, show_spinner=False)
 def thumbnail(path: str | None, size: int = 112) -> bytes | None:
-    """PNG bytes of the image at `path` fitted into size x size (pixelated when enlarged); None if unreadable or
-    when there is no path (a sample missing from `samples`)."""
+    """PNG bytes of the image at `path` fitted into size x size, from the disk cache beside the audit database
+    (`<db>.artifacts/thumbs/`); None if unreadable or when there is no path (a sample missing from `samples`).
+    Paths only ever come from `samples`, never from the browser."""
     if not path or not isinstance(path, str):
         return None
-    try:
-        img = Image.fromarray(decode_image(path).pixels)
-    except (ImageError, Image.DecompressionBombError):
-        return None
-    method = Image.Resampling.NEAREST if max(img.size) < size else Image.Resampling.LANCZOS
-    out = io.BytesIO()
-    ImageOps.contain(img, (size, size), method=method).save(out, format="PNG")
-    return out.getvalue()
+    db = db_path()
+    return make_thumbnail(path, size, None if db is None else db.with_name(db.name + ".artifacts") / "thumbs")

@@ -572,7 +572,7 @@ def test_review_shows_the_lowest_apb_first(small_db, store, monkeypatch):
 def test_review_filter_by_class(small_db, store, monkeypatch):
     at = run_page(REVIEW, monkeypatch, small_db)
     label = queries.class_labels(store)[2]
-    at.selectbox(key="label").set_value(label).run()
+    at.selectbox(key="label").set_value(label).run(timeout=60)
     assert not at.exception
     ids = shown_ids(at)
     assert ids and len(ids) == min(24, queries.review_count(store, label=label))
@@ -583,17 +583,17 @@ def test_review_filter_by_class(small_db, store, monkeypatch):
 def test_review_pagination_and_page_size(small_db, store, monkeypatch):
     at = run_page(REVIEW, monkeypatch, small_db)
     first = shown_ids(at)
-    at.number_input(key="page").set_value(2).run()
+    at.number_input(key="page").set_value(2).run(timeout=60)
     second = shown_ids(at)
     assert not at.exception and len(second) == 24 and not set(first) & set(second)
     assert second == queries.review_page(store, limit=24, offset=24)["sample_id"].tolist()
-    at.selectbox(key="page_size").set_value(12).run()
+    at.selectbox(key="page_size").set_value(12).run(timeout=60)
     assert len(shown_ids(at)) == 12 and at.number_input(key="page").value == 1
 
 
 def test_review_only_candidates(small_db, store, monkeypatch):
     at = run_page(REVIEW, monkeypatch, small_db)
-    at.selectbox(key="flag").set_value("memorized_candidate").run()
+    at.selectbox(key="flag").set_value("memorized_candidate").run(timeout=60)
     assert not at.exception
     ids = shown_ids(at)
     flagged = set(store.query("SELECT sample_id FROM flags WHERE kind = 'memorized_candidate'")["sample_id"])
@@ -605,7 +605,7 @@ def test_review_only_candidates(small_db, store, monkeypatch):
 def test_review_only_memorized_with_intervals(mem_db, mem_store, monkeypatch):
     store = mem_store
     at = run_page(REVIEW, monkeypatch, mem_db)
-    at.selectbox(key="flag").set_value("memorized").run()
+    at.selectbox(key="flag").set_value("memorized").run(timeout=60)
     assert not at.exception
     ids, texts = shown_ids(at), tiles(at)
     assert ids and set(ids) == memorized_ids(store) and len(texts) == len(ids)
@@ -631,8 +631,8 @@ def test_review_tiles_show_unscored_points_as_a_dash(small_db, store, monkeypatc
 
 def test_review_sort_by_mem(small_db, store, monkeypatch):
     at = run_page(REVIEW, monkeypatch, small_db)
-    at.number_input(key="page").set_value(2).run()
-    at.selectbox(key="sort").set_value("mem_desc").run()
+    at.number_input(key="page").set_value(2).run(timeout=60)
+    at.selectbox(key="sort").set_value("mem_desc").run(timeout=60)
     assert not at.exception and at.number_input(key="page").value == 1
     ids = shown_ids(at)
     assert ids == queries.review_page(store, sort="mem_desc")["sample_id"].tolist()
@@ -691,14 +691,14 @@ def markdown(at: AppTest) -> list[str]:
 
 def review_with_flag(db: Path, monkeypatch, kind: str) -> AppTest:
     at = run_page(REVIEW, monkeypatch, db)
-    at.selectbox(key="flag").set_value(kind).run()
+    at.selectbox(key="flag").set_value(kind).run(timeout=60)
     assert not at.exception
     return at
 
 
 def show_evidence(at: AppTest, sample_id: str) -> list[str]:
     """Select `sample_id` in the evidence section; the page's markdown after the 'Evidence' heading."""
-    at.selectbox(key="evidence").set_value(sample_id).run()
+    at.selectbox(key="evidence").set_value(sample_id).run(timeout=60)
     assert not at.exception and at.selectbox(key="evidence").value == sample_id
     return markdown(at)
 
@@ -713,7 +713,7 @@ def test_review_flag_filter_offers_every_kind_present(planted_db, planted_store,
     lines = {"leaked": "leaked: twin ", "duplicate": "duplicate: twin ", "mislabeled": "mislabeled: given ",
              "long_tail": "long tail: cluster of "}
     for kind in kinds:
-        at.selectbox(key="flag").set_value(kind).run()
+        at.selectbox(key="flag").set_value(kind).run(timeout=60)
         assert not at.exception, kind
         assert at.selectbox(key="sort").value == "score_desc" and at.number_input(key="page").value == 1
         expected = queries.review_page(store, flag=kind, sort="score_desc")
@@ -721,7 +721,7 @@ def test_review_flag_filter_offers_every_kind_present(planted_db, planted_store,
         assert shown_ids(at) == readable, kind
         if kind in lines:
             assert all(lines[kind] in text for text in tiles(at)), kind
-    at.selectbox(key="flag").set_value(None).run()
+    at.selectbox(key="flag").set_value(None).run(timeout=60)
     assert at.selectbox(key="sort").value == "apb_asc"
     assert shown_ids(at) == queries.review_page(store)["sample_id"].tolist()
 
@@ -810,9 +810,9 @@ def test_review_evidence_button_selects_the_tile(planted_db, monkeypatch):
     ids = shown_ids(at)
     assert at.selectbox(key="evidence").value in ids
     assert [option.split(":")[0] for option in at.selectbox(key="evidence").options] == ids
-    at.button(key=f"evidence_{ids[-1]}").click().run()
+    at.button(key=f"evidence_{ids[-1]}").click().run(timeout=60)
     assert not at.exception and at.selectbox(key="evidence").value == ids[-1]
-    at.selectbox(key="page_size").set_value(12).run()  # the selected image left the page: the first one is shown
+    at.selectbox(key="page_size").set_value(12).run(timeout=60)  # the selected image left the page: the first one is shown
     assert not at.exception and at.selectbox(key="evidence").value == shown_ids(at)[0]
 
 
