@@ -18,7 +18,7 @@ import streamlit as st
 from auditor import queries
 from auditor.reviews import default_reviewer
 from auditor.thumbnails import thumbnail as make_thumbnail
-from auditor.store import Store, StoreBusy
+from auditor.store import Store, StoreBusy, StoreCorrupt
 
 DB_ENV = "MEMAUDIT_DB"
 USAGE = f"start the dashboard with `memaudit app --db PATH` (or `streamlit run app/main.py -- --db PATH`, or {DB_ENV})"
@@ -140,8 +140,9 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
     try:
         store = open_store()
         st.caption(f"Audit database: `{store.path}`")
-        render(store)
-    except (StoreBusy, duckdb.Error) as exc:
+        with store.reading():  # one read-only connection for the whole render, released when it ends
+            render(store)
+    except (StoreBusy, StoreCorrupt, duckdb.Error) as exc:
         st.error(f"Could not read the audit database: {exc}")
 
 

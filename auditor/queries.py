@@ -353,22 +353,28 @@ def review_page(store: Store, label: str | None = None, flag: str | None = None,
         raise ValueError(f"unknown review sort {sort!r}; use one of {', '.join(REVIEW_SORTS)}")
     f = where or ReviewFilter(label=label, flag=flag)
     ctes, row_params, condition, params = _review_rows(store, f)
+    # The page is cut first (`pg`: rows, decision, filter, order, LIMIT/OFFSET); only its rows then get their flags
+    # and prediction, instead of aggregating the flags of every flagged sample and joining every row.
     return store.query(
         f"{ctes}, "
+        "pg AS (SELECT r.*, d.action AS decision, d.new_label AS decision_label, d.reviewer AS decided_by "
+        "       FROM r LEFT JOIN d ON d.sample_id = r.sample_id "
+        f"      WHERE {condition} ORDER BY {REVIEW_SORTS[sort]} LIMIT ? OFFSET ?), "
         "fl AS (SELECT sample_id, list({'kind': kind, 'score': score, 'detail': detail} "
         f"                              ORDER BY {_PRIORITY.format(kind='kind')}, kind, score DESC) AS flags, "
         "              bool_or(kind = 'memorized_candidate') AS memorized_candidate, "
         "              bool_or(kind = 'memorized') AS memorized "
-        "       FROM flags GROUP BY sample_id) "
+        "       FROM flags WHERE sample_id IN (SELECT sample_id FROM pg) GROUP BY sample_id), "
+        "p AS (SELECT sample_id, pred_label, p_pred FROM predictions "
+        f"      WHERE run_id = {_PREDICTION_RUN} AND sample_id IN (SELECT sample_id FROM pg)) "
         "SELECT r.sample_id, r.split, r.label, p.pred_label, p.p_pred, r.apb, r.first_learned, r.forgetting_events, "
         "       r.el2n, r.confidence, r.mem, r.mem_low, r.mem_high, r.mem_n_in, r.mem_n_out, r.mem_method, "
         "       r.mem_note, r.path, r.flag_score, coalesce(fl.memorized_candidate, false) AS memorized_candidate, "
         "       coalesce(fl.memorized, false) AS memorized, coalesce(fl.flags, []) AS flags, "
-        "       d.action AS decision, d.new_label AS decision_label, d.reviewer AS decided_by "
-        "FROM r LEFT JOIN fl ON fl.sample_id = r.sample_id LEFT JOIN d ON d.sample_id = r.sample_id "
-        f"LEFT JOIN predictions p ON p.sample_id = r.sample_id AND p.run_id = {_PREDICTION_RUN} "
-        f"WHERE {condition} ORDER BY {REVIEW_SORTS[sort]} LIMIT ? OFFSET ?",
-        [*row_params, list(FLAG_PRIORITY), *params, limit, offset])
+        "       r.decision, r.decision_label, r.decided_by "
+        "FROM pg r LEFT JOIN fl ON fl.sample_id = r.sample_id LEFT JOIN p ON p.sample_id = r.sample_id "
+        f"ORDER BY {REVIEW_SORTS[sort]}",
+        [*row_params, *params, limit, offset, list(FLAG_PRIORITY)])
 
 
 def job(store: Store, job_id: str) -> dict | None:
@@ -396,20 +402,24 @@ def sample_detail(store: Store, sample_id: str) -> dict | None:
     """Everything the Point detail page shows in its header for one sample: split, label, path, every score with its
     interval and runs, the prediction of the score run, its flags and its current decision; None if unknown."""
     decisions = _DECISIONS if has_reviews(store) else _NO_DECISIONS
+    # Every part is filtered to the one sample before it is joined (no correlated subquery over `flags`).
     frame = store.query(
-        f"WITH {decisions} "
+        f"WITH {decisions}, "
+        "fl AS (SELECT list({'kind': kind, 'score': score, 'detail': detail} "
+        f"                  ORDER BY {_PRIORITY.format(kind='kind')}, kind, score DESC) AS flags "
+        "       FROM flags WHERE sample_id = ?) "
         "SELECT s.sample_id, s.split, s.label, s.path, s.width, s.height, s.mode, s.source, sc.run_id, sc.apb, "
         "       sc.first_learned, sc.forgetting_events, sc.confidence, sc.variability, sc.el2n, sc.n_seeds, "
         "       sc.converged, sc.mem, sc.mem_low, sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, sc.mem_note, "
-        "       sc.mem_run_id, p.pred_label, p.p_pred, p.p_label, "
-        "       (SELECT list({'kind': kind, 'score': score, 'detail': detail} "
-        f"                    ORDER BY {_PRIORITY.format(kind='kind')}, kind, score DESC) "
-        "        FROM flags f WHERE f.sample_id = s.sample_id) AS flags, "
+        "       sc.mem_run_id, p.pred_label, p.p_pred, p.p_label, (SELECT flags FROM fl) AS flags, "
         "       d.action AS decision, d.new_label AS decision_label, d.reviewer AS decided_by, "
         "       d.decided_at "
-        "FROM samples s LEFT JOIN scores sc USING (sample_id) LEFT JOIN d USING (sample_id) "
-        f"LEFT JOIN predictions p ON p.sample_id = s.sample_id AND p.run_id = {_PREDICTION_RUN} "
-        "WHERE s.sample_id = ?", [list(FLAG_PRIORITY), sample_id])
+        "FROM (SELECT * FROM samples WHERE sample_id = ?) s "
+        "LEFT JOIN (SELECT * FROM scores WHERE sample_id = ?) sc USING (sample_id) "
+        "LEFT JOIN (SELECT * FROM d WHERE sample_id = ?) d USING (sample_id) "
+        "LEFT JOIN (SELECT sample_id, pred_label, p_pred, p_label FROM predictions "
+        f"          WHERE sample_id = ? AND run_id = {_PREDICTION_RUN}) p ON p.sample_id = s.sample_id",
+        [list(FLAG_PRIORITY), sample_id, sample_id, sample_id, sample_id, sample_id])
     if frame.empty:
         return None
     row = frame.iloc[0].to_dict()
@@ -455,3 +465,14 @@ def flag_class_counts(store: Store) -> pd.DataFrame:
         "SELECT f.kind, coalesce(s.label, '–') AS label, count(DISTINCT f.sample_id) AS samples "
         "FROM flags f LEFT JOIN samples s USING (sample_id) GROUP BY f.kind, s.label, s.label_index "
         f"ORDER BY {_PRIORITY.format(kind='f.kind')}, f.kind, s.label_index", [list(FLAG_PRIORITY)])
+
+
+def experiments(store: Store) -> pd.DataFrame:
+    """Marginal-utility experiments, newest first (experiment_id, status, created_at, finished_at, arms, models)."""
+    if "experiments" not in store.tables():
+        return pd.DataFrame(columns=["experiment_id", "status", "created_at", "finished_at", "arms", "models"])
+    return store.query(
+        "SELECT e.experiment_id, e.status, e.created_at, e.finished_at, "
+        "       (SELECT count(*) FROM experiment_arms a WHERE a.experiment_id = e.experiment_id) AS arms, "
+        "       (SELECT count(*) FROM experiment_models m WHERE m.experiment_id = e.experiment_id) AS models "
+        "FROM experiments e ORDER BY e.created_at DESC, e.experiment_id")

@@ -41,6 +41,8 @@ class ShadowBlock:
     test_acc: np.ndarray          # float (K,)
     seconds: float
     batched: bool
+    epoch_test_acc: np.ndarray | None = None  # float (K, epochs) test accuracy after each epoch (NaN once stopped);
+                                              # filled only when asked (`test_curve`), for convergence checks
 
 
 @functools.cache
@@ -138,14 +140,15 @@ def _validate(x_train: np.ndarray, membership: np.ndarray, seeds: Sequence[int],
 def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                        num_classes: int, membership: np.ndarray, seeds: Sequence[int], cfg: AuditConfig, *,
                        batched: bool | None = None, stop_at_train_acc: float | None = None,
-                       on_model_done: Callable[[int], None] | None = None) -> ShadowBlock:
+                       on_model_done: Callable[[int], None] | None = None, test_curve: bool = False) -> ShadowBlock:
     """Train model m on x_train[membership[m]] with seed seeds[m], then predict all training and test points.
 
     `batched` (default: whenever the architecture allows) trains all K models as one vmapped stack; the stack runs
     ceil(max shard size / batch_size) steps per epoch, so a model with a smaller shard wraps around its shard and
     sees a few points twice per epoch (shard sizes differ by at most 1 in a balanced design). With
     `stop_at_train_acc`, a model stops after the first epoch whose running train accuracy on its shard reaches it.
-    `on_model_done(m)` is called as each model is evaluated.
+    `on_model_done(m)` is called as each model is evaluated. `test_curve` also measures every model's test accuracy
+    after each epoch (`epoch_test_acc`), which leaves training unchanged.
     """
     membership = np.asarray(membership, dtype=bool)
     batched = can_batch(cfg.train.arch) if batched is None else batched
@@ -161,7 +164,7 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
         train_probs=np.zeros((k, len(xt), num_classes), np.float16),
         test_pred=np.zeros((k, len(xs)), np.int16), test_p_label=np.zeros((k, len(xs)), np.float32),
         epochs_run=np.zeros(k, np.int64), shard_train_acc=np.zeros(k), test_acc=np.zeros(k), seconds=0.0,
-        batched=batched)
+        batched=batched, epoch_test_acc=np.full((k, cfg.train.epochs), np.nan) if test_curve else None)
     trainer = _Trainer(xt, yt, xs, ys, num_classes, cfg, device, block, membership, on_model_done)
     started = time.perf_counter()
     for group in ([list(range(k))] if batched else [[m] for m in range(k)]):
@@ -216,6 +219,8 @@ class _Trainer:
                 grads = torch.autograd.grad(losses.view_as(yb).mean(1).sum(), list(stack.params.values()))
                 opt.step(stack.params, grads, lr)
                 step += 1
+            if self.block.epoch_test_acc is not None:
+                self._test_accuracy(stack, models, epoch)
             if epoch == tc.epochs:
                 done = torch.ones(len(models), dtype=torch.bool, device=device)
             elif stop_at is not None:
@@ -231,6 +236,20 @@ class _Trainer:
             stack.keep(remaining)
             opt.keep(remaining)
             models, shards, gens = ([items[i] for i in remaining.tolist()] for items in (models, shards, gens))
+
+    @torch.inference_mode()
+    def _test_accuracy(self, stack: _Stack, models: list[int], epoch: int) -> None:
+        """Record the test accuracy of every model still in the stack after `epoch` (in eval mode; the next epoch
+        switches back to training mode, so training itself is unchanged)."""
+        if not len(self.xs):
+            return
+        stack.module.eval()
+        correct = torch.zeros(len(models), device=self.device)
+        for start in range(0, len(self.xs), EVAL_BATCH):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = stack.forward(self.norm(self.xs[start:start + EVAL_BATCH]))
+            correct += (logits.argmax(-1) == self.ys[start:start + EVAL_BATCH]).sum(1)
+        self.block.epoch_test_acc[models, epoch - 1] = (correct / len(self.xs)).cpu().numpy()
 
     @torch.inference_mode()
     def _evaluate(self, stack: _Stack, index: torch.Tensor, models: list[int], epoch: int) -> None:

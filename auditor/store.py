@@ -91,6 +91,25 @@ CREATE TABLE IF NOT EXISTS oof_probs(sample_id VARCHAR, probs FLOAT[], source VA
 CREATE TABLE IF NOT EXISTS reviews(
     decision_id VARCHAR PRIMARY KEY, sample_id VARCHAR NOT NULL, action VARCHAR NOT NULL, new_label VARCHAR,
     note VARCHAR, reviewer VARCHAR, decided_at TIMESTAMP, undoes VARCHAR);
+CREATE TABLE IF NOT EXISTS experiments(
+    experiment_id VARCHAR PRIMARY KEY, spec_json VARCHAR, status VARCHAR, created_at TIMESTAMP,
+    finished_at TIMESTAMP, run_id VARCHAR, test_ids VARCHAR[]);
+CREATE TABLE IF NOT EXISTS experiment_arms(
+    experiment_id VARCHAR, position INTEGER, arm VARCHAR, source VARCHAR, control_of VARCHAR, n_removed INTEGER,
+    removed_ids VARCHAR[], subpop_test_ids VARCHAR[], leaked_test_ids VARCHAR[]);
+CREATE TABLE IF NOT EXISTS experiment_models(
+    experiment_id VARCHAR, arm VARCHAR, model_index INTEGER, seed BIGINT, test_acc DOUBLE, subpop_acc DOUBLE,
+    leaked_acc DOUBLE, rest_acc DOUBLE, epochs_run INTEGER, converged BOOLEAN, test_curve DOUBLE[],
+    test_correct BOOLEAN[], seconds DOUBLE, finished_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS experiment_reaudit(
+    experiment_id VARCHAR, arm VARCHAR, sample_id VARCHAR, apb DOUBLE, newly_flagged BOOLEAN);
+CREATE TABLE IF NOT EXISTS sweeps(
+    sweep_id VARCHAR PRIMARY KEY, spec_json VARCHAR, status VARCHAR, created_at TIMESTAMP, finished_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS sweep_variants(
+    sweep_id VARCHAR, variant VARCHAR, arch VARCHAR, width INTEGER, epochs INTEGER, train_acc DOUBLE,
+    test_acc DOUBLE, gap DOUBLE, n_memorized INTEGER, method VARCHAR, run_id VARCHAR, seconds DOUBLE);
+CREATE TABLE IF NOT EXISTS sweep_members(
+    sweep_id VARCHAR, variant VARCHAR, sample_id VARCHAR, apb DOUBLE, mem DOUBLE, memorized BOOLEAN);
 """
 
 # Columns added to tables of an earlier schema version (ALTER ... IF NOT EXISTS keeps old files usable).
@@ -135,11 +154,17 @@ LEFT JOIN scores sc USING (sample_id)
 LEFT JOIN f USING (sample_id);
 """
 
+_CORRUPT_MARKERS = ("not a valid DuckDB database", "Could not read enough bytes", "Corrupt database file",
+                    "database file is corrupt", "block checksum", "Checksum")
 _LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
 
 
 class StoreBusy(RuntimeError):
     """The database stayed locked by another process for longer than the retry budget."""
+
+
+class StoreCorrupt(RuntimeError):
+    """The file is not a readable DuckDB database (corrupt, truncated or half-written, or another kind of file)."""
 
 
 class Store:
@@ -148,20 +173,61 @@ class Store:
     def __init__(self, path: str | Path, *, timeout_s: float = 60.0):
         self.path = Path(path)
         self.timeout_s = timeout_s
+        self._reading = False  # inside reading(): read-only work shares one connection
+        self._shared: duckdb.DuckDBPyConnection | None = None
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[None]:
+        """Share one read-only connection among the reads of a short burst (one dashboard page render) instead of
+        opening the file for each (25-60 ms apiece); closed at the end, so writers in other processes wait at most
+        that long. A write inside the burst closes it first (one process cannot hold both modes)."""
+        self._reading = True
+        try:
+            yield
+        finally:
+            self._reading = False
+            self._close_shared()
+
+    def _close_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """Open a connection for one short unit of work, retrying with jittered backoff while the file is locked."""
+        """Open a connection for one short unit of work, retrying with jittered backoff while the file is locked
+        (inside reading(), read-only work reuses the burst's connection)."""
         if read_only and not self.path.exists():
             raise FileNotFoundError(
                 f"audit database {self.path} does not exist; create it with `memaudit run --db {self.path}`")
+        if read_only and self._reading:
+            if self._shared is None:
+                self._shared = self._open(read_only=True)
+            try:
+                yield self._shared
+            except duckdb.Error as exc:
+                self._raise_if_corrupt(exc)
+                raise
+            return
+        self._close_shared()
+        con = self._open(read_only)
+        try:
+            yield con
+        except duckdb.Error as exc:
+            self._raise_if_corrupt(exc)
+            raise
+        finally:
+            con.close()
+
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """A new connection, retrying with jittered backoff while another process holds the file."""
         deadline = time.monotonic() + self.timeout_s
         delay = 0.02
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=read_only)
-                break
+                return duckdb.connect(str(self.path), read_only=read_only)
             except duckdb.Error as exc:
+                self._raise_if_corrupt(exc)
                 if not any(m in str(exc) for m in _LOCK_MARKERS):
                     raise
                 if time.monotonic() > deadline:
@@ -170,10 +236,14 @@ class Store:
                         "wait for the running job to finish or stop it") from exc
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 1.0)
-        try:
-            yield con
-        finally:
-            con.close()
+
+    def _raise_if_corrupt(self, exc: duckdb.Error) -> None:
+        """Turn DuckDB's read errors on a damaged file (at open or at a later read) into one clear StoreCorrupt."""
+        if any(m in str(exc) for m in _CORRUPT_MARKERS):
+            raise StoreCorrupt(
+                f"{self.path} is not a readable audit database ({str(exc).splitlines()[0]}); it may be corrupt or "
+                "half-written: restore it from a copy, or move it aside and re-create it with "
+                f"`memaudit run --db {self.path}`") from exc
 
     def init(self) -> None:
         """Create every contract table that does not exist yet (idempotent)."""

@@ -13,8 +13,12 @@ from auditor.config import ConfigError, load_config
 from auditor.export import ExportSummary, export_manifest
 from auditor.manifest import ManifestError
 from auditor.store import Store, StoreBusy
+from auditor.sweep import METHODS, SweepSpec
+from pipelines.experiment_stage import DEFAULT_ARMS, ExperimentSpec, experiment_text, parse_arms, run_experiment
 from pipelines.launcher import tracked
+from pipelines.progress import terminal
 from pipelines.runner import DEFAULT_STAGES, STAGES, format_summary, run_pipeline
+from pipelines.sweep_stage import run_sweep, sweep_text
 
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
@@ -99,6 +103,51 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _split(text: str | None, option: str, kind: type = str) -> list | None:
+    """A comma-separated option as a list of `kind` (None when not given)."""
+    if text is None:
+        return None
+    try:
+        return [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option} must be comma-separated {kind.__name__} values, got {text!r}") from None
+
+
+def _existing(db: str, first: str) -> Store:
+    """The Store of an audit database that must already exist (`first`: the command that creates what is needed)."""
+    store = Store(db)
+    if not store.path.exists():
+        raise FileNotFoundError(f"{db} does not exist; {first} first with `memaudit run --db {db}"
+                                + (" --stages ingest`" if first.startswith("ingest") else "`"))
+    return store
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    if not args.show:
+        store = _existing(args.db, "ingest a dataset")
+        overrides = None if args.apb_cutoff is None else {"candidates": {"apb_cutoff": args.apb_cutoff}}
+        cfg = load_config(args.config, args.profile, overrides)
+        spec = SweepSpec.grid(_split(args.archs, "--archs") or [cfg.train.arch],
+                              _split(args.widths, "--widths", int) or [cfg.train.width],
+                              _split(args.epochs, "--epochs", int) or [cfg.train.epochs], args.method)
+        args.show = run_sweep(store, spec, cfg, terminal).facts["sweep_id"]
+    print(sweep_text(store, args.show))
+    return 0
+
+
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    store = Store(args.db)
+    if not args.show:
+        store = _existing(args.db, "audit a dataset")
+        cfg = load_config(args.config, args.profile)
+        spec = ExperimentSpec(parse_arms(args.arms), args.models, cfg.seed, args.small_cluster_size, args.reaudit)
+        with tracked(store, args.job_id, 1) as progress:
+            args.show = run_experiment(store, spec, cfg, progress).facts["experiment_id"]
+    print(experiment_text(store, args.show))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memaudit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -129,6 +178,35 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-relabels", action="store_true", help="keep the original labels of relabeled samples")
     export.add_argument("--keep-removed", action="store_true", help="keep the samples decided 'remove'")
     export.set_defaults(func=_cmd_export)
+    sweep = sub.add_parser("sweep", help="natural-memorization sweep: the audit per architecture, width and epochs")
+    sweep.add_argument("--db", required=True, help="an audit database with an ingested dataset")
+    sweep.add_argument("--archs", help="comma-separated architectures (default: the config's)")
+    sweep.add_argument("--widths", help="comma-separated widths, config units (default: the config's)")
+    sweep.add_argument("--epochs", help="comma-separated training lengths (default: the config's)")
+    sweep.add_argument("--method", choices=METHODS, default="apb",
+                       help="apb: memorized = lowest-ApB rule; ploo_improved: mem from shadow models >= threshold")
+    sweep.add_argument("--apb-cutoff", type=float,
+                       help="memorized candidates = ApB below this (the default fraction rule fixes their count)")
+    sweep.add_argument("--config", help="TOML file merged over the defaults")
+    sweep.add_argument("--profile", default="standard", help="quick | standard")
+    sweep.add_argument("--show", metavar="SWEEP_ID", help="print a stored sweep instead of running one")
+    sweep.set_defaults(func=_cmd_sweep)
+    experiment = sub.add_parser("experiment", help="retrain without chosen points (memorized, leaked, ...) and "
+                                                   "measure the test-accuracy drop against full-data models")
+    experiment.add_argument("--db", required=True, help="an audited database (memorization and detectors stages)")
+    experiment.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                            help="comma-separated: memorized, leakage, subpopulation, memorized_remainder, decisions, "
+                                 "flag:<kind>, ids:<file> (the full-data arm and random controls are added)")
+    experiment.add_argument("--models", type=int, default=20, help="models per arm (default 20)")
+    experiment.add_argument("--small-cluster-size", type=int, default=3,
+                            help="memorized points in clusters up to this size count as a sub-population")
+    experiment.add_argument("--reaudit", action="store_true",
+                            help="also re-run ApB on each reduced set and count the newly flagged candidates")
+    experiment.add_argument("--config", help="TOML file merged over the defaults (the training recipe)")
+    experiment.add_argument("--profile", default="standard", help="quick | standard")
+    experiment.add_argument("--show", metavar="EXPERIMENT_ID", help="print a stored experiment instead of running one")
+    experiment.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard's launcher
+    experiment.set_defaults(func=_cmd_experiment)
     return parser
 
 

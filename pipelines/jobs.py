@@ -20,10 +20,11 @@ class Job:
                       [job_id, kind, run_id, total, unit, now(), now(), os.getpid()])
 
     @classmethod
-    def attach(cls, store: Store, job_id: str) -> Job:
-        """A handle on an existing row (e.g. to cancel or fail it), without registering it as running again."""
+    def attach(cls, store: Store, job_id: str, total: int = 0) -> Job:
+        """A handle on an existing row (to report on, cancel or fail it), without registering it again: the row keeps
+        what its launcher recorded (pid, command, log)."""
         job = cls.__new__(cls)
-        job.store, job.job_id, job.total = store, job_id, None
+        job.store, job.job_id, job.total = store, job_id, total
         job._t0, job._done_at_start = time.monotonic(), None
         return job
 

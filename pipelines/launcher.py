@@ -61,11 +61,34 @@ def launch(db: str | Path, stages: Sequence[str], *, data: str | None = None, pr
         argv += ["--profile", profile]
     if config:
         argv += ["--config", str(Path(config).resolve())]
-    job_id = f"{KIND}-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
-    argv += ["--job-id", job_id]
+    return _spawn(store, argv, KIND, len(ordered), "stages")
+
+
+def launch_experiment(db: str | Path, arms: Sequence[str], *, models: int, profile: str | None = None,
+                      reaudit: bool = False) -> str:
+    """Start `memaudit experiment` on `db` with `arms` as a detached process and return its job id without waiting;
+    ValueError before starting anything when the arms or the profile are unusable."""
+    from pipelines.experiment_stage import parse_arms
+
+    parse_arms(",".join(arms))
+    if models < 2:
+        raise ValueError(f"an experiment needs at least 2 models per arm, got {models}")
+    load_config(None, profile)
+    store = Store(Path(db).resolve())
+    store.init()
+    argv = [sys.executable, "-m", "pipelines.cli", "experiment", "--db", str(store.path), "--arms", ",".join(arms),
+            "--models", str(models), *(["--profile", profile] if profile else []), *(["--reaudit"] if reaudit else [])]
+    return _spawn(store, argv, "experiment", 1, "experiment")
+
+
+def _spawn(store: Store, argv: list[str], kind: str, total: int, unit: str) -> str:
+    """Register a running `jobs` row, start `argv --job-id ID` detached with its output in the job's log, and
+    return the job id (the child ends its row: done or failed)."""
+    job_id = f"{kind}-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
+    argv = [*argv, "--job-id", job_id]
     log_path = logs_dir(store.path) / f"{job_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    job = Job(store, job_id, KIND, None, len(ordered), "stages")
+    job = Job(store, job_id, kind, None, total, unit)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -95,12 +118,13 @@ def _data_source(store: Store, data: str | None) -> str:
 
 @contextlib.contextmanager
 def tracked(store: Store, job_id: str | None, total: int) -> Iterator[ProgressFactory]:
-    """Progress bars for `memaudit run`; with the job id of a launched run also its `jobs` row: the current step as
-    its message, then done, or failed with the error (which propagates)."""
+    """Progress bars for a launched command (`memaudit run`, `memaudit experiment`); with its job id also the `jobs`
+    row its launcher registered: the current step as its message, then done, or failed with the error (which
+    propagates)."""
     if job_id is None:
         yield terminal
         return
-    job = Job(store, job_id, KIND, None, total, "stages")
+    job = Job.attach(store, job_id, total)
 
     def progress(desc: str, n: int, unit: str = "it") -> Bar:
         job.update(0, desc)

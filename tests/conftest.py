@@ -39,3 +39,29 @@ def small_db(tmp_path_factory, default_manifest) -> Path:
     cfg = load_config(profile="quick", overrides=SMALL_OVERRIDES)
     run_pipeline(Store(path), str(default_manifest), cfg)
     return path
+
+
+def memaudit(*args: str, background: bool = False):
+    """Run `python -m pipelines.cli ARGS` offline: completed (text output, 10 min limit), or started in the
+    background (stderr piped) to be killed by a resume test."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "pipelines.cli", *map(str, args)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    if background:
+        return subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
+    return subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
+
+
+def kill_when_progress(proc, pattern: bytes) -> None:
+    """SIGKILL a background `memaudit` process as soon as its progress output (stderr) matches `pattern`."""
+    import re
+    import signal
+
+    seen, wanted = b"", re.compile(pattern)
+    while proc.poll() is None and not wanted.search(seen):
+        seen += proc.stderr.read1(4096)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()

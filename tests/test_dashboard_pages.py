@@ -234,3 +234,14 @@ def test_point_detail_confirms_or_rejects_a_twin(db):
     at.button(key=f"judge_duplicate_{a_id}_{b_id}_no").click().run(timeout=60)
     assert pair_judgement(store, a_id, b_id) is False
     assert any("not a duplicate" in c.value for c in at.caption)
+
+
+def test_pick_page_then_clear_picks_exactly_the_tiles(db):
+    at = page("review")
+    ids = grid_ids(at)
+    at.button(key="bulk_pick_page").click().run(timeout=60)
+    assert all(at.checkbox(key=f"pick_{i}").value for i in ids)
+    assert any(m.value == f"**{len(ids)} picked**" for m in at.markdown)
+    at.button(key="bulk_pick_clear").click().run(timeout=60)
+    assert not errors(at) and not any(at.checkbox(key=f"pick_{i}").value for i in ids)
+    assert any(m.value == "**0 picked**" for m in at.markdown)

@@ -3,11 +3,7 @@ same scores as an uninterrupted run."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +11,7 @@ import pytest
 
 from auditor.sharding import unpack_rows
 from auditor.store import Store
+from conftest import kill_when_progress, memaudit
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +27,8 @@ block = 1
 
 
 def _cli(db: Path, cfg: Path, stages: str, **kw) -> subprocess.Popen | subprocess.CompletedProcess:
-    args = [sys.executable, "-m", "pipelines.cli", "run", "--data", "default", "--db", str(db), "--profile", "quick",
-            "--config", str(cfg), "--stages", stages]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    if kw.get("background"):
-        return subprocess.Popen(args, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
-    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    return memaudit("run", "--data", "default", "--db", db, "--profile", "quick", "--config", cfg, "--stages",
+                    stages, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +88,7 @@ def test_sigkill_then_resume_gives_identical_scores(audited):
     fresh_cfg = root / "c2.toml"
     fresh_cfg.write_text(CONFIG.format(models=14))  # a new design: nothing of it is trained yet
     proc = _cli(killed, fresh_cfg, "memorization", background=True)
-    seen = b""
-    pattern = re.compile(rb"shadow models:[^\r\n]*\| ([3-9]|1[0-2])/14")
-    while proc.poll() is None and not pattern.search(seen):
-        seen += proc.stderr.read1(4096)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when_progress(proc, rb"shadow models:[^\r\n]*\| ([3-9]|1[0-2])/14")
     store = Store(killed)
     partial = store.scalar("SELECT count(*) FROM shadow_models WHERE design_id LIKE 'ploo_improved-%' "
                            "AND design_id IN (SELECT design_id FROM shadow_designs WHERE n_models = 14)")

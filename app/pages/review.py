@@ -104,8 +104,8 @@ def _decision_bar(store: Store, page_ids: list[str]) -> None:
     with st.container(border=True):
         cols = st.columns([1.2, 1, 1, 1.4, 1.4, 2.4, 1], vertical_alignment="bottom")
         cols[0].markdown(f"**{len(chosen)} picked**")
-        cols[1].button("Pick page", on_click=set_picks, args=(page_ids, True), key="pick_page")
-        cols[2].button("Clear", on_click=set_picks, args=(chosen, False), key="pick_clear")
+        cols[1].button("Pick page", on_click=set_picks, args=(page_ids, True), key="bulk_pick_page")
+        cols[2].button("Clear", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear")
         action = cols[3].selectbox("Decision", [*ACTIONS, "undo"], key="decision_action",
                                    format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
         labels = queries.class_labels(store)

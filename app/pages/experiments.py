@@ -1,0 +1,131 @@
+"""Experiments: build marginal-utility arms (the paper's buckets, review decisions, flag kinds), start an experiment in
+the background, and read its results (accuracy drop vs the full-data arm with 95% CIs, sub-population and leaked test
+accuracy, convergence, re-audit); and the natural-memorization sweeps across models and training lengths."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from app.common import flag_name, run_page
+from auditor import queries, sweep_queries
+from auditor.store import Store
+from pipelines.experiment_stage import BUCKETS, experiment_results
+from pipelines.launcher import launch_experiment
+
+BUCKET_NAMES = {"memorized": "all memorized points", "leakage": "leakage bucket (memorized with a test twin)",
+                "subpopulation": "sub-population bucket (shared influenced test points or a tiny cluster)",
+                "memorized_remainder": "memorized remainder", "decisions": "images decided 'remove'"}
+PROFILES = ("standard", "quick")
+
+
+def _start(store: Store) -> None:
+    """The arms to compare (each gets a class-matched random control), models per arm, re-audit, and Start."""
+    st.subheader("Run an experiment")
+    flagged = [f"flag:{kind}" for kind in queries.flag_kinds(store)]
+    options = [*BUCKETS, "decisions", *flagged]
+    with st.form("experiment_form"):
+        arms = st.multiselect("Arms (points removed from training)", options, default=list(BUCKETS),
+                              format_func=lambda a: BUCKET_NAMES.get(a) or f"unreviewed and reviewed "
+                              f"{flag_name(a.removeprefix('flag:')).lower()} flags", key="experiment_arms")
+        left, middle, right = st.columns(3)
+        models = left.number_input("Models per arm", min_value=2, max_value=500, value=20, key="experiment_models",
+                                   help="The paper used 100+; 20 is a CPU-friendly default, 50+ for a benchmark")
+        profile = middle.selectbox("Recipe (profile)", PROFILES, key="experiment_profile")
+        reaudit = right.checkbox("Re-audit after removal", key="experiment_reaudit",
+                                 help="Re-run ApB on each reduced dataset and count newly flagged points")
+        started = st.form_submit_button("Start in the background", type="primary")
+    if started:
+        try:
+            job_id = launch_experiment(store.path, arms, models=int(models), profile=profile, reaudit=reaudit)
+        except ValueError as exc:
+            st.error(f"Not started: {exc}")
+        else:
+            st.success(f"Started job `{job_id}`: follow it on the Jobs page; results appear below when it ends.")
+    st.caption("Every arm trains the same recipe with different seeds; the full-data arm and a random control of the "
+               "same size, matched per class, are always added. Convergence is checked per arm: an arm whose models "
+               "had not plateaued is marked, since that alone inflates the drop.")
+
+
+def _drop_chart(table: pd.DataFrame) -> alt.Chart:
+    """Accuracy drop vs the full-data arm per arm, with its 95% confidence interval as an error bar."""
+    data = table[table["arm"] != "full"].assign(drop_pct=lambda t: 100 * t["drop"], low=lambda t: 100 * t["drop_low"],
+                                                high=lambda t: 100 * t["drop_high"])
+    base = alt.Chart(data).encode(y=alt.Y("arm:N", sort=None, title=None))
+    bars = base.mark_rule(strokeWidth=2).encode(x=alt.X("low:Q", title="test accuracy drop vs full data (%)"),
+                                                x2="high:Q")
+    points = base.mark_point(filled=True, size=80).encode(
+        x="drop_pct:Q", color=alt.Color("not_converged:N", title="not converged",
+                                        scale=alt.Scale(domain=[False, True], range=["#1f77b4", "#d62728"])),
+        tooltip=["arm", "n_removed", "models", alt.Tooltip("drop_pct:Q", format=".2f", title="drop %"),
+                 alt.Tooltip("low:Q", format=".2f"), alt.Tooltip("high:Q", format=".2f"),
+                 alt.Tooltip("p_value:Q", format=".3f")])
+    zero = alt.Chart(pd.DataFrame({"x": [0.0]})).mark_rule(strokeDash=[4, 4], color="#7f7f7f").encode(x="x:Q")
+    return (bars + points + zero).properties(height=40 * max(len(data), 2))
+
+
+def _results(store: Store) -> None:
+    """One experiment's results table (the paper's format) and its error-bar chart."""
+    st.subheader("Results")
+    listing = queries.experiments(store)
+    if listing.empty:
+        st.info("No experiment yet: start one above (or `memaudit experiment --db ...`).")
+        return
+    chosen = st.selectbox("Experiment", listing["experiment_id"].tolist(), key="experiment_id",
+                          format_func=lambda e: f"{e} ({listing.set_index('experiment_id').at[e, 'status']}, "
+                                                f"{listing.set_index('experiment_id').at[e, 'models']} models)")
+    table = experiment_results(store, chosen)
+    if table["not_converged"].any():
+        st.warning("Arms marked not converged: " + ", ".join(table.loc[table["not_converged"], "arm"])
+                   + ". Their drop is inflated by training too short; re-run with more epochs.")
+    shown = table.assign(**{c: 100 * table[c] for c in table.columns
+                            if c.endswith(("_acc", "_drop", "_std")) or c in ("drop", "drop_low", "drop_high")})
+    st.dataframe(shown, hide_index=True, width="stretch", column_config={
+        c: st.column_config.NumberColumn(format="%.2f") for c in shown.columns
+        if c.endswith(("_acc", "_drop", "_std")) or c in ("drop", "drop_low", "drop_high")} | {
+        "p_value": st.column_config.NumberColumn(format="%.4f")})
+    st.caption("Accuracies and drops in %; drop = full-data accuracy minus the arm's (positive: removing the points "
+               "hurts), with a Welch 95% CI and p-value; subpop / leaked / rest: the test points the removed points "
+               "influenced, those that have a copy in the removed points, and all others.")
+    st.altair_chart(_drop_chart(table), width="stretch")
+
+
+def _sweeps(store: Store) -> None:
+    """Natural memorization across models and training lengths: per variant, set differences and the gap-memorized
+    correlation."""
+    st.subheader("Sweeps: memorization across models and training time")
+    listing = sweep_queries.sweeps(store)
+    if listing.empty:
+        st.info("No sweep yet: `memaudit sweep --db ... --widths 32,128 --epochs 3,10`.")
+        return
+    sweep_id = st.selectbox("Sweep", listing["sweep_id"].tolist(), key="sweep_id")
+    summary = sweep_queries.sweep_summary(store, sweep_id)
+    st.dataframe(summary, hide_index=True, width="stretch")
+    corr = sweep_queries.sweep_correlation(store, sweep_id)
+    st.markdown("Train–test gap vs memorized count across variants: " + (
+        f"Pearson r = **{corr.r:.3f}** (p {corr.p:.3g}, {corr.n} variants; the paper found 0.99)" if corr.r is not None
+        else f"no correlation ({corr.reason})"))
+    if len(summary) > 1:
+        st.altair_chart(alt.Chart(summary).mark_circle(size=90).encode(
+            x=alt.X("gap:Q", title="train − test accuracy"), y=alt.Y("n_memorized:Q", title="memorized points"),
+            tooltip=list(summary.columns)), width="stretch")
+    st.markdown("**Memorized sets compared** (real set differences: points memorized by one variant and not the other)")
+    st.dataframe(sweep_queries.sweep_set_differences(store, sweep_id), hide_index=True, width="stretch")
+    transient = sweep_queries.sweep_transient(store, sweep_id)
+    if not transient.empty:
+        st.markdown("**Transient memorization** (memorized at a shorter training length, not at a longer one)")
+        st.dataframe(transient, hide_index=True, width="stretch")
+
+
+def render(store: Store) -> None:
+    """Start, results, sweeps."""
+    if queries.review_count(store) == 0:
+        st.info("Nothing audited yet: run `memaudit run --db ...` first; experiments remove flagged points from it.")
+        return
+    _start(store)
+    _results(store)
+    _sweeps(store)
+
+
+run_page("Experiments", render)

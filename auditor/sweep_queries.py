@@ -1,0 +1,67 @@
+"""What the Experiments page and `memaudit sweep --show` read about natural-memorization sweeps (no SQL in pages)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from auditor.store import Store
+from auditor.sweep import TRANSIENT_COLUMNS, GapCorrelation, gap_correlation, memorized_sets_compare, transient
+
+SUMMARY_COLUMNS = ["sweep_id", "variant", "arch", "width", "epochs", "train_acc", "test_acc", "gap", "n_memorized",
+                   "method", "run_id", "seconds"]
+
+
+def sweeps(store: Store) -> pd.DataFrame:
+    """Every stored sweep, newest first: id, status, method, number of variants, created and finished times."""
+    if "sweeps" not in store.tables():
+        return pd.DataFrame(columns=["sweep_id", "status", "method", "n_variants", "created_at", "finished_at"])
+    return store.query("SELECT sweep_id, status, spec_json->>'$.method' AS method, "
+                       "json_array_length(spec_json->'$.variants') AS n_variants, created_at, finished_at "
+                       "FROM sweeps ORDER BY created_at DESC, sweep_id")
+
+
+def sweep_summary(store: Store, sweep_id: str) -> pd.DataFrame:
+    """One row per finished variant of a sweep (arch, width, epochs order): accuracies, gap, memorized count."""
+    known = sweeps(store)["sweep_id"].tolist()
+    if sweep_id not in known:
+        raise ValueError(f"no sweep {sweep_id!r} in {store.path}; known sweeps: {', '.join(known) or 'none'}")
+    return store.query(f"SELECT {', '.join(SUMMARY_COLUMNS)} FROM sweep_variants WHERE sweep_id = ? "
+                       "ORDER BY arch, width, epochs", [sweep_id])
+
+
+def memorized_sets(store: Store, sweep_id: str) -> dict[str, set[str]]:
+    """The sample ids memorized by each finished variant of a sweep, in summary order (empty sets included)."""
+    variants = sweep_summary(store, sweep_id)["variant"].tolist()
+    hits = store.query("SELECT variant, sample_id FROM sweep_members WHERE sweep_id = ? AND memorized", [sweep_id])
+    grouped = hits.groupby("variant")["sample_id"].agg(set)
+    return {v: grouped.get(v, set()) for v in variants}
+
+
+def sweep_set_differences(store: Store, sweep_id: str) -> pd.DataFrame:
+    """For every ordered pair of variants: both memorized counts, the overlap, each set difference and Jaccard."""
+    return memorized_sets_compare(memorized_sets(store, sweep_id))
+
+
+def sweep_transient(store: Store, sweep_id: str) -> pd.DataFrame:
+    """Temporal transient memorization per (arch, width): points memorized at one training length, not at a later."""
+    summary = sweep_summary(store, sweep_id)
+    sets = memorized_sets(store, sweep_id)
+    parts = [transient(dict(zip(group["epochs"], (sets[v] for v in group["variant"])))).assign(arch=arch, width=width)
+             for (arch, width), group in summary.groupby(["arch", "width"], sort=True)]
+    columns = ["arch", "width", *TRANSIENT_COLUMNS]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
+def sweep_difference_points(store: Store, sweep_id: str, a: str, b: str) -> pd.DataFrame:
+    """The points variant `a` memorizes and variant `b` does not, with their label and both variants' ApB and mem."""
+    return store.query(
+        "SELECT x.sample_id, s.label, x.apb AS apb_a, y.apb AS apb_b, x.mem AS mem_a, y.mem AS mem_b "
+        "FROM sweep_members x JOIN sweep_members y ON y.sweep_id = x.sweep_id AND y.sample_id = x.sample_id "
+        "LEFT JOIN samples s ON s.sample_id = x.sample_id "
+        "WHERE x.sweep_id = ? AND x.variant = ? AND y.variant = ? AND x.memorized AND NOT y.memorized "
+        "ORDER BY x.apb, x.sample_id", [sweep_id, a, b])
+
+
+def sweep_correlation(store: Store, sweep_id: str) -> GapCorrelation:
+    """Pearson r between train-test gap and memorized count across the sweep's variants (None with a reason)."""
+    return gap_correlation(sweep_summary(store, sweep_id))

@@ -1,0 +1,233 @@
+"""Marginal-utility experiments: Welch statistics, class-matched controls, the paper's buckets, arms from flags and
+decisions, the CLI end to end, and resume after SIGKILL giving the same models as an uninterrupted run."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from auditor.config import load_config
+from auditor.experiments import (
+    arm_summary, difference, leakage_bucket, memorized_remainder, model_converged, random_control,
+    subpopulation_bucket)
+from auditor.reviews import record_decisions
+from auditor.shadow_engine import train_shadow_block
+from auditor.store import Store
+from conftest import kill_when_progress, memaudit
+from pipelines.arrays import load_training_arrays
+from pipelines.cli import main
+from pipelines.experiment_stage import ExperimentSpec, experiment_results, resolve_arms, run_experiment
+
+CONFIG = """
+[data]
+limit_per_class = 24
+[train]
+epochs = 3
+width = 8
+[memorization]
+block = 3
+[convergence]
+window = 1
+"""
+MODELS = 3
+
+
+def test_welch_difference_matches_hand_computation():
+    full, arm = [0.80, 0.82, 0.84, 0.86], [0.78, 0.79, 0.80]
+    s = arm_summary(full)
+    assert (s.mean, s.std, s.n) == pytest.approx((0.83, (0.002 / 3) ** 0.5, 4))
+    d = difference(full, arm)
+    # se^2 = (0.002/3)/4 + 0.0001/3 = 0.0002; df = se^4 / ((0.002/12)^2/3 + (0.0001/3)^2/2) = 216/53;
+    # t_0.975(216/53) = 2.75628; half width = 2.75628 * sqrt(0.0002) = 0.038980; t = 0.04/sqrt(0.0002) = 2.8284.
+    assert d.drop == pytest.approx(0.04)
+    assert d.df == pytest.approx(216 / 53)
+    assert (d.low, d.high) == pytest.approx((0.04 - 0.0389798, 0.04 + 0.0389798), abs=1e-6)
+    assert d.p_value == pytest.approx(0.0464072, abs=1e-6)
+    assert np.isnan(difference([0.8], arm).low)                      # one model: no interval
+    same = difference([0.8, 0.8], [0.7, 0.7])                        # no variance: a point interval, no p-value
+    assert (same.low, same.high) == pytest.approx((0.1, 0.1)) and np.isnan(same.p_value)
+    assert model_converged([0.5, 0.7, 0.7, np.nan], window=1, tolerance=0.01)
+    assert not model_converged([0.5, 0.6, 0.7], window=1, tolerance=0.01)
+
+
+def test_random_control_is_class_matched_and_disjoint():
+    ids = np.array([f"s{i:03d}" for i in range(60)])
+    labels = np.arange(60) % 3
+    arm = ["s000", "s003", "s006", "s001", "s005"]                  # class 0 x3, class 1 x1, class 2 x1
+    control = random_control(arm, ids, labels, np.random.default_rng(0))
+    assert len(control) == len(arm) and not set(control) & set(arm)
+    by_class = pd.Series(labels, index=ids)
+    assert sorted(by_class[control]) == sorted(by_class[arm])
+    again = random_control(arm, ids, labels, np.random.default_rng(0))
+    assert list(control) == list(again)                               # seeded: deterministic
+    with pytest.raises(ValueError, match="too few"):
+        random_control(list(ids[labels == 0]), ids, labels, np.random.default_rng(0))
+
+
+def test_paper_buckets_from_frames():
+    memorized = ["m1", "m2", "m3", "m4", "m5"]
+    pairs = pd.DataFrame({"a_id": ["m1", "m2", "x9"], "b_id": ["t1", "m9", "t3"],
+                          "kind": ["leak", "exact_duplicate", "pixel_leak"]})
+    influence = pd.DataFrame({"train_id": ["m3", "m4", "m5", "m2", "m2"], "test_id": ["t5", "t5", "t6", "t7", "t6"],
+                              "score": [0.5, 0.3, 0.4, -0.5, -0.2]})
+    clusters = pd.DataFrame({"sample_id": ["m1", "m2", "m5"], "cluster_size": [9, 9, 2]})
+    leakage = leakage_bucket(memorized, pairs)
+    subpop = subpopulation_bucket(memorized, influence, clusters, small_cluster_size=3)
+    assert list(leakage) == ["m1"]                                    # train-train duplicates are no leak
+    assert list(subpop) == ["m3", "m4", "m5"]                         # share t5; m5 alone in a tiny cluster
+    assert list(memorized_remainder(memorized, leakage, subpop)) == ["m2"]
+
+
+def test_test_curve_leaves_training_unchanged():
+    cfg = load_config(overrides={"data": {"image_size": 12}, "train": {"epochs": 3, "width": 4, "batch_size": 16}})
+    rng = np.random.default_rng(0)
+    y = np.arange(64) % 2
+    x = (rng.integers(0, 120, (64, 1, 12, 12)) + 60 * y[:, None, None, None]).astype(np.uint8)
+    membership = np.ones((2, 64), bool)
+    membership[1, :8] = False
+    plain = train_shadow_block(x, y, x[:32], y[:32], 2, membership, [1, 2], cfg)
+    curved = train_shadow_block(x, y, x[:32], y[:32], 2, membership, [1, 2], cfg, test_curve=True)
+    assert plain.epoch_test_acc is None and curved.epoch_test_acc.shape == (2, 3)
+    np.testing.assert_array_equal(plain.test_pred, curved.test_pred)
+    np.testing.assert_allclose(curved.epoch_test_acc[:, -1], curved.test_acc, atol=1e-6)
+
+
+def _copy(db: Path, to: Path) -> Path:
+    for suffix in ("", ".wal"):
+        if Path(str(db) + suffix).exists():
+            shutil.copyfile(str(db) + suffix, str(to) + suffix)
+    return to
+
+
+def test_arms_from_flags_and_decisions(small_db, tmp_path):
+    store = Store(_copy(small_db, tmp_path / "a.duckdb"))
+    train = store.query("SELECT sample_id FROM samples WHERE split = 'train' ORDER BY sample_id")["sample_id"]
+    test_id = store.scalar("SELECT sample_id FROM samples WHERE split = 'test' LIMIT 1")
+    record_decisions(store, list(train[:4]) + [test_id], "remove", reviewer="t")
+    record_decisions(store, [train[1]], "keep", reviewer="t")        # the later decision counts
+    label = store.scalar("SELECT min(label) FROM classes")
+    record_decisions(store, [train[9]], "relabel", reviewer="t", new_label=label)
+    cfg = load_config(profile="quick", overrides={"data": {"limit_per_class": 24}})
+    data = load_training_arrays(store, cfg)
+    arms = {a.name: a for a in resolve_arms(store, ExperimentSpec(("decisions", "flag:long_tail")), data)}
+    assert list(arms) == ["full", "decisions", "decisions:random", "flag:long_tail", "flag:long_tail:random"]
+    assert arms["decisions"].ids == (train[0], train[2], train[3])   # training points decided 'remove' only
+    long_tail = store.query("SELECT sample_id FROM flags WHERE kind = 'long_tail'")["sample_id"]
+    assert set(arms["flag:long_tail"].ids) == set(long_tail) and arms["full"].ids == ()
+    labels = pd.Series(data.y_train, index=data.train_ids)
+    for name in ("decisions", "flag:long_tail"):
+        control = arms[f"{name}:random"]
+        assert control.control_of == name and not set(control.ids) & set(arms[name].ids)
+        assert sorted(labels[list(control.ids)]) == sorted(labels[list(arms[name].ids)])
+    with pytest.raises(ValueError, match="every requested arm is empty"):
+        resolve_arms(store, ExperimentSpec(("flag:no_such_kind",)), data)
+
+
+def _cli(db: Path, cfg: Path, arms: str, *extra: str, background: bool = False):
+    return memaudit("experiment", "--db", db, "--profile", "quick", "--config", cfg, "--arms", arms, "--models",
+                    MODELS, *extra, background=background)
+
+
+@pytest.fixture(scope="module")
+def experiment(small_db, tmp_path_factory):
+    """One uninterrupted experiment through the CLI (memorized + hand-picked ids, with re-audit)."""
+    root = tmp_path_factory.mktemp("experiment")
+    cfg = root / "c.toml"
+    cfg.write_text(CONFIG)
+    store = Store(small_db)
+    picked = store.query("SELECT sample_id FROM samples WHERE split = 'train' ORDER BY sample_id LIMIT 6")
+    ids = root / "picked.txt"
+    ids.write_text("# hand-picked\n" + "\n".join(picked["sample_id"]) + "\n")
+    db = _copy(small_db, root / "clean.duckdb")
+    proc = _cli(db, cfg, f"memorized,ids:{ids}", "--reaudit")
+    assert proc.returncode == 0, proc.stderr
+    return root, cfg, ids, db, proc
+
+
+def test_cli_experiment_end_to_end(experiment, capsys):
+    _, _, _, db, proc = experiment
+    store = Store(db)
+    experiment_id = store.scalar("SELECT experiment_id FROM experiments")
+    assert store.scalar("SELECT status FROM experiments") == "done"
+    arms = store.query("SELECT arm, n_removed, control_of FROM experiment_arms ORDER BY position")
+    assert list(arms["arm"]) == ["full", "memorized", "memorized:random", "ids:picked", "ids:picked:random"]
+    assert list(arms["n_removed"]) == [0, 1, 1, 6, 6]
+    models = store.query("SELECT * FROM experiment_models ORDER BY arm, model_index")
+    assert len(models) == 5 * MODELS and not models.duplicated(["arm", "model_index"]).any()
+    assert models["test_acc"].between(0, 1).all() and (models["epochs_run"] == 3).all()
+    assert models["test_curve"].map(len).eq(3).all()
+    results = experiment_results(store, experiment_id)
+    assert list(results["arm"]) == list(arms["arm"]) and (results["models"] == MODELS).all()
+    mem = results.set_index("arm").loc["memorized"]
+    full = models[models["arm"] == "full"]["test_acc"].mean()
+    ours = models[models["arm"] == "memorized"]["test_acc"].mean()
+    assert mem["drop"] == pytest.approx(full - ours) and mem["drop_low"] < mem["drop"] < mem["drop_high"]
+    reaudit = store.query("SELECT DISTINCT arm FROM experiment_reaudit")
+    assert set(reaudit["arm"]) == {"memorized", "memorized:random", "ids:picked", "ids:picked:random"}
+    assert "drop vs full" in proc.stdout and "ids:picked:random" in proc.stdout and "re-audit" in proc.stdout
+    run = store.query("SELECT status, config_json FROM runs WHERE run_id = ?", [experiment_id]).iloc[0]
+    assert run["status"] == "done" and '"epochs": 3' in run["config_json"]
+    assert main(["experiment", "--db", str(db), "--show", experiment_id]) == 0
+    assert capsys.readouterr().out == proc.stdout
+    assert main(["experiment", "--db", str(db), "--show", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no experiment 'nope'" in err
+    assert main(["experiment", "--db", str(db), "--arms", "memorized,bogus"]) == 2
+    assert "unknown arm 'bogus'" in capsys.readouterr().err
+
+
+def test_sigkill_then_resume_trains_only_missing_models(experiment, small_db):
+    root, cfg, ids, clean, _ = experiment
+    killed = _copy(small_db, root / "killed.duckdb")
+    proc = _cli(killed, cfg, f"memorized,ids:{ids}", background=True)
+    kill_when_progress(proc, rb"experiment models:[^\r\n]*\| ([3-9]|1[0-2])/15")  # one block of 3 per arm at a time
+    store = Store(killed)
+    partial = store.scalar("SELECT count(*) FROM experiment_models")
+    assert 0 < partial < 15
+    cfg_obj = load_config(cfg, "quick")
+    report = run_experiment(store, ExperimentSpec(("memorized", f"ids:{ids}"), MODELS, cfg_obj.seed), cfg_obj)
+    assert (report.facts["trained"], report.facts["reused"]) == (15 - partial, partial)
+    columns = "arm, model_index, seed, test_acc, subpop_acc, leaked_acc, rest_acc, converged, test_correct"
+    query = f"SELECT {columns} FROM experiment_models ORDER BY arm, model_index"
+    resumed, uninterrupted = store.query(query), Store(clean).query(query)
+    assert len(resumed) == 15 and not resumed.duplicated(["arm", "model_index"]).any()
+    pd.testing.assert_frame_equal(resumed.drop(columns="test_correct"), uninterrupted.drop(columns="test_correct"))
+    assert resumed["test_correct"].map(list).equals(uninterrupted["test_correct"].map(list))
+    assert store.scalar("SELECT experiment_id FROM experiments") == Store(clean).scalar("SELECT experiment_id FROM "
+                                                                                          "experiments")
+
+
+def test_experiments_page_shows_results_and_starts_in_the_background(experiment, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    import pipelines.launcher as launcher
+
+    _, _, _, db, _ = experiment
+    started = []
+    monkeypatch.setattr(launcher, "launch_experiment", lambda *a, **k: started.append((a, k)) or "experiment-x")
+    monkeypatch.setenv("MEMAUDIT_DB", str(db))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app" / "pages" / "experiments.py"))
+    at.run(timeout=120)
+    assert not at.exception and not at.error
+    table = at.dataframe[0].value
+    assert list(table["arm"]) == ["full", "memorized", "memorized:random", "ids:picked", "ids:picked:random"]
+    assert len(at.get("vega_lite_chart")) >= 1
+    at.multiselect(key="experiment_arms").set_value(["leakage", "decisions"])
+    at.number_input(key="experiment_models").set_value(4)
+    at.button[0].click().run(timeout=120)
+    assert started and started[0][0][1] == ["leakage", "decisions"] and started[0][1]["models"] == 4
+    assert any("experiment-x" in s.value for s in at.success)
+
+
+def test_launch_experiment_refuses_bad_arms_before_starting(experiment):
+    import pipelines.launcher as launcher
+
+    _, _, _, db, _ = experiment
+    with pytest.raises(ValueError, match="unknown arm"):
+        launcher.launch_experiment(db, ["bogus"], models=3)
+    with pytest.raises(ValueError, match="at least 2 models"):
+        launcher.launch_experiment(db, ["memorized"], models=1)
