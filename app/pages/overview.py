@@ -94,12 +94,17 @@ def _charts(store: Store) -> None:
         if histogram.empty:
             st.info("No ApB scores yet.")
         else:
-            st.altair_chart(alt.Chart(histogram).mark_bar().encode(
-                x=alt.X("start:Q", bin="binned", title="ApB (fraction of records classified correctly)",
-                        scale=alt.Scale(domain=[0, 1])),
-                x2="end:Q", y=alt.Y("n:Q", title="training images"),
-                tooltip=[alt.Tooltip("start:Q", title="from"), alt.Tooltip("end:Q", title="to"), "n"]),
-                width="stretch")
+            st.altair_chart(_histogram(histogram, "ApB (fraction of records classified correctly)", (0, 1)),
+                            width="stretch")
+
+
+def _histogram(histogram: pd.DataFrame, title: str, domain: tuple[float, float]) -> alt.Chart:
+    """Bars of a pre-binned score (columns start, end, n from auditor.queries) over `domain`."""
+    return alt.Chart(histogram).mark_bar().encode(
+        x=alt.X("start:Q", bin="binned", title=title, scale=alt.Scale(domain=list(domain))),
+        x2="end:Q", y=alt.Y("n:Q", title="training images"),
+        tooltip=[alt.Tooltip("start:Q", title="from", format=".2f"), alt.Tooltip("end:Q", title="to", format=".2f"),
+                 "n"])
 
 
 def _memorization(store: Store) -> None:
@@ -146,12 +151,8 @@ def _memorization(store: Store) -> None:
         if histogram.empty:
             st.info("No point has a mem score.")
         else:
-            bars = alt.Chart(histogram).mark_bar().encode(
-                x=alt.X("start:Q", bin="binned", title="mem (memorization score)", scale=alt.Scale(domain=[-1, 1])),
-                x2="end:Q", y=alt.Y("n:Q", title="training images"),
-                tooltip=[alt.Tooltip("start:Q", title="from", format=".2f"),
-                         alt.Tooltip("end:Q", title="to", format=".2f"), "n"])
-            st.altair_chart(bars + _threshold_rule(threshold, "x"), width="stretch")
+            st.altair_chart(_histogram(histogram, "mem (memorization score)", (-1, 1))
+                            + _threshold_rule(threshold, "x"), width="stretch")
     with right:
         st.markdown("**ApB against mem** (bars: 95% interval)")
         points = _jittered(queries.mem_scatter(store, SCATTER_POINTS))
