@@ -39,10 +39,10 @@ def decide(store: Store, ids: list[str], action: str, new_label: str | None, not
     try:
         if action == "undo":
             n = undo(store, ids, reviewer=reviewer())
-            st.toast(f"Undid the decision of {n} image{'s' if n != 1 else ''}")
+            done = f"Undid the decision of {n} image{'s' if n != 1 else ''}"
         else:
             record_decisions(store, ids, action, reviewer=reviewer(), new_label=new_label, note=note or None)
-            st.toast(f"{action} recorded for {len(ids)} image{'s' if len(ids) != 1 else ''}")
+            done = f"{action} recorded for {len(ids)} image{'s' if len(ids) != 1 else ''}"
     except StoreBusy as exc:
         st.session_state["decision_error"] = (f"Not saved, the database is busy: {exc}. Your picks are kept; press "
                                               "the button again.")
@@ -50,12 +50,16 @@ def decide(store: Store, ids: list[str], action: str, new_label: str | None, not
     except ValueError as exc:
         st.session_state["decision_error"] = f"Not saved: {exc}"
         return False
+    st.session_state["decision_done"] = done  # shown after the rerun the caller triggers (a toast could be lost)
     set_picks(ids, False)
     return True
 
 
 def show_decision_error() -> None:
-    """The error of the last decision that could not be stored, once."""
+    """What became of the last decision, once: stored (a success line) or not (the error)."""
     message = st.session_state.pop("decision_error", None)
     if message:
         st.error(message)
+    done = st.session_state.pop("decision_done", None)
+    if done:
+        st.success(done)

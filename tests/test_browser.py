@@ -212,11 +212,10 @@ def _pick(page, sample_id: str, picked_now: int) -> None:
 
 
 def _apply(page, toast: str) -> None:
-    """Press Apply and wait for the confirmation toast (caught while it shows: it fades after a few seconds), the end
-    of the rerun and the picks cleared."""
+    """Press Apply and wait for the end of the rerun, the confirmation line and the picks cleared."""
     with _rerun(page):
         page.get_by_role("button", name="Apply", exact=True).click()
-        page.get_by_test_id("stToast").filter(has_text=toast).wait_for()
+    page.get_by_test_id("stAlert").filter(has_text=toast).wait_for()
     page.get_by_text("0 picked", exact=True).wait_for()
 
 
