@@ -18,7 +18,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,$(FAISS)]'
+	$(BIN)/python -m pip install --quiet -e '.[test,$(FAISS),ray]'
 	touch $@
 
 # Debian's chromium for the real-browser tests (Playwright drives it; never `playwright install`).

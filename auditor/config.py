@@ -97,6 +97,19 @@ class DetectorConfig:
 
 
 @dataclass(frozen=True)
+class ExecutorConfig:
+    """Where shadow, LOO and experiment models train; never part of a model's identity (results do not change)."""
+
+    kind: str = "local"
+    address: str = ""
+    threads: int = 0
+    gpus_per_task: float = 0.0
+    max_retries: int = 3
+    max_in_flight: int = 0
+    local_cpus: int = 0
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     seed: int
     device: str
@@ -108,6 +121,7 @@ class AuditConfig:
     memorization: MemorizationConfig
     embeddings: EmbeddingConfig
     detectors: DetectorConfig
+    executor: ExecutorConfig = dataclasses.field(default_factory=ExecutorConfig)
     profile: str = "default"
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,6 +139,7 @@ _CHOICES = {
     "memorization.method": {"ploo_improved", "ploo"},
     "embeddings.kind": {"imagenet", "clip", "model"},
     "detectors.index": {"hnsw", "ivf"},
+    "executor.kind": {"local", "ray"},
 }
 _MINIMUM = {
     "data.image_size": 8, "data.limit_per_class": 0, "data.workers": 1,
@@ -138,7 +153,8 @@ _MINIMUM = {
     "memorization.influence_min": 0.0, "memorization.influence_top_k": 1, "memorization.loo_models": 1,
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
-    "detectors.pixel_max_shift": 0,
+    "detectors.pixel_max_shift": 0, "executor.threads": 0, "executor.gpus_per_task": 0.0,
+    "executor.max_retries": 0, "executor.max_in_flight": 0, "executor.local_cpus": 0,
 }
 _RECORD_MODES = {"batch", "epoch_end"}
 
@@ -190,7 +206,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for f in fields(cls):
         if f.name not in values:
-            if f.default is not dataclasses.MISSING:
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
                 continue
             raise ConfigError(f"config key '{where}{f.name}' is missing")
         kind = hints[f.name]

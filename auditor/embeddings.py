@@ -43,12 +43,16 @@ class EmbedderInfo:
 
 
 class Embedder(ABC):
-    """A frozen network mapping canonical uint8 pixels (HxW or HxWx3, any size) to L2-normalised float32 rows."""
+    """A frozen network mapping canonical uint8 pixels (HxW or HxWx3, any size) to L2-normalised float32 rows.
+
+    On CUDA the forward pass runs under bfloat16 autocast (`amp`), which roughly doubles throughput; rows are
+    normalised in float32 either way."""
 
     def __init__(self, info: EmbedderInfo, net: nn.Module, device: torch.device):
         self.info = info
         self.device = device
         self.net = net.to(device).eval()
+        self.amp = device.type == "cuda"
 
     @abstractmethod
     def prepare(self, pixels: np.ndarray) -> torch.Tensor:
@@ -60,7 +64,8 @@ class Embedder(ABC):
     @torch.inference_mode()
     def embed_prepared(self, x: torch.Tensor) -> np.ndarray:
         """Embed a stacked batch of `prepare` outputs; returns (n, dim) float32 with unit-norm rows."""
-        feats = self._features(x.to(self.device)).float()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            feats = self._features(x.to(self.device, non_blocking=True)).float()
         return F.normalize(feats, dim=1).cpu().numpy()
 
     def embed(self, batch: list[np.ndarray]) -> np.ndarray:

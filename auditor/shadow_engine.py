@@ -140,7 +140,8 @@ def _validate(x_train: np.ndarray, membership: np.ndarray, seeds: Sequence[int],
 def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
                        num_classes: int, membership: np.ndarray, seeds: Sequence[int], cfg: AuditConfig, *,
                        batched: bool | None = None, stop_at_train_acc: float | None = None,
-                       on_model_done: Callable[[int], None] | None = None, test_curve: bool = False) -> ShadowBlock:
+                       on_model_done: Callable[[int], None] | None = None, test_curve: bool = False,
+                       amp: bool | None = None) -> ShadowBlock:
     """Train model m on x_train[membership[m]] with seed seeds[m], then predict all training and test points.
 
     `batched` (default: whenever the architecture allows) trains all K models as one vmapped stack; the stack runs
@@ -148,7 +149,8 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     sees a few points twice per epoch (shard sizes differ by at most 1 in a balanced design). With
     `stop_at_train_acc`, a model stops after the first epoch whose running train accuracy on its shard reaches it.
     `on_model_done(m)` is called as each model is evaluated. `test_curve` also measures every model's test accuracy
-    after each epoch (`epoch_test_acc`), which leaves training unchanged.
+    after each epoch (`epoch_test_acc`), which leaves training unchanged. `amp` (default: on CUDA) runs forward
+    passes under bfloat16 autocast; losses, gradients and optimizer state stay float32.
     """
     membership = np.asarray(membership, dtype=bool)
     batched = can_batch(cfg.train.arch) if batched is None else batched
@@ -165,7 +167,8 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
         test_pred=np.zeros((k, len(xs)), np.int16), test_p_label=np.zeros((k, len(xs)), np.float32),
         epochs_run=np.zeros(k, np.int64), shard_train_acc=np.zeros(k), test_acc=np.zeros(k), seconds=0.0,
         batched=batched, epoch_test_acc=np.full((k, cfg.train.epochs), np.nan) if test_curve else None)
-    trainer = _Trainer(xt, yt, xs, ys, num_classes, cfg, device, block, membership, on_model_done)
+    trainer = _Trainer(xt, yt, xs, ys, num_classes, cfg, device, block, membership, on_model_done,
+                       device.type == "cuda" if amp is None else amp)
     started = time.perf_counter()
     for group in ([list(range(k))] if batched else [[m] for m in range(k)]):
         trainer.train(group, [seeds[m] for m in group], batched, stop_at_train_acc)
@@ -178,11 +181,11 @@ class _Trainer:
 
     def __init__(self, xt: torch.Tensor, yt: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, num_classes: int,
                  cfg: AuditConfig, device: torch.device, block: ShadowBlock, membership: np.ndarray,
-                 on_model_done: Callable[[int], None] | None):
+                 on_model_done: Callable[[int], None] | None, amp: bool):
         self.xt, self.yt, self.xs, self.ys = xt, yt, xs, ys
         self.norm = _Normaliser(xt)
         self.num_classes, self.tc = num_classes, cfg.train
-        self.device, self.amp = device, device.type == "cuda"
+        self.device, self.amp = device, amp
         self.block, self.membership, self.on_model_done = block, membership, on_model_done
 
     def train(self, models: list[int], seeds: list[int], vectorised: bool, stop_at: float | None) -> None:

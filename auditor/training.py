@@ -7,7 +7,9 @@ training batch *before* the weight update, exactly as Algorithm 1 does, so recor
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,12 +62,23 @@ class TrainOutcome:
     input_std: list[float] = field(default_factory=list)
 
 
+@functools.cache
+def _cpu_fallback_notice() -> None:
+    """Say once per process that `auto` fell back to the CPU, so a missing driver is never a silent slowdown."""
+    print("memaudit: no CUDA device visible to torch; training and embedding run on the CPU "
+          "(set device = 'cuda' to require a GPU)", file=sys.stderr)
+
+
 def resolve_device(setting: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without one is an error, not a silent fallback."""
+    """`auto` picks CUDA when present, else the CPU with a one-time message; asking for CUDA without one is an
+    error, not a silent fallback."""
     if setting == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device = 'cuda' but no CUDA device is available; set device = 'auto' or 'cpu'")
     if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        _cpu_fallback_notice()
+        return torch.device("cpu")
     return torch.device(setting)
 
 

@@ -33,12 +33,12 @@ import torch
 from pipeline_stages import _table
 
 from auditor.config import load_config
+from auditor.experiment_queries import experiment_results
 from auditor.experiments import FULL, control_name, difference
 from auditor.store import Store
 from pipelines.experiment_stage import (
     BUCKETS,
     ExperimentSpec,
-    experiment_results,
     paper_buckets,
     run_experiment,
 )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from report import table as _table
 from torch.utils.flop_counter import FlopCounterMode
 
 from auditor.config import load_config
@@ -30,15 +31,6 @@ from pipelines.arrays import load_training_arrays
 from pipelines.progress import silent
 from pipelines.runner import run_pipeline
 from pipelines.stages import epoch_writer
-
-
-def _table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    print(f"\n{title}")
-    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("  " + "  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  " + "  ".join(str(x).ljust(w) for x, w in zip(row, widths)))
 
 
 def stage_times(db: Path, profile: str) -> tuple[list[list[str]], float]:

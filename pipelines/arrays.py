@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from auditor.config import AuditConfig
+from auditor.executor import ShadowData
 from auditor.ingest import PROBLEM_COLUMNS
 from auditor.provenance import fingerprint
 from auditor.store import Store
@@ -28,6 +29,10 @@ class TrainingArrays:
     labels: list[str]
     channels: int
     data_hash: str
+
+    def shadow_data(self) -> ShadowData:
+        """The arrays an executor's tasks train and predict on."""
+        return ShadowData(self.x_train, self.y_train, self.x_test, self.y_test, len(self.labels))
 
 
 def _load_split(store: Store, frame: pd.DataFrame, cfg: AuditConfig, channels: int, split: str,
@@ -69,7 +74,7 @@ def load_training_arrays(store: Store, cfg: AuditConfig, progress: ProgressFacto
 def training_fingerprint(cfg: AuditConfig, data_hash: str) -> str:
     """Identity of one seed's training: everything that changes the model, not how many seeds or flags."""
     spec = cfg.to_dict()
-    for key in ("profile", "candidates", "convergence", "memorization", "embeddings", "detectors"):
+    for key in ("profile", "candidates", "convergence", "memorization", "embeddings", "detectors", "executor"):
         spec.pop(key)
     spec["train"] = {k: v for k, v in spec["train"].items() if k != "seeds"}
     spec["data"] = {k: v for k, v in spec["data"].items() if k != "workers"}

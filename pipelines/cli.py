@@ -23,11 +23,19 @@ from pipelines.sweep_stage import run_sweep, sweep_text
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
 
+def _executor_overrides(args: argparse.Namespace) -> dict | None:
+    """Config overrides from --executor / --ray-address (None when neither is given: the config file decides)."""
+    chosen = {key: value for key, value in (("kind", args.executor), ("address", args.ray_address)) if value}
+    if args.ray_address and not args.executor:
+        chosen["kind"] = "ray"
+    return {"executor": chosen} if chosen else None
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     store = Store(args.db)
     with tracked(store, args.job_id, len(stages)) as progress:
-        cfg = load_config(args.config, args.profile)
+        cfg = load_config(args.config, args.profile, _executor_overrides(args))
         reports = run_pipeline(store, args.data, cfg, stages=stages, progress=progress)
     print(format_summary(reports))
     print(f"\nresults in {args.db}; open them with: memaudit app --db {args.db}")
@@ -57,7 +65,8 @@ def status_text(store: Store) -> str:
     with store.connect(read_only=True) as con:
         tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         for table in ("samples", "problems", "runs", "epochs", "dynamics", "predictions", "scores", "flags",
-                      "shadow_models", "shadow_predictions", "influence", "loo_scores"):
+                      "shadow_models", "shadow_predictions", "influence", "loo_scores", "reviews", "experiments",
+                      "experiment_models", "sweeps", "sweep_variants"):
             if table in tables:
                 lines.append(f"  {table:<18} {con.execute(f'SELECT count(*) FROM {table}').fetchone()[0]:>10,} rows")
         if "samples" in tables:
@@ -78,6 +87,15 @@ def status_text(store: Store) -> str:
         if "flags" in tables:
             flags = con.execute("SELECT kind, count(*) FROM flags GROUP BY kind ORDER BY kind").fetchall()
             lines.append("  flags: " + (", ".join(f"{kind} {n}" for kind, n in flags) or "none"))
+        for kind, head, parts in (("experiments", "experiments", "experiment_models"),
+                                  ("sweeps", "sweeps", "sweep_variants")):
+            key = head[:-1] + "_id"
+            if {head, parts} <= tables:
+                rows = con.execute(f"SELECT h.{key}, h.status, count(p.{key}) FROM {head} h LEFT JOIN {parts} p "
+                                   f"USING ({key}) GROUP BY ALL ORDER BY min(h.created_at)").fetchall()
+                if rows:
+                    unit = "models" if kind == "experiments" else "variants"
+                    lines.append(f"  {kind}: " + ", ".join(f"{i} {status} ({n} {unit})" for i, status, n in rows))
     return "\n".join(lines)
 
 
@@ -140,12 +158,19 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
     store = Store(args.db)
     if not args.show:
         store = _existing(args.db, "audit a dataset")
-        cfg = load_config(args.config, args.profile)
+        cfg = load_config(args.config, args.profile, _executor_overrides(args))
         spec = ExperimentSpec(parse_arms(args.arms), args.models, cfg.seed, args.small_cluster_size, args.reaudit)
         with tracked(store, args.job_id, 1) as progress:
             args.show = run_experiment(store, spec, cfg, progress).facts["experiment_id"]
     print(experiment_text(store, args.show))
     return 0
+
+
+def _executor_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", choices=("local", "ray"),
+                        help="where shadow, LOO and experiment models train (default: the config's [executor])")
+    parser.add_argument("--ray-address", help="an existing Ray cluster (HOST:6379, ray://HOST:10001 or auto); "
+                                              "implies --executor ray. Without it, ray starts a local cluster")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", default=",".join(DEFAULT_STAGES),
                      help=f"comma-separated subset of: {', '.join(STAGES)} (default: {','.join(DEFAULT_STAGES)})")
     run.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard's launcher: the jobs row to end
+    _executor_options(run)
     run.set_defaults(func=_cmd_run)
     app = sub.add_parser("app", help="open the dashboard on an audit database")
     app.add_argument("--db", required=True)
@@ -206,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     experiment.add_argument("--profile", default="standard", help="quick | standard")
     experiment.add_argument("--show", metavar="EXPERIMENT_ID", help="print a stored experiment instead of running one")
     experiment.add_argument("--job-id", help=argparse.SUPPRESS)  # set by the dashboard's launcher
+    _executor_options(experiment)
     experiment.set_defaults(func=_cmd_experiment)
     return parser
 

@@ -18,12 +18,13 @@ import pandas as pd
 
 from auditor.config import AuditConfig
 from auditor.dynamics_scores import dynamics_scores
+from auditor.executor import BlockTask, make_executor
+from auditor.experiment_queries import experiment_results
 from auditor.experiments import (
     FULL, Arm, arm_from_ids, control_name, format_results, influenced_test_points, leakage_bucket, leaked_test_points,
-    memorized_remainder, model_converged, random_control, subpopulation_bucket, subset_accuracy, summarize)
+    memorized_remainder, model_converged, random_control, subpopulation_bucket, subset_accuracy)
 from auditor.flags import memorized_candidates
 from auditor.provenance import fingerprint
-from auditor.shadow_engine import train_shadow_block
 from auditor.store import Store
 from auditor.training import train_model
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
@@ -198,26 +199,30 @@ def train_arms(store: Store, experiment_id: str, spec: ExperimentSpec, arms: lis
     bar.update(len(done))
     job.update(len(done))
     position = pd.Series(np.arange(len(data.train_ids)), index=data.train_ids)
-    block, trained = cfg.memorization.block, 0
+    arm_of, block, tasks = {}, cfg.memorization.block, []
     for start in range(0, spec.models, block):
         for arm in trainable:
-            models = [m for m in range(start, min(start + block, spec.models)) if (arm.name, m) not in done]
+            models = tuple(m for m in range(start, min(start + block, spec.models)) if (arm.name, m) not in done)
             if not models:
                 continue
             membership = np.ones((len(models), len(data.train_ids)), bool)
             membership[:, position[list(arm.ids)].to_numpy()] = False
-            seeds = [_model_seed(spec.seed, arm.name, m) for m in models]
-            result = train_shadow_block(data.x_train, data.y_train, data.x_test, data.y_test, len(data.labels),
-                                        membership, seeds, cfg, test_curve=True)
-            marks = ", ".join("?" * len(models))
-            store.write([("experiment_models", _model_rows(experiment_id, arm, models, seeds, result, data,
-                                                           sets[arm.name], cfg))],
-                        deletes=[("DELETE FROM experiment_models WHERE experiment_id = ? AND arm = ? AND model_index "
-                                  f"IN ({marks})", [experiment_id, arm.name, *models])])
-            done.update((arm.name, m) for m in models)
-            trained += len(models)
-            bar.update(len(models))
-            job.update(len(done))
+            seeds = tuple(_model_seed(spec.seed, arm.name, m) for m in models)
+            tasks.append(BlockTask(f"{experiment_id}-{arm.name}-m{models[0]:05d}", models, seeds, membership,
+                                   test_curve=True))
+            arm_of[tasks[-1].key] = arm
+    trained = 0
+    for task, result in make_executor(cfg.executor).run(data.shadow_data(), tasks, cfg):
+        arm, models = arm_of[task.key], list(task.models)
+        marks = ", ".join("?" * len(models))
+        store.write([("experiment_models", _model_rows(experiment_id, arm, models, list(task.seeds), result, data,
+                                                       sets[arm.name], cfg))],
+                    deletes=[("DELETE FROM experiment_models WHERE experiment_id = ? AND arm = ? AND model_index "
+                              f"IN ({marks})", [experiment_id, arm.name, *models])])
+        done.update((arm.name, m) for m in models)
+        trained += len(models)
+        bar.update(len(models))
+        job.update(len(done))
     bar.close()
     job.finish()
     return trained, total - trained
@@ -287,22 +292,6 @@ def run_experiment(store: Store, spec: ExperimentSpec, cfg: AuditConfig,
                message=f"{len(arms)} arms x {spec.models} models ({trained} trained, {reused} reused)")
     return StageReport("experiment", seconds, {"experiment_id": experiment_id, "arms": len(arms),
                                                "trained": trained, "reused": reused, "reaudited_arms": reaudited})
-
-
-def experiment_results(store: Store, experiment_id: str) -> pd.DataFrame:
-    """Per arm: n_removed, models, test accuracy mean ± std, drop vs full with 95% CI and p, accuracy and drop on the
-    influenced / leaked / remaining test points, converged share (and `not_converged`), newly flagged on re-audit."""
-    arms = store.query("SELECT * FROM experiment_arms WHERE experiment_id = ? ORDER BY position", [experiment_id])
-    if arms.empty:
-        known = store.query("SELECT experiment_id FROM experiments ORDER BY created_at")["experiment_id"].tolist()
-        raise ValueError(f"no experiment {experiment_id!r} in {store.path}; known: {', '.join(known) or 'none'}")
-    models = store.query("SELECT arm, test_acc, converged, test_correct FROM experiment_models "
-                         "WHERE experiment_id = ?", [experiment_id])
-    test_ids = np.asarray(store.scalar("SELECT test_ids FROM experiments WHERE experiment_id = ?", [experiment_id]))
-    table = summarize(arms, models, test_ids)
-    newly = store.query("SELECT arm, count(*) FILTER (WHERE newly_flagged) AS newly_flagged FROM experiment_reaudit "
-                        "WHERE experiment_id = ? GROUP BY arm", [experiment_id])
-    return table.merge(newly, on="arm", how="left")
 
 
 def experiment_text(store: Store, experiment_id: str) -> str:

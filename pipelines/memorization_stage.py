@@ -16,7 +16,7 @@ import pandas as pd
 from auditor.config import AuditConfig
 from auditor.memorization import cross_influence, flag_memorized, loo_scores, memorization_scores
 from auditor.provenance import fingerprint
-from auditor.shadow_engine import train_shadow_block
+from auditor.executor import BlockTask, make_executor
 from auditor.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
 from auditor.store import Store
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
@@ -116,25 +116,27 @@ def _block_frames(design_id: str, design: ShardDesign, models: list[int], seeds:
 
 def train_design(store: Store, design: ShardDesign, design_id: str, data: TrainingArrays, cfg: AuditConfig,
                  run_id: str, progress: ProgressFactory = silent) -> tuple[int, int]:
-    """Train every model of the design not yet committed, block by block; returns (trained now, reused)."""
+    """Train every model not yet committed, block by block on the configured executor; returns (trained now,
+    reused). This process is the only writer: each finished block is committed in one short transaction."""
     mc = cfg.memorization
     done = set(store.query("SELECT model_index FROM shadow_models WHERE design_id = ?", [design_id])["model_index"])
     job = Job(store, f"job-{run_id}", design.method, run_id, design.n_models, "models")
     bar = progress(f"{METHOD_NAMES[design.method]} shadow models", design.n_models, "model")
     bar.update(len(done))
     job.update(len(done))
-    trained = 0
+    tasks = []
     for block_no, start in enumerate(range(0, design.n_models, mc.block)):
-        models = list(range(start, min(start + mc.block, design.n_models)))
-        if all(m in done for m in models):
-            continue
-        seeds = [_model_seed(design_id, m) for m in models]
-        result = train_shadow_block(data.x_train, data.y_train, data.x_test, data.y_test, len(data.labels),
-                                    design.membership[models], seeds, cfg,
-                                    stop_at_train_acc=mc.stop_at_train_acc or None)
+        models = tuple(range(start, min(start + mc.block, design.n_models)))
+        if not all(m in done for m in models):
+            tasks.append(BlockTask(f"{design_id}-b{block_no:05d}", models, tuple(_model_seed(design_id, m)
+                                                                                  for m in models),
+                                   design.membership[list(models)], stop_at_train_acc=mc.stop_at_train_acc or None))
+    trained = 0
+    for task, result in make_executor(cfg.executor).run(data.shadow_data(), tasks, cfg):
+        models, block_no = list(task.models), task.models[0] // mc.block
         ids = [f"{design_id}-m{m:05d}" for m in models]
         marks = ", ".join("?" * len(ids))
-        store.write(_block_frames(design_id, design, models, seeds, block_no, result, data),
+        store.write(_block_frames(design_id, design, models, list(task.seeds), block_no, result, data),
                     deletes=[(f"DELETE FROM shadow_models WHERE model_id IN ({marks})", ids),
                              (f"DELETE FROM shadow_predictions WHERE model_id IN ({marks})", ids)])
         done.update(models)

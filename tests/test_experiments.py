@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from auditor.config import load_config
+from auditor.experiment_queries import experiment_results
 from auditor.experiments import (
     arm_summary, difference, leakage_bucket, memorized_remainder, model_converged, random_control,
     subpopulation_bucket)
@@ -19,8 +20,8 @@ from auditor.shadow_engine import train_shadow_block
 from auditor.store import Store
 from conftest import kill_when_progress, memaudit
 from pipelines.arrays import load_training_arrays
-from pipelines.cli import main
-from pipelines.experiment_stage import ExperimentSpec, experiment_results, resolve_arms, run_experiment
+from pipelines.cli import main, status_text
+from pipelines.experiment_stage import ExperimentSpec, resolve_arms, run_experiment
 
 CONFIG = """
 [data]
@@ -173,6 +174,7 @@ def test_cli_experiment_end_to_end(experiment, capsys):
     assert run["status"] == "done" and '"epochs": 3' in run["config_json"]
     assert main(["experiment", "--db", str(db), "--show", experiment_id]) == 0
     assert capsys.readouterr().out == proc.stdout
+    assert f"experiments: {experiment_id} done ({5 * MODELS} models)" in status_text(store)
     assert main(["experiment", "--db", str(db), "--show", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no experiment 'nope'" in err

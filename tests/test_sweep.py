@@ -88,6 +88,7 @@ def test_cli_sweep_fills_tables_leaves_the_audit_alone_and_resumes(audit_copy, t
     out = capsys.readouterr().out
     sweep_id = store.scalar("SELECT sweep_id FROM sweeps")
     assert store.scalar("SELECT status FROM sweeps") == "done"
+    assert f"sweeps: {sweep_id} done (4 variants)" in cli.status_text(store)
     summary = sweep_summary(store, sweep_id)
     assert summary["variant"].tolist() == ["mlp-w4-e1", "mlp-w4-e3", "mlp-w8-e1", "mlp-w8-e3"]
     assert np.allclose(summary["gap"], summary["train_acc"] - summary["test_acc"])

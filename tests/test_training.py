@@ -101,3 +101,12 @@ def test_unknown_arch_and_missing_cuda_are_clear():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             resolve_device("cuda")
     assert resolve_device("cpu").type == "cpu"
+
+
+def test_auto_device_falls_back_to_the_cpu_with_one_message(monkeypatch, capsys):
+    from auditor import training
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    training._cpu_fallback_notice.cache_clear()
+    assert [resolve_device("auto").type for _ in range(3)] == ["cpu"] * 3
+    assert capsys.readouterr().err.count("no CUDA device visible to torch") == 1

@@ -10,8 +10,9 @@ import streamlit as st
 
 from app.common import flag_name, run_page
 from auditor import queries, sweep_queries
+from auditor.experiment_queries import experiment_results
 from auditor.store import Store
-from pipelines.experiment_stage import BUCKETS, experiment_results
+from pipelines.experiment_stage import BUCKETS
 from pipelines.launcher import launch_experiment
 
 BUCKET_NAMES = {"memorized": "all memorized points", "leakage": "leakage bucket (memorized with a test twin)",
