@@ -14,6 +14,7 @@ from auditor.provenance import fingerprint
 from auditor.store import Store
 from auditor.tensors import load_images, resolve_channels
 from pipelines.progress import ProgressFactory, silent
+from pipelines.runs import record_problems
 
 
 @dataclass
@@ -46,7 +47,7 @@ def _load_split(store: Store, frame: pd.DataFrame, cfg: AuditConfig, channels: i
         rows = [{"source": frame["path"].iloc[i], "sample_id": frame["sample_id"].iloc[i], "reason": reason,
                  "code": "unreadable", "severity": "error", "action": "skipped", "stage": "train"}
                 for i, reason in failed.items()]
-        store.append("problems", pd.DataFrame(rows, columns=PROBLEM_COLUMNS))
+        record_problems(store, pd.DataFrame(rows, columns=PROBLEM_COLUMNS))
         keep = np.setdiff1d(np.arange(len(frame)), list(failed))
         frame, pixels = frame.iloc[keep].reset_index(drop=True), pixels[keep]
     return frame, pixels

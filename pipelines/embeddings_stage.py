@@ -12,7 +12,7 @@ from auditor.config import AuditConfig
 from auditor.embeddings import build_embedder, embed_paths, pca_2d
 from auditor.store import Store
 from pipelines.progress import ProgressFactory, silent
-from pipelines.runs import artifact_path, finish_run, now, start_run
+from pipelines.runs import artifact_path, finish_run, now, record_problems, start_run
 from pipelines.stages import StageReport
 
 
@@ -65,7 +65,7 @@ def embeddings_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory =
                            workers=cfg.data.workers, on_chunk=commit, progress=bar.update)
     bar.close()
     if failures:
-        store.append("problems", pd.DataFrame([
+        record_problems(store, pd.DataFrame([
             {"source": todo["path"].iloc[i], "sample_id": ids[i], "reason": reason, "code": "unreadable",
              "severity": "error", "action": "skipped", "stage": "embeddings"} for i, reason in failures.items()]))
     all_ids = store.query("SELECT sample_id FROM embeddings WHERE embedder_id = ? ORDER BY sample_id",

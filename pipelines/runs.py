@@ -6,6 +6,8 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
+
 from auditor.config import AuditConfig
 from auditor.provenance import code_version, library_versions
 from auditor.store import Store
@@ -17,6 +19,14 @@ RUN_OWNED_TABLES = ("epochs", "dynamics", "predictions")
 def artifact_path(store: Store, run_id: str, suffix: str = ".pt") -> Path:
     """Where a run keeps a file too large for the database (model weights), next to the database file."""
     return store.path.with_name(store.path.name + ".artifacts") / f"{run_id}{suffix}"
+
+
+def record_problems(store: Store, problems: pd.DataFrame) -> None:
+    """Store problems found by a stage after ingest, replacing that stage's earlier rows for the same samples, so a
+    re-run (or a resume after a kill) never lists a file twice."""
+    stage_ids = problems[["stage", "sample_id"]].drop_duplicates()
+    store.write([("problems", problems)], frames={"_seen": stage_ids}, deletes=[
+        ("DELETE FROM problems p USING _seen s WHERE p.stage = s.stage AND p.sample_id = s.sample_id", [])])
 
 
 def now() -> datetime:

@@ -54,7 +54,8 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
     store.init()
     source = resolve_data(data)
     listing = list_inputs(source)
-    run_id = f"ingest-{fingerprint(str(source.resolve()), cfg.data.limit_per_class, time.time_ns())}"
+    # Named by what it ingests, like every run: a re-run (after a kill) replaces the attempt's 'running' row.
+    run_id = f"ingest-{fingerprint(str(source.resolve()), cfg.data.limit_per_class)}"
     start_run(store, run_id, "ingest", cfg)
     bar = progress("ingest", len(listing.rows), "img")
     result = ingest(listing, limit_per_class=cfg.data.limit_per_class, workers=cfg.data.workers,

@@ -187,3 +187,24 @@ def test_limit_per_class_keeps_a_stable_subset(messy_folder: Path):
     result = ingest(list_inputs(messy_folder), limit_per_class=1)
     train = result.samples[result.samples["split"] == "train"]
     assert train.groupby("label").size().to_dict() == {"cat": 1, "dog": 1}
+
+
+def test_a_file_vanished_after_ingest_is_one_problem_however_often_training_loads(tmp_path: Path):
+    from auditor.config import load_config
+    from auditor.store import Store
+    from pipelines.arrays import load_training_arrays
+    from pipelines.stages import ingest_stage
+
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            for i in range(3):
+                _png(root / split / cls / f"{i}.png", 40 * i + (cls == "dog") * 7)
+    store, cfg = Store(tmp_path / "a.duckdb"), load_config(profile="quick")
+    ingest_stage(store, str(root), cfg)
+    (root / "train" / "dog" / "1.png").unlink()
+    for _ in range(2):   # a re-run, or a resume after a kill, loads again
+        data = load_training_arrays(store, cfg)
+        assert len(data.train_ids) == 5
+    problems = store.query("SELECT sample_id, code, stage FROM problems")
+    assert problems.values.tolist() == [["train/dog/1.png", "unreadable", "train"]]
