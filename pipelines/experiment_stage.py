@@ -31,7 +31,7 @@ from pipelines.arrays import TrainingArrays, load_training_arrays, training_fing
 from pipelines.jobs import Job
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import finish_run, now, start_run
-from pipelines.stages import StageReport, _dynamics_frame
+from pipelines.stages import StageReport, dynamics_frame
 
 # Arms named by a word; `flag:<kind>` and `ids:<file>` are the other forms.
 BUCKETS = ("memorized", "leakage", "subpopulation", "memorized_remainder")
@@ -234,7 +234,7 @@ def _reaudit_log(data: TrainingArrays, keep: np.ndarray, cfg: AuditConfig, run_p
     for s in range(cfg.train.seeds):
         run = f"{run_prefix}-s{cfg.seed + s}"
         train_model(data.x_train[keep], data.y_train[keep], None, None, len(data.labels), cfg, cfg.seed + s,
-                    on_epoch=lambda log, run=run: logs.append(_dynamics_frame(run, ids, log.records)))
+                    on_epoch=lambda log, run=run: logs.append(dynamics_frame(run, ids, log.records)))
     return pd.concat(logs, ignore_index=True)
 
 

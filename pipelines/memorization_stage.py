@@ -181,7 +181,7 @@ def _memorized_flags(frame: pd.DataFrame, threshold: float, run_id: str) -> pd.D
                          "score": hit["mem"].to_numpy(), "detail": detail, "run_id": run_id})
 
 
-def _run_design(store: Store, design: ShardDesign, data: TrainingArrays, cfg: AuditConfig, kind: str,
+def run_design(store: Store, design: ShardDesign, data: TrainingArrays, cfg: AuditConfig, kind: str,
                 progress: ProgressFactory) -> tuple[str, int, int, np.ndarray, np.ndarray]:
     """Record the run and design, train what is missing, and return (run_id, trained, reused, correctness...)."""
     design_id = _design_id(design, data, cfg)
@@ -198,7 +198,7 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
     store.init()
     data = load_training_arrays(store, cfg, progress)
     design = build_design(store, data, cfg)
-    run_id, trained, reused, train_correct, test_correct = _run_design(store, design, data, cfg, "memorization",
+    run_id, trained, reused, train_correct, test_correct = run_design(store, design, data, cfg, "memorization",
                                                                        progress)
     scores = _score_frame(memorization_scores(train_correct, design.membership, design.candidates), data,
                           design.method, run_id)
@@ -243,7 +243,7 @@ def loo_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent
     if missing:
         raise ValueError(f"memorization.loo_points names training samples that do not exist: {missing[:5]}")
     design = loo_design(len(data.train_ids), position[mc.loo_points].to_numpy(), mc.loo_models, seed=cfg.seed)
-    run_id, trained, reused, train_correct, _ = _run_design(store, design, data, cfg, "loo", progress)
+    run_id, trained, reused, train_correct, _ = run_design(store, design, data, cfg, "loo", progress)
     frame = _score_frame(loo_scores(train_correct, design), data, "loo", run_id)
     store.write([("loo_scores", frame.drop(columns=["mem_method", "mem_run_id"]).assign(run_id=run_id))],
                 deletes=[("DELETE FROM loo_scores WHERE run_id = ?", [run_id])])

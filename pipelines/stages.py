@@ -75,7 +75,8 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
                                            "problems": result.problems["code"].value_counts().to_dict()})
 
 
-def _dynamics_frame(run_id: str, ids: np.ndarray, records: dict[str, np.ndarray]) -> pd.DataFrame:
+def dynamics_frame(run_id: str, ids: np.ndarray, records: dict[str, np.ndarray]) -> pd.DataFrame:
+    """One training run's per-batch dynamics records as `dynamics` rows (record indices mapped to sample ids)."""
     return pd.DataFrame({
         "run_id": run_id, "sample_id": ids[records["index"]], "step": records["step"].astype(np.int32),
         "epoch": records["epoch"], "phase": records["phase"], "correct": records["correct"].astype(bool),
@@ -92,7 +93,7 @@ def epoch_writer(store: Store, run_id: str, train_ids: np.ndarray) -> Callable[[
                              "seconds": log.seconds}])
         inserts = [("epochs", row)]
         if log.records is not None:
-            inserts.append(("dynamics", _dynamics_frame(run_id, train_ids, log.records)))
+            inserts.append(("dynamics", dynamics_frame(run_id, train_ids, log.records)))
         store.write(inserts)
 
     return write

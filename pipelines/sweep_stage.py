@@ -27,7 +27,7 @@ from auditor.sweep_queries import sweep_correlation, sweep_set_differences, swee
 from auditor.training import resolve_device
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
 from pipelines.jobs import Job
-from pipelines.memorization_stage import _run_design
+from pipelines.memorization_stage import run_design
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import finish_run, now, run_status, start_run
 from pipelines.stages import StageReport, train_stage
@@ -84,7 +84,7 @@ def _ploo_improved(store: Store, data: TrainingArrays, vcfg: AuditConfig, candid
     candidates = position[candidate_ids].to_numpy()
     k = mc.models or default_shard_count(len(candidates), mc.per_candidate, mc.min_models)
     design = ploo_improved_design(len(data.train_ids), candidates, k, mc.fraction or 0.5, seed=vcfg.seed)
-    run_id, trained, reused, train_correct, _ = _run_design(store, design, data, vcfg, "sweep_mem", progress)
+    run_id, trained, reused, train_correct, _ = run_design(store, design, data, vcfg, "sweep_mem", progress)
     scores = memorization_scores(train_correct, design.membership, design.candidates)
     scores["sample_id"] = data.train_ids[scores["point"].to_numpy()]
     finish_run(store, run_id, message=f"{design.n_models} shadow models ({trained} trained, {reused} reused) for "
