@@ -5,12 +5,16 @@ Above it, HNSW (the default; CPU only) keeps recall@10 ~0.97 even on unclustered
 build lets a rare neighbour differ between runs; IVF-Flat (nlist ~ 4 sqrt(n), trained on a seeded sample) is
 deterministic and GPU-capable, but its default nprobe = 16 suits clustered data such as image embeddings only
 (recall@10 ~0.35 on unclustered Gaussians).
+
+`NeighborIndex.from_chunks` builds the same index from a base streamed in chunks (e.g. read from DuckDB), so only the
+index and one chunk are resident, and `search_chunks` searches streamed queries the same way.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,10 +66,20 @@ def _gpu_resources(use_gpu: bool | None, exact: bool, index: str) -> faiss.Stand
     return None
 
 
-def _build(base: np.ndarray, exact: bool, index: str, nlist: int | None, nprobe: int, k: int,
-           gpu: faiss.StandardGpuResources | None) -> tuple[faiss.Index, str]:
-    """The filled index over the normalised base and its description (faiss factory style); `gpu` must outlive it."""
-    n, d = base.shape
+def _take(chunks: Iterable[np.ndarray], rows: np.ndarray) -> np.ndarray:
+    """The given rows (sorted) of the chunks stacked in order."""
+    parts, start = [], 0
+    for chunk in chunks:
+        lo, hi = np.searchsorted(rows, [start, start + len(chunk)])
+        parts.append(chunk[rows[lo:hi] - start])
+        start += len(chunk)
+    return np.concatenate(parts)
+
+
+def _build(chunks: Callable[[], Iterable[np.ndarray]], n: int, d: int, exact: bool, index: str, nlist: int | None,
+           nprobe: int, k: int, gpu: faiss.StandardGpuResources | None) -> tuple[faiss.Index, str]:
+    """The index filled from `chunks()` (the n normalised base rows in order; read twice when IVF first gathers its
+    training sample) and its description (faiss factory style); `gpu` must outlive it."""
     if exact:
         cpu, kind = faiss.IndexFlatIP(d), "Flat"
     elif index == "ivf":
@@ -81,8 +95,11 @@ def _build(base: np.ndarray, exact: bool, index: str, nlist: int | None, nprobe:
             warnings.warn(f"faiss GPU transfer failed ({err}); searching on the CPU", stacklevel=3)
     if not built.is_trained:
         size = min(n, _IVF_TRAIN_PER_LIST * faiss.extract_index_ivf(cpu).nlist)
-        built.train(base[np.sort(np.random.default_rng(_SEED).choice(n, size, replace=False))])
-    built.add(base)
+        built.train(_take(chunks(), np.sort(np.random.default_rng(_SEED).choice(n, size, replace=False))))
+    for chunk in chunks():
+        built.add(chunk)
+    if built.ntotal != n:
+        raise ValueError(f"the chunks held {built.ntotal} rows, not the {n} announced")
     if not exact:
         name, value = ("nprobe", nprobe) if index == "ivf" else ("efSearch", max(128, 2 * k))
         space.set_index_parameter(built, name, value)
@@ -106,19 +123,38 @@ class NeighborIndex:
     def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000,
                  index: Literal["hnsw", "ivf"] = "hnsw", nlist: int | None = None, nprobe: int = 16,
                  use_gpu: bool | None = None) -> None:
+        self.base: np.ndarray | None = normalise(base)
+        self._fill(lambda: [self.base], *self.base.shape, k, exact_below, index, nlist, nprobe, use_gpu)
+
+    @classmethod
+    def from_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], shape: tuple[int, int], k: int, *,
+                    exact_below: int = 200_000, index: Literal["hnsw", "ivf"] = "hnsw", nlist: int | None = None,
+                    nprobe: int = 16, use_gpu: bool | None = None) -> NeighborIndex:
+        """The index __init__ builds over a base of `shape` whose rows each call of `chunks()` yields in order, a chunk
+        at a time (called twice for IVF: its training sample, then the rows), never holding them all; `base` is None."""
+        built = cls.__new__(cls)
+        built.base = None
+        built._fill(lambda: (normalise(chunk) for chunk in chunks()), *shape, k, exact_below, index, nlist, nprobe,
+                    use_gpu)
+        return built
+
+    def _fill(self, chunks: Callable[[], Iterable[np.ndarray]], n: int, dim: int, k: int, exact_below: int,
+              index: str, nlist: int | None, nprobe: int, use_gpu: bool | None) -> None:
+        """Check the arguments and build the index from `chunks` (the normalised base)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if index not in ("hnsw", "ivf"):
             raise ValueError(f"index must be 'hnsw' or 'ivf', got {index!r}")
-        self.base = normalise(base)
-        self.exact = len(self.base) < exact_below
+        self.n, self.dim = n, dim
+        self.exact = n < exact_below
         self._gpu = _gpu_resources(use_gpu, self.exact, index)
-        self._built, self.kind = _build(self.base, self.exact, index, nlist, nprobe, k + 1, self._gpu)
+        self._built, self.kind = _build(chunks, n, dim, self.exact, index, nlist, nprobe, k + 1, self._gpu)
 
     def search(self, query: np.ndarray, k: int, *, own_rows: np.ndarray | None = None) -> KnnGraph:
-        """The k most cosine-similar base rows of each query row; own_rows[q] (a base row) is left out of row q."""
-        if np.ndim(query) != 2 or np.shape(query)[1] != self.base.shape[1]:
-            raise ValueError(f"query {np.shape(query)} must be 2-D with base's {self.base.shape[1]} columns")
+        """The k most cosine-similar base rows of each query row; own_rows[q] (a base row, -1 for none) is left out
+        of row q."""
+        if np.ndim(query) != 2 or np.shape(query)[1] != self.dim:
+            raise ValueError(f"query {np.shape(query)} must be 2-D with base's {self.dim} columns")
         search_k = k + 1 if own_rows is not None else k
         indices = np.empty((len(query), k), dtype=np.int64)
         sims = np.empty((len(query), k), dtype=np.float32)
@@ -130,6 +166,14 @@ class NeighborIndex:
             indices[start:stop], sims[start:stop] = i, s
         sims[indices < 0] = np.nan
         return KnnGraph(indices=indices, similarities=sims, exact=self.exact, index_kind=self.kind)
+
+    def search_chunks(self, chunks: Iterable[tuple[np.ndarray, np.ndarray | None]], k: int) -> KnnGraph:
+        """search() of each (query, own_rows) chunk, stacked into one graph, so streamed queries are never all
+        resident."""
+        parts = [self.search(query, k, own_rows=own_rows) for query, own_rows in chunks]
+        return KnnGraph(indices=np.concatenate([p.indices for p in parts]),
+                        similarities=np.concatenate([p.similarities for p in parts]), exact=self.exact,
+                        index_kind=self.kind)
 
 
 def knn(base: np.ndarray, k: int, *, query: np.ndarray | None = None, exclude_self: bool = True,

@@ -20,7 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -102,17 +102,17 @@ def _twin_details(a: np.ndarray, b: np.ndarray, kinds: np.ndarray, sim: np.ndarr
     return pd.DataFrame(rows, columns=["sample_id", "kind", "score", "detail"])
 
 
-def _frames(path: Path, n: int, seed: int, n_classes: int) -> dict[str, pd.DataFrame]:
+def _frames(path: Path, n: int, seed: int, n_classes: int, train_fraction: float) -> dict[str, pd.DataFrame]:
     """Every table of the synthetic audit, as DataFrames keyed by table name."""
     rng = np.random.default_rng(seed)
     files = _images(path.parent / f"{path.stem}_images", rng)
     t0 = datetime(2026, 1, 5, 9, 0, 0)
     labels = np.array([f"class_{k:02d}" for k in range(n_classes)], dtype=object)
 
-    # samples: ids in manifest order, 80% train / 20% test at random, mildly imbalanced classes
+    # samples: ids in manifest order, train_fraction train / the rest test at random, mildly imbalanced classes
     ids = np.array([f"syn_{i:06d}" for i in range(n)], dtype=object)
     is_train = np.zeros(n, bool)
-    is_train[rng.permutation(n)[: int(round(0.8 * n))]] = True
+    is_train[rng.permutation(n)[: int(round(train_fraction * n))]] = True
     weights = 1.0 / (1.0 + np.arange(n_classes) / n_classes)
     label_index = rng.choice(n_classes, n, p=weights / weights.sum())
     path_index = np.arange(n) % N_IMAGES
@@ -379,14 +379,17 @@ def _frames(path: Path, n: int, seed: int, n_classes: int) -> dict[str, pd.DataF
             "thresholds": thresholds, "clusters": clusters, "reviews": reviews, "jobs": jobs}
 
 
-def build_synthetic(path: str | Path, n: int = 100_000, seed: int = 0, n_classes: int | None = None) -> dict[str, int]:
+def build_synthetic(path: str | Path, n: int = 100_000, seed: int = 0, n_classes: int | None = None, *,
+                    train_fraction: float = 0.8, skip: Collection[str] = ()) -> dict[str, int]:
     """Write a fresh synthetic audit database of `n` samples at `path` (100 classes, 10 below 5,000 samples) with
-    its PNG files in `<stem>_images/` beside it; returns the rows written per table."""
+    its PNG files in `<stem>_images/` beside it, leaving out the `skip` tables (for a caller that computes them);
+    returns the rows written per table."""
     path = Path(path)
     if path.exists():
         path.unlink()
     n_classes = n_classes or (100 if n >= 5000 else 10)
-    frames = _frames(path, n, seed, n_classes)
+    frames = {table: frame for table, frame in _frames(path, n, seed, n_classes, train_fraction).items()
+              if table not in skip}
     store = Store(path)
     store.init()
     with store.connect() as con:
@@ -404,7 +407,7 @@ def build_synthetic(path: str | Path, n: int = 100_000, seed: int = 0, n_classes
 # ----------------------------------------------------------------------------------------------------- measuring
 
 
-def _page_queries(store: Store, point_id: str) -> dict[str, list[tuple[str, Callable[[], object]]]]:
+def page_queries(store: Store, point_id: str) -> dict[str, list[tuple[str, Callable[[], object]]]]:
     """The queries each page makes on its first render, in order (the main ones; evidence strips included)."""
     embedder = lambda: queries.map_embedder(store)["embedder_id"]
 
@@ -504,7 +507,7 @@ def measure(path: str | Path, repeats: int = 3) -> list[dict]:
     os.environ["MEMAUDIT_DB"] = str(path)
     store = Store(path)
     point_id = point_sample(store)
-    per_page = _page_queries(store, point_id)
+    per_page = page_queries(store, point_id)
     results = []
     for scenario, (page, state, target) in SCENARIOS.items():
         state = {k: (point_id if k == "point" else v) for k, v in state.items()}
