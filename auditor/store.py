@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,62 @@ class StoreCorrupt(RuntimeError):
     """The file is not a readable DuckDB database (corrupt, truncated or half-written, or another kind of file)."""
 
 
+class _Gate:
+    """Turns between the read-only and the read-write connections to one file within this process.
+
+    DuckDB refuses to open a file read-only while this process has it open read-write, and the reverse ('different
+    configuration than existing connections'): the dashboard's sessions, one thread each, would fail each other's
+    reads and decisions. Any number of connections of one mode may be open together; a connection of the other mode
+    waits until they are closed. A waiting writer holds back new readers, so a stream of page renders cannot starve a
+    decision; a thread that already holds a connection never waits (its own nested connection cannot wait for itself).
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._held: dict[bool, dict[int, int]] = {True: {}, False: {}}  # read_only -> thread id -> connections
+        self._writers_waiting = 0
+
+    def enter(self, read_only: bool, deadline: float) -> bool:
+        """Take a turn for one connection of this mode (True), or False when `deadline` passed first."""
+        me = threading.get_ident()
+        with self._changed:
+            if me not in self._held[True] and me not in self._held[False]:
+                other = self._held[not read_only]
+                self._writers_waiting += not read_only
+                try:
+                    ready = self._changed.wait_for(lambda: not other and (not read_only or not self._writers_waiting),
+                                                   timeout=max(deadline - time.monotonic(), 0))
+                finally:
+                    self._writers_waiting -= not read_only
+                    self._changed.notify_all()
+                if not ready:
+                    return False
+            held = self._held[read_only]
+            held[me] = held.get(me, 0) + 1
+            return True
+
+    def leave(self, read_only: bool) -> None:
+        """End the turn of one connection of this mode taken by this thread."""
+        me = threading.get_ident()
+        with self._changed:
+            held = self._held[read_only]
+            held[me] -= 1
+            if not held[me]:
+                del held[me]
+            self._changed.notify_all()
+
+
+_GATES: dict[str, _Gate] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def _gate(path: Path) -> _Gate:
+    """The one gate of this process for the file at `path`."""
+    key = str(path.resolve())
+    with _GATES_LOCK:
+        return _GATES.setdefault(key, _Gate())
+
+
 class Store:
     """Handle on one audit database file; cheap to create, holds no connection between calls."""
 
@@ -190,8 +247,15 @@ class Store:
 
     def _close_shared(self) -> None:
         if self._shared is not None:
-            self._shared.close()
+            self._close(self._shared, read_only=True)
             self._shared = None
+
+    def _close(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
+        """Close a connection from `_open` and end its turn at the gate."""
+        try:
+            con.close()
+        finally:
+            _gate(self.path).leave(read_only)
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -217,25 +281,34 @@ class Store:
             self._raise_if_corrupt(exc)
             raise
         finally:
-            con.close()
+            self._close(con, read_only)
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
-        """A new connection, retrying with jittered backoff while another process holds the file."""
+        """A new connection (close it with `_close`): first this mode's turn among the connections of this process
+        (`_Gate`), then the file, retrying with jittered backoff while another process holds it."""
         deadline = time.monotonic() + self.timeout_s
+        gate = _gate(self.path)
+        if not gate.enter(read_only, deadline):
+            raise StoreBusy(f"{self.path} stayed open {'read-write' if read_only else 'read-only'} in this process "
+                            f"for {self.timeout_s:.0f}s; try again")
         delay = 0.02
-        while True:
-            try:
-                return duckdb.connect(str(self.path), read_only=read_only)
-            except duckdb.Error as exc:
-                self._raise_if_corrupt(exc)
-                if not any(m in str(exc) for m in _LOCK_MARKERS):
-                    raise
-                if time.monotonic() > deadline:
-                    raise StoreBusy(
-                        f"{self.path} stayed locked by another process for {self.timeout_s:.0f}s; "
-                        "wait for the running job to finish or stop it") from exc
-                time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 1.0)
+        try:
+            while True:
+                try:
+                    return duckdb.connect(str(self.path), read_only=read_only)
+                except duckdb.Error as exc:
+                    self._raise_if_corrupt(exc)
+                    if not any(m in str(exc) for m in _LOCK_MARKERS):
+                        raise
+                    if time.monotonic() > deadline:
+                        raise StoreBusy(
+                            f"{self.path} stayed locked by another process for {self.timeout_s:.0f}s; "
+                            "wait for the running job to finish or stop it") from exc
+                    time.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, 1.0)
+        except BaseException:
+            gate.leave(read_only)
+            raise
 
     def _raise_if_corrupt(self, exc: duckdb.Error) -> None:
         """Turn DuckDB's read errors on a damaged file (at open or at a later read) into one clear StoreCorrupt."""
