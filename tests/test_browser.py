@@ -8,11 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import CHROMIUM, CHROMIUM_ARGS, IDLE, dashboard
+
 MIN_IMAGES = 24
 # accuracy, ApB, mem histogram, the ApB-vs-mem scatter, flags per kind and class, and the embedding map
 CHARTS = 6
@@ -32,39 +27,16 @@ TIMEOUT_MS = 30_000
 
 # Counts the script runs that ended (the app root's data-test-script-state leaving 'running'), so a test can wait
 # for the rerun that its own action triggered, not just for the app to look idle before that rerun has begun.
-_RUN_COUNTER = """
+RUN_COUNTER = """
 window.__memauditRuns = 0;
 new MutationObserver(records => {
   for (const r of records) if (r.oldValue === 'running') window.__memauditRuns += 1;
 }).observe(document, {attributes: true, attributeOldValue: true, subtree: true,
                       attributeFilter: ['data-test-script-state']});
 """
-_IDLE = "document.querySelector(\"[data-testid='stApp']\")?.dataset.testScriptState === 'notRunning'"
-
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(
     not CHROMIUM.exists(), reason=f"{CHROMIUM} is missing (install it with `make browser`)")]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, server: subprocess.Popen, log: Path, timeout_s: float = 30.0) -> None:
-    """Poll streamlit's health endpoint until it answers 200, failing early (with its `log`) if the server died."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"streamlit exited with {server.returncode}:\n{log.read_text()}")
-        try:
-            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"streamlit did not become healthy at {url} within {timeout_s:.0f}s")
 
 
 def _plant_mislabeled(db: Path, wanted: int) -> None:
@@ -109,25 +81,8 @@ def curation_db(small_db, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def app_url(curation_db, tmp_path_factory) -> Iterator[str]:
     """URL of a streamlit server on a free loopback port serving the dashboard for the copy of the small database."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    with log.open("w") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/main.py", "--server.address", "127.0.0.1",
-             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
-             "--", "--db", str(curation_db)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_healthy(url, server, log)
+    with dashboard(curation_db, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +92,10 @@ def page(app_url):
 
     expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.add_init_script(_RUN_COUNTER)
+            page.add_init_script(RUN_COUNTER)
             page.set_default_timeout(TIMEOUT_MS)
             yield page
         finally:
@@ -162,12 +116,12 @@ def _rerun(page) -> Iterator[None]:
     """Wait, after the body's action, until a script run that ended after the action left the app idle."""
     before = page.evaluate("window.__memauditRuns")
     yield
-    page.wait_for_function(f"n => window.__memauditRuns > n && {_IDLE}", arg=before)
+    page.wait_for_function(f"n => window.__memauditRuns > n && {IDLE}", arg=before)
 
 
 def _idle(page) -> None:
     """Wait until no script run is in progress (after a page load)."""
-    page.wait_for_function(_IDLE)
+    page.wait_for_function(IDLE)
 
 
 def _go(page, title: str, heading: str) -> None:
