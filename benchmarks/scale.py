@@ -32,21 +32,20 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dashboard import DETECT_RUN, EMBEDDER, build_synthetic, page_queries
+from dashboard import DETECT_RUN, EMBEDDER, page_queries
 from pipeline_stages import _table
 
 from auditor import queries
@@ -219,9 +218,11 @@ def run(out_db: Path, n: int = 1_000_000, dim: int = 512, k: int = 10, chunk: in
     """Every phase of the module docstring on a fresh database at out_db; returns what print_report prints."""
     phases = Phases()
     with phases("1. fixture (dashboard builder, child process)"):
-        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-            pool.submit(build_synthetic, out_db, n, seed, train_fraction=TRAIN_FRACTION,
-                        skip=("neighbors", "pairs", "thresholds")).result()
+        # A fresh interpreter (not a multiprocessing child, which would re-import the caller's __main__).
+        code = (f"import sys; from pathlib import Path; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); "
+                f"from dashboard import build_synthetic; build_synthetic(Path({str(out_db)!r}), {n}, {seed}, "
+                f"train_fraction={TRAIN_FRACTION!r}, skip=('neighbors', 'pairs', 'thresholds'))")
+        subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     fixture_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     store = Store(out_db)
     samples = store.query("SELECT sample_id, split, label_index FROM samples ORDER BY sample_id")
