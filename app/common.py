@@ -133,8 +133,9 @@ def reviewer() -> str:
 
 def run_page(title: str, render: Callable[[Store], None]) -> None:
     """Render one page against the database, turning a locked or unreadable file into an error message; the
-    sidebar names the reviewer."""
-    reviewer()
+    sidebar names the reviewer. Re-assigning the name before its widget keeps it across pages (streamlit drops a
+    keyed widget's value on the run after a page change, before the new page creates the widget again)."""
+    st.session_state["reviewer"] = reviewer()
     st.sidebar.text_input("Reviewer", key="reviewer", help="Recorded with every decision you make")
     st.title(title)
     try:

@@ -67,6 +67,22 @@ def test_review_decides_for_picked_images_in_bulk_and_undoes(db):
     assert set(current_decisions(Store(db))["sample_id"]) == {second}
 
 
+def test_reviewer_named_in_the_sidebar_survives_page_changes_and_signs_the_decision(db):
+    """Streamlit drops a keyed widget's value on the run after a page change; the name must still sign decisions."""
+    at = AppTest.from_file(str(PAGES.parent / "main.py")).run(timeout=60)
+    at.sidebar.text_input(key="reviewer").set_value("alice").run(timeout=60)
+    at.switch_page("pages/decisions.py").run(timeout=60)
+    assert at.sidebar.text_input(key="reviewer").value == "alice"
+    at.switch_page("pages/review.py").run(timeout=60)
+    assert not errors(at) and at.sidebar.text_input(key="reviewer").value == "alice"
+    target = grid_ids(at)[0]
+    at.checkbox(key=f"pick_{target}").check().run(timeout=60)
+    at.selectbox(key="decision_action").select("keep")
+    at.button(key="decision_apply").click().run(timeout=60)
+    decided = current_decisions(Store(db)).set_index("sample_id")
+    assert list(decided.index) == [target] and decided.loc[target, "reviewer"] == "alice"
+
+
 def test_review_relabels_and_filters_by_review_state(db):
     at = page("review")
     target = grid_ids(at)[0]
