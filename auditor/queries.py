@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from auditor.store import Store
+from auditor.store import (FLAG_PRIORITY, FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, SUMMARY_KEY, SUMMARY_SOURCE,
+                           Store)
 
 # The first seed run of the 'apb' run that produced `scores`: its predictions are the ones shown next to ApB.
 _PREDICTION_RUN = """(SELECT r.run_id FROM run_inputs i JOIN runs r ON r.run_id = i.input_run_id
@@ -135,9 +136,6 @@ def jobs(store: Store, limit: int = 20) -> pd.DataFrame:
                        "LIMIT ?", [limit]).reindex(columns=JOB_COLUMNS)
 
 
-# Flag kinds, most important first: the order of the review filter, the tiles, the findings and the map's colours.
-FLAG_PRIORITY: tuple[str, ...] = ("unreadable", "leaked", "mislabeled", "memorized", "duplicate", "long_tail",
-                                  "memorized_candidate")
 # Pair kinds behind each twin flag ('leaked' pairs have the training image as a_id and the test image as b_id).
 PAIR_KINDS: dict[str, tuple[str, ...]] = {"duplicate": ("exact_duplicate", "near_duplicate"),
                                           "leaked": ("exact_leak", "leak")}
@@ -159,26 +157,41 @@ def has_detector_schema(store: Store) -> bool:
                             "WHERE list_contains(?, table_name)", [_DETECTOR_RELATIONS])) == len(_DETECTOR_RELATIONS)
 
 
+def summaries_fresh(store: Store) -> bool:
+    """Whether `flag_tallies` and `sample_flags` were built from the current `flags` and `samples` (memaudit's writes
+    rebuild them; a file edited by hand, or written before they existed, is read live)."""
+    return bool(store.scalar(f"SELECT coalesce((SELECT value FROM meta WHERE key = ?) = {SUMMARY_SOURCE}, false)",
+                             [SUMMARY_KEY]))
+
+
+def _summary(store: Store, table: str) -> str:
+    """The relation to read `table` ('flag_tallies' or 'sample_flags') from: the table while fresh, else its live
+    aggregation of `flags` (the same definition)."""
+    live = {"flag_tallies": FLAG_TALLIES_LIVE, "sample_flags": SAMPLE_FLAGS_LIVE}[table]
+    return table if summaries_fresh(store) else f"({live})"
+
+
 def flag_kinds(store: Store) -> list[str]:
     """The flag kinds present in `flags`, most important first (FLAG_PRIORITY order, then others by name)."""
-    return store.query(f"SELECT DISTINCT kind FROM flags ORDER BY {_PRIORITY.format(kind='kind')}, kind",
-                       [list(FLAG_PRIORITY)])["kind"].tolist()
+    return store.query(f"SELECT DISTINCT kind FROM {_summary(store, 'flag_tallies')} "
+                       f"ORDER BY {_PRIORITY.format(kind='kind')}, kind", [list(FLAG_PRIORITY)])["kind"].tolist()
 
 
 def flag_counts(store: Store) -> pd.DataFrame:
-    """Flags per kind, most important first (kind, flags, samples, train, test: distinct samples per split)."""
+    """Flags per kind, most important first (kind, flags, samples, train, test: distinct samples per split; a sample
+    has one split, so the distinct counts per split and class add up)."""
     return store.query(
-        "SELECT f.kind, count(*) AS flags, count(DISTINCT f.sample_id) AS samples, "
-        "       count(DISTINCT f.sample_id) FILTER (WHERE s.split = 'train') AS train, "
-        "       count(DISTINCT f.sample_id) FILTER (WHERE s.split = 'test') AS test "
-        "FROM flags f LEFT JOIN samples s USING (sample_id) "
-        f"GROUP BY f.kind ORDER BY {_PRIORITY.format(kind='f.kind')}, f.kind", [list(FLAG_PRIORITY)])
+        "SELECT kind, sum(flags)::BIGINT AS flags, sum(samples)::BIGINT AS samples, "
+        "       coalesce(sum(samples) FILTER (WHERE split = 'train'), 0)::BIGINT AS train, "
+        "       coalesce(sum(samples) FILTER (WHERE split = 'test'), 0)::BIGINT AS test "
+        f"FROM {_summary(store, 'flag_tallies')} "
+        f"GROUP BY kind ORDER BY {_PRIORITY.format(kind='kind')}, kind", [list(FLAG_PRIORITY)])
 
 
 def triage_counts(store: Store) -> pd.DataFrame:
     """Samples per `triage` reading of the `audit` view, most frequent first, unflagged ones left out."""
-    return store.query("SELECT triage, count(*) AS samples FROM audit WHERE triage IS NOT NULL "
-                       "GROUP BY triage ORDER BY samples DESC, triage")
+    return store.query(f"SELECT triage, count(*) AS samples FROM {_summary(store, 'sample_flags')} "
+                       "WHERE in_samples AND triage IS NOT NULL GROUP BY triage ORDER BY samples DESC, triage")
 
 
 def detector_thresholds(store: Store) -> pd.DataFrame:
@@ -198,21 +211,21 @@ def map_embedder(store: Store) -> dict | None:
 
 
 def embedding_map(store: Store, embedder_id: str, unflagged_limit: int = 5000) -> pd.DataFrame:
-    """Map points of `embedder_id` (all flagged, up to `unflagged_limit` unflagged) with their top flag, drawn last."""
-    priority = list(FLAG_PRIORITY)
+    """Map points of `embedder_id` (all flagged, up to `unflagged_limit` unflagged: a fixed pseudo-random sample)
+    with their top flag, drawn last."""
     return store.query(
-        "WITH f AS (SELECT sample_id, "
-        f"                 min_by(kind, {_PRIORITY.format(kind='kind')}) AS flag, "
-        f"                 string_agg(DISTINCT kind, ', ' ORDER BY kind) AS flags "
-        "          FROM flags GROUP BY sample_id) "
-        "SELECT m.sample_id, m.x, m.y, s.split, s.label, coalesce(f.flag, 'none') AS flag, "
-        "       coalesce(f.flags, '') AS flags "
-        "FROM embedding_map m LEFT JOIN samples s USING (sample_id) LEFT JOIN f USING (sample_id) "
-        "WHERE m.embedder_id = ? "
-        "QUALIFY f.flag IS NOT NULL "
-        "     OR row_number() OVER (PARTITION BY f.flag IS NULL ORDER BY hash(m.sample_id), m.sample_id) <= ? "
-        f"ORDER BY f.flag IS NOT NULL, {_PRIORITY.format(kind='f.flag')} DESC, m.sample_id",
-        [priority, embedder_id, unflagged_limit, priority])
+        f"WITH f AS (SELECT sample_id, top_flag, array_to_string(kinds, ', ') AS kinds "
+        f"           FROM {_summary(store, 'sample_flags')}), "
+        "m AS (SELECT sample_id, x, y FROM embedding_map WHERE embedder_id = ?), "
+        "pts AS (SELECT m.*, f.top_flag, f.kinds FROM m JOIN f USING (sample_id) "
+        "        UNION ALL "
+        "        (SELECT m.*, NULL, NULL FROM m ANTI JOIN f USING (sample_id) "
+        "         ORDER BY hash(m.sample_id), m.sample_id LIMIT ?)) "
+        "SELECT p.sample_id, p.x, p.y, s.split, s.label, coalesce(p.top_flag, 'none') AS flag, "
+        "       coalesce(p.kinds, '') AS flags "
+        "FROM pts p LEFT JOIN samples s USING (sample_id) "
+        f"ORDER BY p.top_flag IS NOT NULL, {_PRIORITY.format(kind='p.top_flag')} DESC, p.sample_id",
+        [embedder_id, unflagged_limit, list(FLAG_PRIORITY)])
 
 
 def twins(store: Store, sample_id: str, kind: str, limit: int = 6) -> pd.DataFrame:
@@ -462,9 +475,9 @@ def sample_ids_like(store: Store, text: str, limit: int = 20) -> list[str]:
 def flag_class_counts(store: Store) -> pd.DataFrame:
     """Distinct flagged samples per flag kind and class (kind, label, samples), most important kind first."""
     return store.query(
-        "SELECT f.kind, coalesce(s.label, '–') AS label, count(DISTINCT f.sample_id) AS samples "
-        "FROM flags f LEFT JOIN samples s USING (sample_id) GROUP BY f.kind, s.label, s.label_index "
-        f"ORDER BY {_PRIORITY.format(kind='f.kind')}, f.kind, s.label_index", [list(FLAG_PRIORITY)])
+        "SELECT kind, coalesce(label, '–') AS label, sum(samples)::BIGINT AS samples "
+        f"FROM {_summary(store, 'flag_tallies')} GROUP BY kind, label, label_index "
+        f"ORDER BY {_PRIORITY.format(kind='kind')}, kind, label_index", [list(FLAG_PRIORITY)])
 
 
 def experiments(store: Store) -> pd.DataFrame:

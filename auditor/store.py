@@ -111,6 +111,10 @@ CREATE TABLE IF NOT EXISTS sweep_variants(
     test_acc DOUBLE, gap DOUBLE, n_memorized INTEGER, method VARCHAR, run_id VARCHAR, seconds DOUBLE);
 CREATE TABLE IF NOT EXISTS sweep_members(
     sweep_id VARCHAR, variant VARCHAR, sample_id VARCHAR, apb DOUBLE, mem DOUBLE, memorized BOOLEAN);
+CREATE TABLE IF NOT EXISTS flag_tallies(
+    kind VARCHAR, split VARCHAR, label VARCHAR, label_index INTEGER, flags BIGINT, samples BIGINT);
+CREATE TABLE IF NOT EXISTS sample_flags(
+    sample_id VARCHAR, kinds VARCHAR[], top_flag VARCHAR, triage VARCHAR, in_samples BOOLEAN);
 """
 
 # Columns added to tables of an earlier schema version (ALTER ... IF NOT EXISTS keeps old files usable).
@@ -127,8 +131,26 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command VARCHAR;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log_path VARCHAR;
 """
 
-# The table users query first: one row per sample with its scores, the list of its flags and a triage that reads the
-# signals together (memorized + label issue -> likely mislabeled; memorized alone -> likely rare; leaked -> fix split).
+# Flag kinds, most important first: the order of the review filter, the tiles, the findings and the map's colours.
+FLAG_PRIORITY: tuple[str, ...] = ("unreadable", "leaked", "mislabeled", "memorized", "duplicate", "long_tail",
+                                  "memorized_candidate")
+
+# A triage that reads a sample's flag kinds (the list expression `kinds`) together: memorized + label issue -> likely
+# mislabeled; memorized alone -> likely rare; leaked -> fix the split. NULL for a sample without these flags.
+TRIAGE = """CASE
+        WHEN list_contains({kinds}, 'unreadable') THEN 'unreadable: fix or remove the file'
+        WHEN list_contains({kinds}, 'leaked') THEN 'leaked into the test set: fix the split, do not drop blindly'
+        WHEN list_contains({kinds}, 'memorized') AND list_contains({kinds}, 'mislabeled')
+            THEN 'likely mislabeled: relabel or remove'
+        WHEN list_contains({kinds}, 'mislabeled') THEN 'possible label issue: review'
+        WHEN list_contains({kinds}, 'memorized') AND list_contains({kinds}, 'long_tail')
+            THEN 'rare sub-population: keep (and collect more like it)'
+        WHEN list_contains({kinds}, 'memorized') THEN 'memorized, no label issue found: likely rare, worth keeping'
+        WHEN list_contains({kinds}, 'duplicate') THEN 'duplicate: keep one copy'
+        WHEN list_contains({kinds}, 'long_tail') THEN 'long tail: under-represented, collect more'
+    END"""
+
+# The table users query first: one row per sample with its scores, the list of its flags and its triage.
 VIEWS = """
 CREATE OR REPLACE VIEW current_reviews AS
 SELECT sample_id, action, new_label, note, reviewer, decided_at, decision_id
@@ -137,23 +159,44 @@ WHERE action <> 'undo' AND decision_id NOT IN (SELECT undoes FROM reviews WHERE 
 QUALIFY row_number() OVER (PARTITION BY sample_id ORDER BY decided_at DESC, decision_id DESC) = 1;
 CREATE OR REPLACE VIEW audit AS
 WITH f AS (SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS flags FROM flags GROUP BY sample_id)
-SELECT s.*, sc.* EXCLUDE (sample_id), coalesce(f.flags, []) AS flags,
-    CASE
-        WHEN list_contains(f.flags, 'unreadable') THEN 'unreadable: fix or remove the file'
-        WHEN list_contains(f.flags, 'leaked') THEN 'leaked into the test set: fix the split, do not drop blindly'
-        WHEN list_contains(f.flags, 'memorized') AND list_contains(f.flags, 'mislabeled')
-            THEN 'likely mislabeled: relabel or remove'
-        WHEN list_contains(f.flags, 'mislabeled') THEN 'possible label issue: review'
-        WHEN list_contains(f.flags, 'memorized') AND list_contains(f.flags, 'long_tail')
-            THEN 'rare sub-population: keep (and collect more like it)'
-        WHEN list_contains(f.flags, 'memorized') THEN 'memorized, no label issue found: likely rare, worth keeping'
-        WHEN list_contains(f.flags, 'duplicate') THEN 'duplicate: keep one copy'
-        WHEN list_contains(f.flags, 'long_tail') THEN 'long tail: under-represented, collect more'
-    END AS triage
+SELECT s.*, sc.* EXCLUDE (sample_id), coalesce(f.flags, []) AS flags, {triage} AS triage
 FROM samples s
 LEFT JOIN scores sc USING (sample_id)
 LEFT JOIN f USING (sample_id);
-"""
+""".format(triage=TRIAGE.format(kinds="f.flags"))
+
+# Summaries of `flags` (and `samples`) that the dashboard reads instead of aggregating a million rows per page:
+# `flag_tallies` (flags and distinct samples per kind, split and class) and `sample_flags` (per flagged sample: its
+# kinds, its most important one, its triage, whether it is in `samples`). `Store.write` rebuilds them in the
+# transaction of every write to `flags` or `samples`, and records in `meta` the state of `flags` and `samples` they
+# were built from (SUMMARY_SOURCE); readers use them only while that state is unchanged (a file edited by hand falls
+# back to the live tables).
+SUMMARY_SOURCES = frozenset({"flags", "samples"})
+SUMMARY_KEY = "flag_summary_of"
+SUMMARY_SOURCE = ("(SELECT count(*) || ':' || coalesce(sum(hash(sample_id, kind, score)), 0) FROM flags) || '/' || "
+                  "(SELECT count(*) || ':' || coalesce(sum(hash(sample_id, split, label)), 0) FROM samples)")
+_PRIORITY_LIST = "[" + ", ".join(f"'{kind}'" for kind in FLAG_PRIORITY) + "]"
+# Per flagged sample (also what `queries` aggregates live when the summary is stale).
+SAMPLE_FLAGS_LIVE = (
+    "SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS kinds, "
+    f"       min_by(kind, coalesce(list_position({_PRIORITY_LIST}, kind), 1000)) AS top_flag, "
+    f"       {TRIAGE.format(kinds='list(DISTINCT kind ORDER BY kind)')} AS triage, "
+    "       sample_id IN (SELECT sample_id FROM samples) AS in_samples "
+    "FROM flags GROUP BY sample_id")
+FLAG_TALLIES_LIVE = ("SELECT f.kind, s.split, s.label, s.label_index, count(*) AS flags, "
+                     "       count(DISTINCT f.sample_id) AS samples "
+                     "FROM flags f LEFT JOIN samples s USING (sample_id) GROUP BY ALL")
+REFRESH_SUMMARIES = [
+    "DELETE FROM flag_tallies", f"INSERT INTO flag_tallies {FLAG_TALLIES_LIVE}",
+    "DELETE FROM sample_flags", f"INSERT INTO sample_flags {SAMPLE_FLAGS_LIVE}",
+    f"INSERT OR REPLACE INTO meta VALUES ('{SUMMARY_KEY}', {SUMMARY_SOURCE})"]
+
+def _refresh_summaries(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild `flag_tallies` and `sample_flags` and record what they were built from (inside the caller's
+    transaction)."""
+    for statement in REFRESH_SUMMARIES:
+        con.execute(statement)
+
 
 _CORRUPT_MARKERS = ("not a valid DuckDB database", "Could not read enough bytes", "Corrupt database file",
                     "database file is corrupt", "block checksum", "Checksum")
@@ -346,8 +389,9 @@ class Store:
     def write(self, inserts: list[tuple[str, pd.DataFrame]], deletes: list[tuple[str, list]] = (),
               frames: dict[str, pd.DataFrame] | None = None) -> None:
         """In one short transaction: run each (statement, params) of `deletes` (DELETE, or UPDATE ... FROM a frame
-        registered under its name in `frames`), then insert each DataFrame into its table (columns by name). A re-run
-        thereby replaces its own earlier output."""
+        registered under its name in `frames`), then insert each DataFrame into its table (columns by name), then
+        rebuild the flag summaries when `flags` or `samples` is among the tables. A re-run thereby replaces its own
+        earlier output."""
         with self.connect() as con:
             for name, frame in (frames or {}).items():
                 con.register(name, frame)
@@ -362,10 +406,20 @@ class Store:
                     cols = ", ".join(frame.columns)
                     con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
                     con.unregister("_incoming")
+                if SUMMARY_SOURCES & {table for table, _ in inserts}:
+                    _refresh_summaries(con)
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def refresh_summaries(self) -> None:
+        """Rebuild the flag summaries in one transaction (every `write` of flags or samples does; this is for a file
+        whose tables were loaded in bulk by other means)."""
+        with self.connect() as con:
+            con.execute("BEGIN TRANSACTION")
+            _refresh_summaries(con)
+            con.execute("COMMIT")
 
     def append(self, table: str, frame: pd.DataFrame) -> None:
         """Insert one DataFrame into `table` in its own transaction."""

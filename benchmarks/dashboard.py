@@ -38,7 +38,7 @@ from auditor.queries import ReviewFilter
 from auditor.reviews import current_decisions, decision_counts, decision_history
 from auditor.store import Store
 
-PAGES = Path(__file__).resolve().parent.parent / "app" / "pages"
+PAGES = Path(__file__).resolve().parent.parent / "app" / "views"
 N_IMAGES = 200
 IMAGE_SIZE = 32
 SEEDS = 3            # seed runs behind the ApB scores (the standard profile trains 3)
@@ -400,6 +400,8 @@ def build_synthetic(path: str | Path, n: int = 100_000, seed: int = 0, n_classes
             con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
             con.unregister("_incoming")
         con.execute("COMMIT")
+    store.refresh_summaries()  # as the stages' writes of flags and samples do
+    with store.connect() as con:
         con.execute("CHECKPOINT")
     return {table: len(frame) for table, frame in frames.items()}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,15 +25,40 @@ def _audit_model_checkpoint(store: Store) -> Path | None:
     return path if path is not None and path.exists() else None
 
 
+def stream_embeddings(store: Store, embedder_id: str, chunk: int = 65_536,
+                      memory_limit: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(sample ids, float32 vectors) of `embedder_id`'s stored embeddings, about `chunk` rows at a time in storage
+    order, read as Arrow batches: memory stays bounded by a chunk (plus DuckDB's buffer cache, `memory_limit`)."""
+    with store.connect(read_only=True) as con:
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{memory_limit}'")
+        reader = con.sql("SELECT sample_id, vector FROM embeddings WHERE embedder_id = ?",
+                         params=[embedder_id]).to_arrow_reader(chunk)
+        for batch in reader:
+            ids = batch.column("sample_id").to_numpy(zero_copy_only=False)
+            values = batch.column("vector").flatten().to_numpy(zero_copy_only=False)
+            if len(ids) and len(values) % len(ids):
+                raise RuntimeError(f"embedder {embedder_id} has stored vectors of different lengths; delete its rows "
+                                   f"from `embeddings` and run the embeddings stage again")
+            yield ids, values.reshape(len(ids), -1).astype(np.float32, copy=False)
+
+
 def load_embeddings(store: Store, embedder_id: str, sample_ids: np.ndarray) -> np.ndarray:
-    """The stored vectors of `sample_ids`, in that order, as one float32 matrix."""
-    frame = store.query("SELECT sample_id, vector FROM embeddings WHERE embedder_id = ?", [embedder_id])
-    position = pd.Series(np.arange(len(frame)), index=frame["sample_id"].to_numpy())
-    rows = position.reindex(sample_ids)
-    if rows.isna().any():
-        missing = sample_ids[rows.isna().to_numpy()][:3]
+    """The stored vectors of `sample_ids`, in that order, as one float32 matrix, filled chunk by chunk (one copy of
+    the vectors in memory, not a frame of per-row arrays: about 2 GB at a million 512-d vectors)."""
+    position = pd.Index(sample_ids)
+    out: np.ndarray | None = None
+    found = np.zeros(len(sample_ids), dtype=bool)
+    for ids, vectors in stream_embeddings(store, embedder_id):
+        if out is None:
+            out = np.empty((len(sample_ids), vectors.shape[1]), dtype=np.float32)
+        rows = position.get_indexer(ids)
+        mine = rows >= 0
+        out[rows[mine]], found[rows[mine]] = vectors[mine], True
+    if not found.all():
+        missing = sample_ids[~found][:3]
         raise RuntimeError(f"embedder {embedder_id} has no vectors for {list(missing)}...; run the embeddings stage")
-    return np.stack(frame["vector"].to_numpy()[rows.to_numpy(dtype=int)]).astype(np.float32)
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
 def embeddings_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:

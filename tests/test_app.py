@@ -17,7 +17,7 @@ from auditor import queries
 from auditor.store import Store
 
 APP = Path(__file__).resolve().parent.parent / "app"
-OVERVIEW, REVIEW = str(APP / "pages" / "overview.py"), str(APP / "pages" / "review.py")
+OVERVIEW, REVIEW = str(APP / "views" / "overview.py"), str(APP / "views" / "review.py")
 MALICIOUS = "0' OR 1=1 --"
 GHOST = "ghost_0001"  # an unreadable input: flagged, but never in `samples`
 
@@ -449,6 +449,58 @@ def test_findings_counts_equal_the_flags_table(planted_store):
                            "WHERE f.kind <> 'memorized_candidate'")
     assert triage["samples"].sum() == triaged and triage["samples"].is_monotonic_decreasing
     assert triage["triage"].str.startswith("leaked into the test set").any()
+
+
+def _flag_reads(store: Store) -> dict[str, object]:
+    """Every dashboard read served by the flag summaries."""
+    embedder = queries.map_embedder(store)["embedder_id"]
+    return {"kinds": queries.flag_kinds(store), "counts": queries.flag_counts(store),
+            "classes": queries.flag_class_counts(store), "triage": queries.triage_counts(store),
+            "map": queries.embedding_map(store, embedder, 50)}
+
+
+def test_a_pipeline_run_leaves_the_flag_summaries_fresh(store):
+    assert queries.summaries_fresh(store)
+    assert store.scalar("SELECT count(*) FROM sample_flags") == store.scalar(
+        "SELECT count(DISTINCT sample_id) FROM flags")
+
+
+def test_flag_summaries_answer_as_the_live_tables_and_a_hand_edit_is_read_live(planted_db, tmp_path):
+    path = tmp_path / "audit.duckdb"
+    shutil.copy(planted_db[0], path)
+    store = Store(path)
+    store.write([("flags", store.query("SELECT * FROM flags LIMIT 0"))])  # any write of `flags` rebuilds them
+    assert queries.summaries_fresh(store)
+    assert store.scalar("SELECT sum(samples) FROM flag_tallies") == store.scalar(
+        "SELECT count(*) FROM (SELECT DISTINCT sample_id, kind FROM flags)")
+    summarised = _flag_reads(store)
+    store.execute("DELETE FROM meta WHERE key = 'flag_summary_of'")
+    assert not queries.summaries_fresh(store)
+    live = _flag_reads(store)
+    for name, value in summarised.items():
+        if isinstance(value, pd.DataFrame):
+            pd.testing.assert_frame_equal(value, live[name], check_dtype=False, obj=name)
+        else:
+            assert value == live[name], name
+    audit_view = store.query("SELECT triage, count(*) AS samples FROM audit WHERE triage IS NOT NULL GROUP BY triage "
+                             "ORDER BY samples DESC, triage")
+    pd.testing.assert_frame_equal(live["triage"], audit_view, check_dtype=False)
+
+    store.write([("flags", store.query("SELECT * FROM flags LIMIT 0"))])
+    sample = store.scalar("SELECT sample_id FROM samples WHERE split = 'train' AND sample_id NOT IN "
+                          "(SELECT sample_id FROM flags) ORDER BY sample_id LIMIT 1")
+    store.execute("INSERT INTO flags VALUES (?, 'leaked', 0.99, 'by hand', 'manual')", [sample])  # bypasses write
+    assert not queries.summaries_fresh(store)
+    before = summarised["counts"].set_index("kind")
+    after = queries.flag_counts(store).set_index("kind")
+    assert after.loc["leaked", "train"] == before.loc["leaked", "train"] + 1
+    assert sample in set(queries.embedding_map(store, queries.map_embedder(store)["embedder_id"], 0)["sample_id"])
+    store.execute("UPDATE flags SET kind = 'duplicate' WHERE sample_id = ? AND kind = 'leaked'", [sample])
+    assert queries.flag_counts(store).set_index("kind").loc["leaked", "train"] == before.loc["leaked", "train"]
+    store.write([("flags", store.query("SELECT * FROM flags LIMIT 0"))])
+    assert queries.summaries_fresh(store)
+    assert queries.flag_counts(store).set_index("kind").loc["duplicate", "train"] == \
+        before.loc["duplicate", "train"] + 1
 
 
 def test_detector_thresholds_are_those_of_the_latest_run(planted_store, small_db, tmp_path):

@@ -210,6 +210,19 @@ def test_review_renders_images(page, app_url):
     assert page.locator("[data-testid='stException']").count() == 0
 
 
+@pytest.mark.parametrize("path, heading", [("review", "Review images"), ("experiments", "Experiments")])
+def test_a_deep_link_opens_its_page_inside_the_navigation(page, app_url, path, heading):
+    """A bookmarked /review opens the Review page with the dashboard's sidebar (titles, not file names)."""
+    page.goto(f"{app_url}/{path}")
+    page.get_by_role("heading", name=heading, exact=True, level=1).wait_for()
+    _idle(page)
+    nav = page.get_by_test_id("stSidebarNav")
+    for title in ("Overview", "Review", "Point detail", "Decisions", "Export", "Experiments", "Jobs"):
+        assert nav.get_by_role("link", name=title, exact=True).count() == 1, title
+    assert nav.get_by_role("link", name="main", exact=True).count() == 0
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
 def test_curation_flow(page, app_url, curation_db, screenshot_dir):
     """Review -> filter mislabeled -> remove two, relabel one, undo one remove -> export; the exported manifest and
     changelog on disk and the decisions in the database say exactly that; a screenshot of every page."""

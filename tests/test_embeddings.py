@@ -7,6 +7,7 @@ import json
 import time
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -15,6 +16,8 @@ from auditor.embeddings import (EmbedderInfo, build_embedder, embed_paths, map_i
                                 save_model_checkpoint)
 from auditor.images import decode_image, to_model_input
 from auditor.models import build_model
+from auditor.store import Store
+from pipelines.embeddings_stage import load_embeddings, stream_embeddings
 
 TINY_CLIP = "memaudit-test-tiny-clip"
 
@@ -209,3 +212,26 @@ def test_pca_2d_deterministic_and_sampled():
     assert abs(np.corrcoef(sampled[~np.isnan(sampled[:, 0]), 0], ok[:, 0])[0, 1]) > 0.99
     assert pca_2d(np.zeros((0, 4), np.float32)).shape == (0, 2)
     assert pca_2d(np.ones((1, 1), np.float32)).tolist() == [[0.0, 0.0]]
+
+
+def test_load_embeddings_streams_chunks_into_the_asked_order(tmp_path):
+    """Vectors come back in the order of the ids asked for, whatever the storage order and chunking; other embedders'
+    rows and ids not asked for are ignored; a missing id is a clear error."""
+    store = Store(tmp_path / "audit.duckdb")
+    store.init()
+    rng = np.random.default_rng(0)
+    ids = np.array([f"s{i:04d}" for i in range(300)], dtype=object)
+    vectors = rng.normal(size=(300, 7)).astype(np.float32)
+    stored = rng.permutation(300)
+    for part in np.array_split(stored, 4):  # committed in chunks, as the embeddings stage does
+        store.append("embeddings", pd.DataFrame({"embedder_id": "e", "sample_id": ids[part],
+                                                 "vector": list(vectors[part])}))
+    store.append("embeddings", pd.DataFrame({"embedder_id": "other", "sample_id": ids[:5],
+                                             "vector": list(np.zeros((5, 3), np.float32))}))
+    chunks = list(stream_embeddings(store, "e", chunk=64))
+    assert len(chunks) >= 5 and sum(len(c[0]) for c in chunks) == 300
+    asked = ids[rng.permutation(300)[:200]]
+    np.testing.assert_array_equal(load_embeddings(store, "e", asked), vectors[[int(i[1:]) for i in asked]])
+    assert load_embeddings(store, "e", asked).dtype == np.float32
+    with pytest.raises(RuntimeError, match="no vectors for \\['ghost'\\]"):
+        load_embeddings(store, "e", np.array(["s0001", "ghost"], dtype=object))

@@ -212,7 +212,7 @@ def test_experiments_page_shows_results_and_starts_in_the_background(experiment,
     started = []
     monkeypatch.setattr(launcher, "launch_experiment", lambda *a, **k: started.append((a, k)) or "experiment-x")
     monkeypatch.setenv("MEMAUDIT_DB", str(db))
-    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app" / "pages" / "experiments.py"))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app" / "views" / "experiments.py"))
     at.run(timeout=120)
     assert not at.exception and not at.error
     table = at.dataframe[0].value

@@ -21,7 +21,7 @@ from pipelines import launcher
 from pipelines.jobs import Job
 from pipelines.runs import now
 
-JOBS_PAGE = str(Path(__file__).resolve().parent.parent / "app" / "pages" / "jobs.py")
+JOBS_PAGE = str(Path(__file__).resolve().parent.parent / "app" / "views" / "jobs.py")
 DEADLINE_S = 90
 
 

@@ -15,7 +15,7 @@ from streamlit.testing.v1 import AppTest
 
 from auditor.store import Store, StoreCorrupt
 
-OVERVIEW = str(Path(__file__).resolve().parent.parent / "app" / "pages" / "overview.py")
+OVERVIEW = str(Path(__file__).resolve().parent.parent / "app" / "views" / "overview.py")
 
 
 @pytest.fixture(params=["garbage", "truncated"])

@@ -176,7 +176,7 @@ def _open_brushed(points: pd.DataFrame, event) -> None:
     chosen = points.loc[points["x"].between(x0, x1) & points["mem"].between(y0, y1), "sample_id"].tolist()
     if st.button(f"Open the {len(chosen)} brushed points in Review", disabled=not chosen, key="open_brushed"):
         st.session_state["selection"] = chosen
-        st.switch_page("pages/review.py")
+        st.switch_page("views/review.py")
 
 
 def _jittered(points: pd.DataFrame) -> pd.DataFrame:

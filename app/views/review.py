@@ -92,7 +92,7 @@ def _card(row: dict[str, Any]) -> None:
     if detail.button("Details", key=f"detail_{row['sample_id']}", type="tertiary",
                      help="Open the Point detail page of this image"):
         _open_detail(row["sample_id"])
-        st.switch_page("pages/point.py")
+        st.switch_page("views/point.py")
     if any(f["kind"] != "memorized_candidate" for f in flags):
         st.button("Evidence ↓", key=f"evidence_{row['sample_id']}", type="tertiary", on_click=_show_evidence,
                   args=(row["sample_id"],), help="Show the evidence behind its flags below the grid")
