@@ -3,19 +3,24 @@
 `run_load` copies an audited database, serves the dashboard for the copy on 127.0.0.1 (`memaudit app`'s streamlit
 command), launches `memaudit run --stages memorization` jobs on it the way the Jobs page does (`pipelines.launcher`;
 one after another until the sessions are done, each with one more shadow model, so none is a no-op re-run), and
-opens N sessions in one headless chromium (one browser context each, driven by asyncio Playwright), each under its own
-reviewer name (typed in the sidebar). A session loads the Overview, then makes its decisions in turn, each on an image
+opens N sessions, each under its own reviewer name (typed in the sidebar): in one headless chromium (`--client
+browser`: one browser context each, driven by asyncio Playwright), or speaking streamlit's websocket protocol to the
+server without rendering (`--client protocol`, st_client.py: on a small machine, chromium's rendering of N pages
+would dominate what is measured). A session loads the Overview (or, with --first-page Review, the Review page,
+where it then makes its first grid decision), then makes its decisions in turn, each on an image
 of its own (no two decisions, of any sessions, on the same image): the 1st, 3rd, ... on the Review grid (the Review page
 filtered to its class, pick the tile, choose keep / remove / relabel, Apply), the 2nd, 4th, ... on the Point detail page
 (opened from the tile's Details button), each followed by the Decisions page and the Overview (after a last decision
 on the grid, the Decisions page).
 
 A page load is timed from the click (or `goto`) until its title and a known element of its content are shown, its
-images are decoded, its charts drawn and streamlit's script run has ended; a decision from the button press until the
+images are decoded, its charts drawn and streamlit's script run has ended (protocol: until the run has ended with the
+title and that element, and the page's images are fetched); a decision from the button press until the
 outcome line (stored, or not saved) is shown. `format_table` prints p50/p95/max per page; `verify` then counts the
 rows in `reviews` of every decision the UI confirmed: each must be stored exactly once, and nothing else.
 
-Usage: python benchmarks/load.py [--db AUDIT.duckdb] [--sessions 20] [--decisions 2] [--duration 900] [--no-writer]
+Usage: python benchmarks/load.py [--db AUDIT.duckdb] [--sessions 20] [--decisions 2] [--duration 900]
+                                [--first-page Overview|Review] [--client browser|protocol] [--no-writer]
                                 [--workdir DIR]
 (without --db, a small audit of the default dataset is built first, like the tests' `small_db`; a --db audit must have
 run the memorization stage).
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import shutil
@@ -42,7 +48,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # the dashboard and chromium helpers shared with the browser tests
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from conftest import CHROMIUM, CHROMIUM_ARGS, IDLE, SMALL_OVERRIDES, dashboard
+from st_client import StClient
 
 from auditor import queries
 from auditor.queries import ReviewFilter
@@ -57,9 +65,10 @@ WRITER_MODELS = 16  # shadow models of the first writer job (committed 8 at a ti
 # Each page: its title (h1) and an element of its content that only a finished render shows.
 PAGES = {"Overview": ("Audit overview", "Embedding map"), "Review": ("Review images", re.compile(r"^\d+ picked$")),
          "Point detail": ("Point detail", "Training dynamics"), "Decisions": ("Decisions", "Images decided")}
-FIRST_LOAD = "Overview (first load)"
+FIRST_PAGES = {"Overview": "", "Review": "review"}  # where a session may start, and its URL path
+FIRST_LOADS = {name: f"{name} (first load)" for name in FIRST_PAGES}
 GRID_DECISION, POINT_DECISION = "decision: Review grid", "decision: Point detail"
-ROWS = (FIRST_LOAD, *PAGES, GRID_DECISION, POINT_DECISION)
+ROWS = (*FIRST_LOADS.values(), *PAGES, GRID_DECISION, POINT_DECISION)
 # The render is over: no script run, every image decoded, every chart drawn.
 RENDERED = (f"{IDLE} && [...document.querySelectorAll(\"[data-testid='stImage'] img\")].every(i => i.complete) && "
             "[...document.querySelectorAll(\"[data-testid='stVegaLiteChart']\")]"
@@ -126,7 +135,7 @@ class LoadResult:
     @property
     def page_loads(self) -> list[float]:
         """Every page load time (decisions excluded)."""
-        return [t for row in (FIRST_LOAD, *PAGES) for t in self.times.get(row, [])]
+        return [t for row in (*FIRST_LOADS.values(), *PAGES) for t in self.times.get(row, [])]
 
     @property
     def p95(self) -> float:
@@ -455,17 +464,19 @@ async def _point_decision(tab: Tab, result: LoadResult, plan: Plan, sample_id: s
 
 
 async def _session(browser, url: str, plan: Plan, index: int, result: LoadResult, deadline: float,
-                   timeout_s: float, shots: Path) -> None:
-    """One reviewer: the Overview, its name in the sidebar, then its decisions (see the module's docstring) until its
-    images or the time are used up. The first error ends the session: reported with the step and the app's state,
-    and a screenshot `<shots>/<reviewer>.png`."""
+                   timeout_s: float, shots: Path, first_page: str = "Overview") -> None:
+    """One reviewer: `first_page` (a FIRST_PAGES key), its name in the sidebar, then its decisions (see the module's
+    docstring) until its images or the time are used up; started on the Review page, its first grid decision is made
+    there. The first error ends the session: reported with the step and the app's state, and a screenshot
+    `<shots>/<reviewer>.png`."""
     context = await browser.new_context(viewport={"width": 1400, "height": 1000})
     page = await context.new_page()
     page.set_default_timeout(timeout_s * 1000)
     tab = Tab(page, timeout_s)
     step = "first load"
     try:
-        await _load(tab, result, "Overview", lambda: page.goto(url), FIRST_LOAD)
+        await _load(tab, result, first_page, lambda: page.goto(f"{url}/{FIRST_PAGES[first_page]}"),
+                    FIRST_LOADS[first_page])
         step = "reviewer name"
         name = page.get_by_label("Reviewer", exact=True)
         await name.fill(plan.reviewer)
@@ -477,7 +488,8 @@ async def _session(browser, url: str, plan: Plan, index: int, result: LoadResult
             action = ACTIONS[(index + k) % len(ACTIONS)]
             if k % 2 == 0:
                 step = f"Review, then {action} {sample_id} on the grid"
-                await _load(tab, result, "Review", lambda: _nav(tab, "Review"))
+                if k or first_page != "Review":
+                    await _load(tab, result, "Review", lambda: _nav(tab, "Review"))
                 await _check_reviewer(tab, plan)
                 await _choose(tab, "Class", plan.label)
                 await _grid_decision(tab, result, plan, sample_id, action)
@@ -502,33 +514,137 @@ async def _session(browser, url: str, plan: Plan, index: int, result: LoadResult
         await context.close()
 
 
+def _shown(texts: list[str], marker: str | re.Pattern) -> bool:
+    """Whether `marker` is among the texts of a page (markdown emphasis left out)."""
+    texts = [t.replace("*", "").strip() for t in texts]
+    return any(marker.search(t) if isinstance(marker, re.Pattern) else marker in t for t in texts)
+
+
+def _raise_client_error(client: StClient) -> None:
+    """Raise PageError when the latest run showed an exception or a database error."""
+    if shown := client.errors(ERROR_TEXT):
+        raise PageError(shown[0].splitlines()[0][:200])
+
+
+async def _client_load(client: StClient, result: LoadResult, name: str, action: Callable[[], Awaitable],
+                       row: str | None = None) -> None:
+    """Open page `name` by `action` and time it until its run ended with its title and content, and its images are
+    fetched."""
+    heading, marker = PAGES[name]
+    start = time.perf_counter()
+    await action()
+    _raise_client_error(client)
+    if heading not in client.headings() or not _shown(client.texts(), marker):
+        raise PageError(f"{name} showed {client.headings()[:2]} without {marker!r}")
+    await client.fetch_images()
+    result.times[row or name].append(time.perf_counter() - start)
+
+
+async def _client_decide(client: StClient, result: LoadResult, row: str, button: str, plan: Plan, sample_id: str,
+                         action: str, new_label: str | None) -> None:
+    """Press the decision `button` and time it until the run with the outcome line ended; record the decision and
+    what the page said."""
+    start = time.perf_counter()
+    status = "unknown"
+    try:
+        await client.press(button)
+        outcome = [t for t in client.texts("alert") if OUTCOME_TEXT.search(t)]
+        if outcome:
+            status = "stored" if "recorded for" in outcome[0] else "refused"
+    finally:
+        result.decisions.append(Decision(plan.reviewer, sample_id, action, new_label, status))
+    result.times[row].append(time.perf_counter() - start)
+    _raise_client_error(client)
+
+
+async def _protocol_session(url: str, plan: Plan, index: int, result: LoadResult, deadline: float,
+                            timeout_s: float, shots: Path, first_page: str = "Overview") -> None:
+    """The steps of a browser session (`_session`) over streamlit's protocol (`StClient`): the same pages, widgets
+    and buttons, without rendering. The first error ends the session: reported with the step, and the texts of the
+    page it was on written to `<shots>/<reviewer>.txt`."""
+    step = "connecting"
+    async with StClient(url, timeout_s) as client:
+        try:
+            step = "first load"
+            await _client_load(client, result, first_page, lambda: client.open(FIRST_PAGES[first_page]),
+                               FIRST_LOADS[first_page])
+            step = "reviewer name"
+            await client.set("reviewer", plan.reviewer)
+            for k, sample_id in enumerate(plan.samples):
+                if time.monotonic() > deadline:
+                    break
+                action = ACTIONS[(index + k) % len(ACTIONS)]
+                new_label = plan.new_label if action == "relabel" else None
+                if k % 2 == 0:
+                    step = f"Review, then {action} {sample_id} on the grid"
+                    if k or first_page != "Review":
+                        await _client_load(client, result, "Review", lambda: client.navigate("Review"))
+                    await client.set("label", plan.label)
+                    await client.set(f"pick_{sample_id}", True)
+                    await client.set("decision_action", "relabel to …" if action == "relabel" else action)
+                    if new_label:
+                        await client.set("decision_label", new_label)
+                    await _client_decide(client, result, GRID_DECISION, "decision_apply", plan, sample_id, action,
+                                         new_label)
+                else:
+                    step = f"Point detail of {sample_id}, then {action}"
+                    await _client_load(client, result, "Point detail", lambda: client.press(f"detail_{sample_id}"))
+                    if new_label:
+                        await client.set("point_label", new_label)
+                    await _client_decide(client, result, POINT_DECISION, f"point_{action}", plan, sample_id, action,
+                                         new_label)
+                step = "Decisions, Overview"
+                if k % 2 or k == len(plan.samples) - 1:
+                    await _client_load(client, result, "Decisions", lambda: client.navigate("Decisions"))
+                if k % 2:
+                    await _client_load(client, result, "Overview", lambda: client.navigate("Overview"))
+        except Exception as exc:  # every failure of a session is reported, none stops the others
+            result.errors.append(f"{plan.reviewer} at {step}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+            with contextlib.suppress(Exception):
+                (shots / f"{plan.reviewer}.txt").write_text("\n".join(client.texts()))
+
+
+CLIENTS = ("browser", "protocol")  # chromium and Playwright, or streamlit's protocol without rendering (StClient)
+
+
 async def _drive(url: str, plans: list[Plan], result: LoadResult, duration_s: float, ramp_s: float,
-                 timeout_s: float, shots: Path) -> None:
-    """All sessions in one headless chromium, started `ramp_s` apart in all."""
+                 timeout_s: float, shots: Path, first_page: str, client: str) -> None:
+    """All sessions, started `ramp_s` apart in all: `client` 'browser' in one headless chromium, 'protocol' as
+    StClient sessions in this event loop."""
+    deadline = time.monotonic() + duration_s
+
+    async def every_session(session: Callable[..., Awaitable]) -> None:
+        async def start(i: int, plan: Plan) -> None:
+            await asyncio.sleep(ramp_s * i / max(len(plans), 1))
+            await session(url, plan, i, result, deadline, timeout_s, shots, first_page)
+
+        await asyncio.gather(*(start(i, plan) for i, plan in enumerate(plans)))
+
+    if client == "protocol":
+        await every_session(_protocol_session)
+        return
     from playwright.async_api import async_playwright, expect
 
     expect.set_options(timeout=timeout_s * 1000)
-    deadline = time.monotonic() + duration_s
-
-    async def start(i: int, plan: Plan) -> None:
-        await asyncio.sleep(ramp_s * i / max(len(plans), 1))
-        await _session(browser, url, plan, i, result, deadline, timeout_s, shots)
-
     async with async_playwright() as p:
         browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            await asyncio.gather(*(start(i, plan) for i, plan in enumerate(plans)))
+            await every_session(functools.partial(_session, browser))
         finally:
             await browser.close()
 
 
 def run_load(source: Path, workdir: Path, *, sessions: int = 20, decisions: int = 2, duration_s: float = 900.0,
-             ramp_s: float = 5.0, step_timeout_s: float = 300.0, writer_models: int | None = WRITER_MODELS
-             ) -> LoadResult:
+             ramp_s: float = 5.0, step_timeout_s: float = 300.0, writer_models: int | None = WRITER_MODELS,
+             first_page: str = "Overview", client: str = "browser") -> LoadResult:
     """Serve a copy of the audit `source` (in `workdir`), keep a writer job running on it (none when `writer_models` is
-    None), drive `sessions` browser sessions of `decisions` decisions each (none started after `duration_s`), then
-    check the database."""
-    if not CHROMIUM.exists():
+    None), drive `sessions` sessions (`client`: a CLIENTS kind) of `decisions` decisions each, each opening
+    `first_page` first (none started after `duration_s`), then check the database."""
+    if first_page not in FIRST_PAGES:
+        raise ValueError(f"a session cannot start on {first_page!r}; use one of {', '.join(FIRST_PAGES)}")
+    if client not in CLIENTS:
+        raise ValueError(f"unknown client {client!r}; use one of {', '.join(CLIENTS)}")
+    if client == "browser" and not CHROMIUM.exists():
         raise FileNotFoundError(f"{CHROMIUM} is missing (install it with `make browser`)")
     db = copy_audit(source, workdir / "db")
     store = Store(db)
@@ -541,7 +657,7 @@ def run_load(source: Path, workdir: Path, *, sessions: int = 20, decisions: int 
         if writer is not None:
             writer.start()
         try:
-            asyncio.run(_drive(url, plans, result, duration_s, ramp_s, step_timeout_s, workdir))
+            asyncio.run(_drive(url, plans, result, duration_s, ramp_s, step_timeout_s, workdir, first_page, client))
         finally:
             result.wall_s = time.perf_counter() - start
             if writer is not None:
@@ -588,6 +704,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=900.0, help="no session starts a decision after this (s)")
     parser.add_argument("--ramp", type=float, default=5.0, help="the sessions start spread over this (s)")
     parser.add_argument("--timeout", type=float, default=300.0, help="limit of one step of a session (s)")
+    parser.add_argument("--first-page", choices=list(FIRST_PAGES), default="Overview",
+                        help="the page each session opens first")
+    parser.add_argument("--client", choices=CLIENTS, default="browser",
+                        help="chromium sessions, or streamlit's protocol without rendering (st_client.py)")
     parser.add_argument("--no-writer", action="store_true", help="no background job (a baseline)")
     parser.add_argument("--workdir", type=Path, help="keep the database copy, the server's log and the screenshots "
                                                       "of failed sessions here (default: a temporary folder)")
@@ -597,7 +717,8 @@ def main(argv: list[str] | None = None) -> int:
         source = args.db or build_small_audit(workdir / "source")
         result = run_load(source, workdir / "run", sessions=args.sessions, decisions=args.decisions,
                           duration_s=args.duration, ramp_s=args.ramp, step_timeout_s=args.timeout,
-                          writer_models=None if args.no_writer else WRITER_MODELS)
+                          writer_models=None if args.no_writer else WRITER_MODELS, first_page=args.first_page,
+                          client=args.client)
     print(format_table(result))
     return 0 if result.check.exact and not result.errors else 1
 
