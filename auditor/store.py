@@ -111,6 +111,7 @@ CREATE TABLE IF NOT EXISTS sweep_variants(
     test_acc DOUBLE, gap DOUBLE, n_memorized INTEGER, method VARCHAR, run_id VARCHAR, seconds DOUBLE);
 CREATE TABLE IF NOT EXISTS sweep_members(
     sweep_id VARCHAR, variant VARCHAR, sample_id VARCHAR, apb DOUBLE, mem DOUBLE, memorized BOOLEAN);
+CREATE INDEX IF NOT EXISTS dynamics_sample ON dynamics(sample_id);
 CREATE TABLE IF NOT EXISTS flag_tallies(
     kind VARCHAR, split VARCHAR, label VARCHAR, label_index INTEGER, flags BIGINT, samples BIGINT);
 CREATE TABLE IF NOT EXISTS sample_flags(

@@ -431,6 +431,10 @@ def test_embedding_map_keeps_every_flagged_point_and_caps_the_rest(planted_store
     test_side = capped[capped["flag"] == "leaked"]
     assert set(test_side["split"]) == {"train", "test"}
     assert queries.embedding_map(store, MALICIOUS).empty
+    # past `flagged_limit`, the most important kinds are kept first
+    few = queries.embedding_map(store, latest, unflagged_limit=0, flagged_limit=3)
+    ranks = sorted(rank[row.flag] for row in capped[capped["flag"] != "none"].itertuples())
+    assert len(few) == 3 and sorted(rank[f] for f in few["flag"]) == ranks[:3]
 
 
 def test_findings_counts_equal_the_flags_table(planted_store):
@@ -457,6 +461,19 @@ def _flag_reads(store: Store) -> dict[str, object]:
     return {"kinds": queries.flag_kinds(store), "counts": queries.flag_counts(store),
             "classes": queries.flag_class_counts(store), "triage": queries.triage_counts(store),
             "map": queries.embedding_map(store, embedder, 50)}
+
+
+def test_sample_dynamics_are_the_seed_runs_rows_of_one_sample_read_through_an_index(store):
+    sample = store.scalar("SELECT sample_id FROM scores ORDER BY apb, sample_id LIMIT 1")
+    curve = queries.sample_dynamics(store, sample)
+    direct = store.query(
+        "SELECT r.seed, d.step, d.epoch, d.phase, d.correct, d.p_label, d.loss FROM dynamics d "
+        "JOIN runs r USING (run_id) WHERE d.sample_id = ? AND d.run_id IN (SELECT input_run_id FROM run_inputs "
+        "WHERE run_id = (SELECT min(run_id) FROM scores)) ORDER BY r.seed, d.step", [sample])
+    assert len(curve) > 0 and curve["seed"].nunique() == store.scalar("SELECT max(n_seeds) FROM scores")
+    pd.testing.assert_frame_equal(curve, direct)
+    assert queries.sample_dynamics(store, MALICIOUS).empty
+    assert store.scalar("SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'dynamics_sample'") == 1
 
 
 def test_a_pipeline_run_leaves_the_flag_summaries_fresh(store):

@@ -15,6 +15,7 @@ from auditor.store import Store
 PROBLEM_ROWS = 500
 SCATTER_POINTS = 5000
 MAP_UNFLAGGED_POINTS = 5000
+MAP_FLAGGED_POINTS = 20_000
 JITTER = 0.04
 BRUSH = "brush"
 MEM_FLAG_SCALE = alt.Scale(domain=["memorized", "not flagged"], range=["#d62728", "#7f7f7f"])
@@ -267,10 +268,12 @@ def _embedding_map(store: Store) -> None:
         return
     if embedder["fallback_reason"]:
         st.warning(f"Embedder `{embedder['embedder_id']}` is a fallback: {embedder['fallback_reason']}", icon="⚠️")
-    points = queries.embedding_map(store, embedder["embedder_id"], MAP_UNFLAGGED_POINTS)
+    points = queries.embedding_map(store, embedder["embedder_id"], MAP_UNFLAGGED_POINTS, MAP_FLAGGED_POINTS)
     n_flagged = int((points["flag"] != "none").sum())
+    flagged = (f"{n_flagged:,} flagged: the most important kinds first, up to {MAP_FLAGGED_POINTS:,}"
+               if n_flagged >= MAP_FLAGGED_POINTS else f"all {n_flagged:,} flagged")
     shown = (f"all {len(points):,} points" if len(points) >= embedder["n_points"] else
-             f"{len(points):,} of {embedder['n_points']:,} points (all {n_flagged:,} flagged, a sample of the rest)")
+             f"{len(points):,} of {embedder['n_points']:,} points ({flagged}, a sample of the rest)")
     st.caption(f"First two principal components of embedder `{embedder['embedder_id']}` ({embedder['kind']}, "
                f"{embedder['model_name']}, {embedder['dim']}-d, input {embedder['input_size']} px), computed by the "
                f"pipeline; {shown}. Colour: the most important flag of each image; triangles are test images.")
