@@ -1,8 +1,10 @@
-"""Executors: the local engine and Ray give bit-identical blocks at equal thread counts, and a memorization run on
-a Ray head bound to loopback survives a worker killed mid-task with every model committed exactly once."""
+"""Executors: the local engine and Ray give bit-identical blocks at equal thread counts, a memorization run on a Ray
+head bound to loopback survives a worker killed mid-task with every model committed exactly once, and an experiment
+on the head equals the local one."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from auditor.config import ExecutorConfig, load_config
@@ -143,3 +146,39 @@ def test_memorization_on_ray_survives_a_killed_worker(small_db, tmp_path, ray_he
     assert a.query(scores).equals(b.query(scores))
     jobs = a.query("SELECT status, done FROM jobs WHERE kind = 'ploo_improved' AND total = 8")
     assert jobs.values.tolist() == [["done", 8]]
+
+
+EXPERIMENT_CONFIG = """
+[data]
+limit_per_class = 24
+[train]
+epochs = 3
+width = 8
+[memorization]
+block = 2
+[convergence]
+window = 1
+[executor]
+threads = 1
+"""
+
+
+def test_experiment_on_ray_equals_the_local_experiment(small_db, tmp_path, ray_head):
+    """Experiment arms go through the same executor: on the Ray head, every arm's models (seeds, accuracies,
+    per-test-point correctness) equal the local run's, each committed once."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(EXPERIMENT_CONFIG)
+    on_ray, local = tmp_path / "ray.duckdb", tmp_path / "local.duckdb"
+    for target, executor in ((on_ray, ("--ray-address", ray_head)), (local, ("--executor", "local"))):
+        shutil.copy(small_db, target)
+        proc = memaudit("experiment", "--db", target, "--profile", "quick", "--config", cfg, "--arms", "memorized",
+                        "--models", "2", *executor)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    models = ("SELECT arm, model_index, seed, test_acc, subpop_acc, leaked_acc, rest_acc, epochs_run, test_correct "
+              "FROM experiment_models ORDER BY arm, model_index")
+    a, b = Store(on_ray).query(models), Store(local).query(models)
+    assert len(a) == 3 * 2 and not a.duplicated(["arm", "model_index"]).any()  # full, memorized, its control
+    pd.testing.assert_frame_equal(a, b)
+    assert Store(on_ray).scalar("SELECT status FROM experiments") == "done"
+    recorded = Store(on_ray).scalar("SELECT config_json FROM runs WHERE run_id = (SELECT run_id FROM experiments)")
+    assert json.loads(recorded)["executor"] == {**json.loads(recorded)["executor"], "kind": "ray", "address": ray_head}
