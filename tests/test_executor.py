@@ -22,6 +22,7 @@ from auditor.config import ExecutorConfig, load_config
 from auditor.executor import BlockTask, LocalExecutor, ShadowData, make_executor
 from auditor.store import Store
 from conftest import SMALL_OVERRIDES, memaudit
+from test_experiments import CONFIG as EXPERIMENTS_CONFIG
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
@@ -148,19 +149,7 @@ def test_memorization_on_ray_survives_a_killed_worker(small_db, tmp_path, ray_he
     assert jobs.values.tolist() == [["done", 8]]
 
 
-EXPERIMENT_CONFIG = """
-[data]
-limit_per_class = 24
-[train]
-epochs = 3
-width = 8
-[memorization]
-block = 2
-[convergence]
-window = 1
-[executor]
-threads = 1
-"""
+EXPERIMENT_CONFIG = EXPERIMENTS_CONFIG + "[executor]\nthreads = 1\n"  # the experiment tests' small recipe
 
 
 def test_experiment_on_ray_equals_the_local_experiment(small_db, tmp_path, ray_head):
