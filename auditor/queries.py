@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from auditor.store import (FLAG_PRIORITY, FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, SUMMARY_KEY, SUMMARY_SOURCE,
-                           Store)
+from auditor.store import FLAG_PRIORITY, FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, Store
 
 # The first seed run of the 'apb' run that produced `scores`: its predictions are the ones shown next to ApB.
 _PREDICTION_RUN = """(SELECT r.run_id FROM run_inputs i JOIN runs r ON r.run_id = i.input_run_id
@@ -157,18 +156,11 @@ def has_detector_schema(store: Store) -> bool:
                             "WHERE list_contains(?, table_name)", [_DETECTOR_RELATIONS])) == len(_DETECTOR_RELATIONS)
 
 
-def summaries_fresh(store: Store) -> bool:
-    """Whether `flag_tallies` and `sample_flags` were built from the current `flags` and `samples` (memaudit's writes
-    rebuild them; a file edited by hand, or written before they existed, is read live)."""
-    return bool(store.scalar(f"SELECT coalesce((SELECT value FROM meta WHERE key = ?) = {SUMMARY_SOURCE}, false)",
-                             [SUMMARY_KEY]))
-
-
 def _summary(store: Store, table: str) -> str:
     """The relation to read `table` ('flag_tallies' or 'sample_flags') from: the table while fresh, else its live
     aggregation of `flags` (the same definition)."""
     live = {"flag_tallies": FLAG_TALLIES_LIVE, "sample_flags": SAMPLE_FLAGS_LIVE}[table]
-    return table if summaries_fresh(store) else f"({live})"
+    return table if store.summaries_fresh() else f"({live})"
 
 
 def flag_kinds(store: Store) -> list[str]:

@@ -276,6 +276,7 @@ class Store:
         self.timeout_s = timeout_s
         self._reading = False  # inside reading(): read-only work shares one connection
         self._shared: duckdb.DuckDBPyConnection | None = None
+        self._fresh: bool | None = None  # summaries_fresh() of the shared connection
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[None]:
@@ -290,6 +291,7 @@ class Store:
             self._close_shared()
 
     def _close_shared(self) -> None:
+        self._fresh = None
         if self._shared is not None:
             self._close(self._shared, read_only=True)
             self._shared = None
@@ -413,6 +415,18 @@ class Store:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+
+    def summaries_fresh(self) -> bool:
+        """Whether `flag_tallies` and `sample_flags` were built from the current `flags` and `samples` (see
+        SUMMARY_SOURCE); inside reading() checked once per burst, since nobody writes the file while its read-only
+        connection is open."""
+        if self._fresh is not None and self._shared is not None:
+            return self._fresh
+        fresh = bool(self.scalar(f"SELECT coalesce((SELECT value FROM meta WHERE key = ?) = {SUMMARY_SOURCE}, false)",
+                                 [SUMMARY_KEY]))
+        if self._shared is not None:
+            self._fresh = fresh
+        return fresh
 
     def refresh_summaries(self) -> None:
         """Rebuild the flag summaries in one transaction (every `write` of flags or samples does; this is for a file
