@@ -16,7 +16,8 @@ def per_run_scores(log: pd.DataFrame, el2n_epoch: int) -> pd.DataFrame:
 
     - apb: fraction of records at which the example was classified correctly (Algorithm 1, normalised to 0..1);
     - first_learned: epoch of the first record after which it stays correct to the end (NaN: never learned);
-    - forgetting_events: correct -> incorrect transitions between consecutive records (Toneva et al.);
+    - forgetting_events: correct -> incorrect transitions between consecutive records (Toneva et al.); an example
+      never classified correctly at any record is forgotten infinitely often (+inf), as Toneva et al. rank it;
     - confidence / variability: mean and standard deviation of p(label) over records (Swayamdipta et al.);
     - el2n: mean ||softmax - onehot||_2 over the records of epoch `el2n_epoch` (Paul et al.).
     """
@@ -49,7 +50,8 @@ def per_run_scores(log: pd.DataFrame, el2n_epoch: int) -> pd.DataFrame:
         "sample_id": log["sample_id"].to_numpy()[first_rows],
         "apb": np.bincount(group_id, weights=correct) / size,
         "first_learned": first_learned,
-        "forgetting_events": np.bincount(group_id, weights=prev_correct & ~correct).astype(np.int64),
+        "forgetting_events": np.where(np.bincount(group_id, weights=correct) > 0,
+                                      np.bincount(group_id, weights=prev_correct & ~correct), np.inf),
         "confidence": mean_p,
         "variability": np.sqrt(np.clip(mean_p2 - mean_p ** 2, 0, None)),
         "n_records": size,
@@ -60,7 +62,8 @@ def per_run_scores(log: pd.DataFrame, el2n_epoch: int) -> pd.DataFrame:
 
 
 def dynamics_scores(log: pd.DataFrame, el2n_epoch: int) -> pd.DataFrame:
-    """One row per example: per-run scores averaged over runs (seeds); first_learned over the runs that learned it."""
+    """One row per example: per-run scores averaged over runs (seeds); first_learned over the runs that learned it;
+    forgetting_events is +inf when any run never learned the example."""
     runs = per_run_scores(log, el2n_epoch)
     grouped = runs.groupby("sample_id", sort=True)
     out = grouped[["apb", "first_learned", "forgetting_events", "confidence", "variability", "el2n"]].mean()

@@ -12,6 +12,11 @@ from auditor.config import CandidateConfig
 FLAG_COLUMNS = ["sample_id", "kind", "score", "detail"]
 
 
+def _forgetting_text(events: float) -> str:
+    """'2 forgetting events', or the never-learned case (counted +inf, as Toneva et al. rank it)."""
+    return "never correct in a seed (forgetting events: maximal)" if math.isinf(events) else f"{events:g} forgetting events"
+
+
 def memorized_candidates(scores: pd.DataFrame, cfg: CandidateConfig) -> pd.DataFrame:
     """The lowest-ApB training points (likely memorized, to be scored by pLOO): below `apb_cutoff` when it is set,
     else the lowest `fraction`; at most `max`. Score = 1 - ApB, so higher means more suspicious."""
@@ -30,9 +35,9 @@ def memorized_candidates(scores: pd.DataFrame, cfg: CandidateConfig) -> pd.DataF
         details.append(json.dumps({
             "apb": round(float(row.apb), 6), "rank": rank, "ranked": len(ranked), "rule": rule,
             "first_learned": None if never else float(row.first_learned),
-            "forgetting_events": float(row.forgetting_events),
+            "forgetting_events": None if math.isinf(row.forgetting_events) else float(row.forgetting_events),
             "summary": f"ApB {row.apb:.2f} (rank {rank} of {len(ranked)}, {rule}); {learned}; "
-                       f"{row.forgetting_events:g} forgetting events"}))
+                       f"{_forgetting_text(row.forgetting_events)}"}))
     return pd.DataFrame({"sample_id": chosen["sample_id"].to_numpy(), "kind": "memorized_candidate",
                          "score": 1.0 - chosen["apb"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
 

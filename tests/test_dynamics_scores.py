@@ -30,7 +30,8 @@ def test_per_run_scores_match_hand_computed_values():
     assert got.loc["c", "apb"] == 0.0 and got.loc["d", "apb"] == 0.75
     assert got.loc["a", "first_learned"] == 1 and got.loc["b", "first_learned"] == 4
     assert math.isnan(got.loc["c", "first_learned"]) and math.isnan(got.loc["d", "first_learned"])
-    assert list(got.loc[["a", "b", "c", "d"], "forgetting_events"]) == [0, 1, 0, 1]
+    # c was never correct: forgotten infinitely often (Toneva et al.), ranked above every learned example.
+    assert list(got.loc[["a", "b", "c", "d"], "forgetting_events"]) == [0, 1, math.inf, 1]
     assert got.loc["b", "confidence"] == pytest.approx(0.5)
     # population std of [0.2, 0.6, 0.4, 0.8] = sqrt(0.05)
     assert got.loc["b", "variability"] == pytest.approx(math.sqrt(0.05))
@@ -58,6 +59,8 @@ def test_scores_average_over_seeds():
     assert got.loc["x", "apb"] == pytest.approx((0.5 + 0.75) / 2)
     assert got.loc["x", "first_learned"] == pytest.approx(2.5)
     assert got.loc["y", "first_learned"] == 4  # only the seed that learned it counts
+    assert got.loc["x", "forgetting_events"] == 0
+    assert got.loc["y", "forgetting_events"] == math.inf  # never correct in seed s0
     assert got.loc["x", "n_seeds"] == 2 and got.loc["x", "n_records"] == 8
 
 
