@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import FLAG_PRIORITY, FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, Store
 
 # The first seed run of the 'apb' run that produced `scores`: its predictions are the ones shown next to ApB.
@@ -136,8 +137,7 @@ def jobs(store: Store, limit: int = 20) -> pd.DataFrame:
 
 
 # Pair kinds behind each twin flag ('leaked' pairs have the training image as a_id and the test image as b_id).
-PAIR_KINDS: dict[str, tuple[str, ...]] = {"duplicate": ("exact_duplicate", "near_duplicate"),
-                                          "leaked": ("exact_leak", "leak")}
+PAIR_KINDS: dict[str, tuple[str, ...]] = {"duplicate": DUPLICATE_KINDS, "leaked": LEAK_KINDS}
 # Rank of a flag kind in FLAG_PRIORITY (unknown kinds last); the list always travels as a parameter.
 _PRIORITY = "coalesce(list_position(?, {kind}), 1000)"
 # Tables and the view the detector sections read, absent from files written before the detectors existed.
