@@ -20,6 +20,9 @@ class DataConfig:
     channels: str | int
     limit_per_class: int
     workers: int
+    # Added after the first release: defaults here too, so configs stored with older runs still load.
+    max_file_mb: int = 100
+    max_megapixels: int = 40
 
 
 @dataclass(frozen=True)
@@ -142,7 +145,8 @@ _CHOICES = {
     "executor.kind": {"local", "ray"},
 }
 _MINIMUM = {
-    "data.image_size": 8, "data.limit_per_class": 0, "data.workers": 1,
+    "data.image_size": 8, "data.limit_per_class": 0, "data.workers": 1, "data.max_file_mb": 1,
+    "data.max_megapixels": 1,
     "train.width": 4, "train.epochs": 1, "train.batch_size": 1, "train.lr": 1e-12,
     "train.momentum": 0.0, "train.weight_decay": 0.0, "train.seeds": 1,
     "dynamics.every_n_batches": 1, "dynamics.el2n_epoch": 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,8 +38,9 @@ class Problem:
     sample_id: str | None
     reason: str
     code: str = "unreadable"  # unreadable|layout|duplicate_id|missing_path|missing_label|unknown_label|bad_split|converted
+    #                           |animated|channels
     severity: str = "error"       # error: the row is left out; warning: the row is kept (e.g. converted)
-    action: str = "skipped"       # skipped | converted
+    action: str = "skipped"       # skipped | converted | first_frame | kept
     stage: str = "ingest"
 
 
@@ -84,9 +86,7 @@ def _list_image_folder(root: Path) -> Listing:
         raise ManifestError(f"{root} has no train/ folder; an ImageFolder dataset needs train/<class>/<image> "
                             "and test/<class>/<image>")
     for split, split_dir in sorted(split_dirs.items()):
-        for entry in sorted(split_dir.rglob("*")):
-            if entry.is_dir():
-                continue
+        for entry in _files_under(split_dir, listing):
             rel = entry.relative_to(root).as_posix()
             parts = entry.relative_to(split_dir).parts
             if len(parts) != 2:
@@ -96,6 +96,28 @@ def _list_image_folder(root: Path) -> Listing:
                 continue
             listing.rows.append(Row(str(entry), rel, entry.resolve(), parts[0], split))
     return listing
+
+
+def _files_under(top: Path, listing: Listing) -> list[Path]:
+    """Every non-folder entry under `top`, sorted; symlinked folders are walked like real ones, and a folder met a
+    second time (a symlink loop or a second link to it) is reported in `listing` instead of walked again."""
+    seen: set[Path] = set()
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here = Path(dirpath)
+        seen.add(here.resolve())
+        for name in list(dirnames):
+            target = (here / name).resolve()
+            if target in seen:
+                dirnames.remove(name)
+                listing.problems.append(Problem(
+                    str(here / name), None, f"folder links to {target}, which is already walked (a symlink loop or "
+                    "a second link); its images are read once, through the first path", code="layout",
+                    severity="warning"))
+            else:
+                seen.add(target)
+        found.extend(here / name for name in filenames)
+    return sorted(found)
 
 
 def _read_table(path: Path) -> pd.DataFrame:

@@ -59,7 +59,8 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
     start_run(store, run_id, "ingest", cfg)
     bar = progress("ingest", len(listing.rows), "img")
     result = ingest(listing, limit_per_class=cfg.data.limit_per_class, workers=cfg.data.workers,
-                    progress=bar.update)
+                    max_file_mb=cfg.data.max_file_mb, max_megapixels=cfg.data.max_megapixels,
+                    channels=cfg.data.channels, progress=bar.update)
     bar.close()
     store.write([("samples", result.samples), ("classes", result.classes), ("problems", result.problems),
                  ("meta", pd.DataFrame({"key": [DATA_SOURCE_KEY], "value": [str(source.resolve())]}))],
