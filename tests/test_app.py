@@ -14,12 +14,14 @@ from streamlit.testing.v1 import AppTest
 
 from app.common import db_path, flag_name, method_name
 from auditor import queries
+from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import Store
+from planted import GHOST, PLANTS, build_planted_db
 
 APP = Path(__file__).resolve().parent.parent / "app"
 OVERVIEW, REVIEW = str(APP / "views" / "overview.py"), str(APP / "views" / "review.py")
 MALICIOUS = "0' OR 1=1 --"
-GHOST = "ghost_0001"  # an unreadable input: flagged, but never in `samples`
+DETECTOR_KINDS = {"duplicate": DUPLICATE_KINDS, "leaked": LEAK_KINDS}  # the pair kinds behind each flag kind
 
 
 def run_page(page: str, monkeypatch, db: Path | None) -> AppTest:
@@ -44,12 +46,9 @@ def store(small_db) -> Store:
     return Store(small_db)
 
 
-@pytest.fixture(scope="module")
-def mem_db(small_db, tmp_path_factory) -> Path:
-    """The small database with at least one `memorized` flag: with its six shadow models a run may flag none, so
-    the highest-mem candidate then gets a clearly memorized score and flag, as the memorization stage writes them."""
-    path = tmp_path_factory.mktemp("mem-db") / "audit.duckdb"
-    shutil.copy(small_db, path)
+def ensure_memorized(path: Path) -> None:
+    """With its six shadow models a run may flag no point `memorized`: the highest-mem candidate then gets a clearly
+    memorized score and flag, as the memorization stage writes them."""
     store = Store(path)
     if not store.scalar("SELECT count(*) FROM flags WHERE kind = 'memorized'"):
         sample_id, run_id = store.query("SELECT sample_id, mem_run_id FROM scores WHERE mem IS NOT NULL "
@@ -57,6 +56,14 @@ def mem_db(small_db, tmp_path_factory) -> Path:
         store.execute("UPDATE scores SET mem = 1.0, mem_low = 0.44, mem_high = 1.0 WHERE sample_id = ?", [sample_id])
         store.execute("INSERT INTO flags VALUES (?, 'memorized', 1.0, 'set by the test fixture', ?)",
                       [sample_id, run_id])
+
+
+@pytest.fixture(scope="module")
+def mem_db(small_db, tmp_path_factory) -> Path:
+    """The small database with at least one `memorized` flag."""
+    path = tmp_path_factory.mktemp("mem-db") / "audit.duckdb"
+    shutil.copy(small_db, path)
+    ensure_memorized(path)
     return path
 
 
@@ -65,53 +72,14 @@ def mem_store(mem_db) -> Store:
     return Store(mem_db)
 
 
-def _twin_flags(store: Store, a_id: str, b_id: str, pair_kind: str, similarity: float, flag_kind: str) -> None:
-    """Insert one pair and the flag on each of its sides with the detectors' JSON evidence."""
-    run_id, threshold, method = store.query(
-        "SELECT run_id, value, method FROM thresholds WHERE kind = ?", [flag_kind]).iloc[0]
-    labels = store.query("SELECT sample_id, label FROM samples WHERE list_contains(?, sample_id)",
-                         [[a_id, b_id]]).set_index("sample_id")["label"]
-    conflicting = bool(labels[a_id] != labels[b_id])
-    store.execute("INSERT INTO pairs SELECT ?, ?, ?, ?, ?, embedder_id, run_id FROM thresholds WHERE kind = ?",
-                  [a_id, b_id, pair_kind, similarity, conflicting, flag_kind])
-    for me, twin, role in ((a_id, b_id, "train"), (b_id, a_id, "test")):
-        detail = {**({"role": role} if flag_kind == "leaked" else {}), "twin": twin, "similarity": similarity,
-                  "exact": pair_kind.startswith("exact"), "conflicting": conflicting, "twins": 1,
-                  "conflicting_twins": int(conflicting), "threshold": threshold, "threshold_method": method}
-        store.execute("INSERT INTO flags VALUES (?, ?, ?, ?, ?)",
-                      [me, flag_kind, similarity, json.dumps(detail), run_id])
-
-
-def plant_problems(path: Path) -> dict[str, tuple[str, str]]:
-    """Plant, where the detectors found none, a train/test leak whose labels differ (the test image's nearest
-    training image with another label), a near duplicate (the closest training pair), and an unreadable file that
-    never reached `samples`; returns the planted pairs {'leaked': (train_id, test_id), 'duplicate': (a_id, b_id)}."""
-    store = Store(path)
-    planted = {}
-    if not store.scalar("SELECT count(*) FROM flags WHERE kind = 'leaked'"):
-        train_id, test_id, similarity = store.query(
-            "SELECT n.neighbor_id, n.sample_id, n.similarity FROM neighbors n JOIN samples t USING (sample_id) "
-            "JOIN samples r ON r.sample_id = n.neighbor_id WHERE t.split = 'test' AND r.label <> t.label "
-            "ORDER BY n.similarity DESC, n.sample_id LIMIT 1").iloc[0]
-        _twin_flags(store, train_id, test_id, "leak", round(float(similarity), 6), "leaked")
-        planted["leaked"] = (train_id, test_id)
-    if not store.scalar("SELECT count(*) FROM flags WHERE kind = 'duplicate'"):
-        a_id, b_id, similarity = store.query(
-            "SELECT n.sample_id, n.neighbor_id, n.similarity FROM neighbors n JOIN samples a USING (sample_id) "
-            "WHERE a.split = 'train' AND n.sample_id < n.neighbor_id "
-            "ORDER BY n.similarity DESC, n.sample_id LIMIT 1").iloc[0]
-        _twin_flags(store, a_id, b_id, "near_duplicate", round(float(similarity), 6), "duplicate")
-        planted["duplicate"] = (a_id, b_id)
-    store.execute("INSERT INTO flags VALUES (?, 'unreadable', 1.0, 'cannot identify image file', 'ingest')", [GHOST])
-    return planted
-
-
 @pytest.fixture(scope="module")
-def planted_db(mem_db, tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
-    """The memorized database with every flag kind: a leak, a duplicate and an unreadable file planted if absent."""
-    path = tmp_path_factory.mktemp("planted-db") / "audit.duckdb"
-    shutil.copy(mem_db, path)
-    return path, plant_problems(path)
+def planted_db(default_manifest, tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
+    """A small dataset with planted exact, shifted and dimmed copies (duplicates and train/test leaks) and an
+    unreadable file, audited by the real stages (tests/planted.py), with at least one `memorized` flag; returns it and
+    the planted pairs {plant: (source id, copy id)}, a leak's as (train id, test id)."""
+    path, planted = build_planted_db(default_manifest, tmp_path_factory.mktemp("planted-db"))
+    ensure_memorized(path)
+    return path, planted
 
 
 @pytest.fixture()
@@ -358,20 +326,40 @@ def test_unreadable_flag_of_a_sample_missing_from_samples(planted_store):
     assert ghost["path"] is None and ghost["label"] is None and pd.isna(ghost["apb"])
 
 
+def _planted_pair(store: Store, plant: str, planted: dict[str, tuple[str, str]]) -> pd.Series:
+    """The pair the detectors wrote for a planted copy, of the pair kind that plant must give (either order)."""
+    source, copy = planted[plant]
+    pairs = store.query("SELECT * FROM pairs WHERE kind = ? AND ((a_id = ? AND b_id = ?) OR (a_id = ? AND b_id = ?))",
+                        [PLANTS[plant][0], source, copy, copy, source])
+    assert len(pairs) == 1, f"the detectors wrote no {PLANTS[plant][0]} pair for {plant} {source}/{copy}"
+    return pairs.iloc[0]
+
+
+def _check_twins(store: Store, planted: dict[str, tuple[str, str]], plant: str, flag_kind: str) -> None:
+    """Both sides of a planted pair see the other as a twin with the detectors' similarity, and the copy's flag
+    names that pair kind."""
+    pair = _planted_pair(store, plant, planted)
+    for me, other in ((pair["a_id"], pair["b_id"]), (pair["b_id"], pair["a_id"])):
+        twins = queries.twins(store, me, flag_kind)
+        assert other in set(twins["twin_id"]), (plant, me)
+        twin = twins.set_index("twin_id").loc[other]
+        best = store.scalar("SELECT max(similarity) FROM pairs WHERE list_contains(?, kind) AND "
+                            "((a_id = ? AND b_id = ?) OR (a_id = ? AND b_id = ?))",
+                            [list(DETECTOR_KINDS[flag_kind]), me, other, other, me])
+        assert twin["similarity"] == pytest.approx(best) and twin["conflicting"] == pair["conflicting"]
+        assert twin["path"] == store.scalar("SELECT path FROM samples WHERE sample_id = ?", [other])
+        assert twins["similarity"].is_monotonic_decreasing or twins["exact"].any()
+    detail = json.loads(store.scalar("SELECT detail FROM flags WHERE sample_id = ? AND kind = ?",
+                                     [planted[plant][1], flag_kind]))
+    assert detail["twin"] == planted[plant][0] and detail["pair_kind"] in DETECTOR_KINDS[flag_kind]
+
+
 def test_twins_of_a_leak_and_of_a_duplicate(planted_db, planted_store):
     store, planted = planted_store, planted_db[1]
-    for kind in ("leaked", "duplicate"):
-        pairs = store.query("SELECT a_id, b_id, similarity, conflicting FROM pairs WHERE list_contains(?, kind)",
-                            [list(queries.PAIR_KINDS[kind])])
-        a_id, b_id, similarity, conflicting = pairs.iloc[0] if kind not in planted else \
-            pairs[(pairs["a_id"] == planted[kind][0]) & (pairs["b_id"] == planted[kind][1])].iloc[0]
-        for me, other in ((a_id, b_id), (b_id, a_id)):
-            twins = queries.twins(store, me, kind)
-            assert other in set(twins["twin_id"])
-            twin = twins.set_index("twin_id").loc[other]
-            assert twin["similarity"] == pytest.approx(similarity) and twin["conflicting"] == conflicting
-            assert twin["path"] == store.scalar("SELECT path FROM samples WHERE sample_id = ?", [other])
-            assert twins["similarity"].is_monotonic_decreasing or twins["exact"].any()
+    for plant, flag_kind in (("duplicate", "duplicate"), ("pixel_duplicate", "duplicate"), ("leaked", "leaked"),
+                             ("leak", "leaked"), ("pixel_leak", "leaked")):
+        _check_twins(store, planted, plant, flag_kind)
+    assert _planted_pair(store, "leaked", planted)["conflicting"]  # the exact leak crosses labels
     train_id, test_id = planted["leaked"]
     assert store.scalar("SELECT split FROM samples WHERE sample_id = ?", [queries.twins(store, test_id, "leaked")
                                                                           ["twin_id"].iloc[0]]) == "train"
@@ -530,11 +518,12 @@ def test_detector_thresholds_are_those_of_the_latest_run(planted_store, small_db
     stored = store.query("SELECT kind, value FROM thresholds ORDER BY kind")
     assert thresholds["value"].tolist() == stored["value"].tolist()
     path = copy_db(small_db, tmp_path)
+    latest = Store(path).query("SELECT kind, value FROM thresholds ORDER BY kind")
     Store(path).execute("INSERT INTO thresholds SELECT 'detect-old', kind, embedder_id, 0.5, 'configured', '{}' "
                         "FROM thresholds")
     Store(path).execute("INSERT INTO runs (run_id, kind, started_at) VALUES ('detect-old', 'detectors', "
                         "TIMESTAMP '2000-01-01')")
-    assert queries.detector_thresholds(Store(path))["value"].tolist() == stored["value"].tolist()
+    assert queries.detector_thresholds(Store(path))["value"].tolist() == latest["value"].tolist() != [0.5] * 4
 
 
 def test_has_detector_schema(store, small_db, tmp_path):
@@ -803,32 +792,45 @@ def test_review_leak_shows_both_sides_and_the_twin(planted_db, planted_store, mo
     at = review_with_flag(path, monkeypatch, "leaked")
     ids, texts = shown_ids(at), dict(zip(shown_ids(at), tiles(at)))
     assert {train_id, test_id} <= set(ids)
-    similarity = store.scalar("SELECT similarity FROM pairs WHERE a_id = ? AND b_id = ?", [train_id, test_id])
+    similarity = store.scalar("SELECT similarity FROM pairs WHERE a_id = ? AND b_id = ? AND kind = 'exact_leak'",
+                              [train_id, test_id])
     assert f"leaked: twin {test_id} ({similarity:.3f})" in texts[train_id].replace("\\", "")
     assert f"leaked: twin {train_id} ({similarity:.3f})" in texts[test_id].replace("\\", "")
     assert "test image: no ApB, no mem" in texts[test_id] and "ApB **" not in texts[test_id]
     assert "other label" in texts[train_id]  # the planted leak crosses labels
-    threshold = queries.detector_thresholds(store).set_index("kind").loc["leaked"]
     text = "\n".join(show_evidence(at, train_id))
     assert "#### Leaked (train/test)" in text and f"similarity **{similarity:.4f}**" in text
-    assert f"threshold **{threshold['value']:.4f}** ({threshold['method']})" in text
+    assert "(an exact copy: same pixels or file)" in text and "threshold –" in text  # an exact copy needs none
     assert "the labels differ" in text and "a copy of this training image is in the test set" in text
     captions = [c for image in at.image for c in image.captions]
     assert f"{train_id} (train)" in captions and f"twin {test_id} (test)" in captions
     text = "\n".join(show_evidence(at, test_id))
     assert "a copy of this test image is in the training set" in text
     assert f"twin {train_id} (train)" in [c for image in at.image for c in image.captions]
+    # a near copy: the closest pair's similarity and the threshold its flag was cut at, both as the detectors wrote
+    for plant in ("leak", "pixel_leak"):
+        source, copy = planted_db[1][plant]
+        detail = json.loads(store.scalar("SELECT detail FROM flags WHERE sample_id = ? AND kind = 'leaked'", [copy]))
+        best = store.scalar("SELECT max(similarity) FROM pairs WHERE a_id = ? AND b_id = ? AND list_contains(?, kind)",
+                            [source, copy, list(LEAK_KINDS)])
+        text = "\n".join(show_evidence(at, copy))
+        assert f"similarity **{best:.4f}**" in text and "(an exact copy: same pixels or file)" not in text, plant
+        assert f"threshold **{detail['threshold']:.4f}** ({detail['threshold_method']})" in text, plant
+        assert f"twin {source} (train)" in [c for image in at.image for c in image.captions], plant
 
 
 def test_review_duplicate_evidence(planted_db, planted_store, monkeypatch):
     store, path = planted_store, planted_db[0]
-    a_id, b_id, similarity = store.query("SELECT a_id, b_id, similarity FROM pairs WHERE list_contains(?, kind) "
-                                         "ORDER BY similarity DESC LIMIT 1",
-                                         [list(queries.PAIR_KINDS["duplicate"])]).iloc[0]
     at = review_with_flag(path, monkeypatch, "duplicate")
-    text = "\n".join(show_evidence(at, b_id))
-    assert "#### Duplicate" in text and f"similarity **{similarity:.4f}**" in text
-    assert f"twin {a_id} (train)" in [c for image in at.image for c in image.captions]
+    for plant in ("duplicate", "pixel_duplicate"):
+        source, copy = planted_db[1][plant]
+        detail = json.loads(store.scalar("SELECT detail FROM flags WHERE sample_id = ? AND kind = 'duplicate'",
+                                         [copy]))
+        assert detail["pair_kind"] == PLANTS[plant][0] and detail["twin"] == source
+        text = "\n".join(show_evidence(at, copy))
+        assert "#### Duplicate" in text and f"similarity **{detail['similarity']:.4f}**" in text, plant
+        assert f"twin {source} (train)" in [c for image in at.image for c in image.captions], plant
+        assert ("(an exact copy: same pixels or file)" in text) == detail["exact"], plant
 
 
 def test_review_mislabeled_evidence_shows_the_disagreeing_neighbours(planted_db, planted_store, monkeypatch):
@@ -872,8 +874,9 @@ def test_review_memorized_and_unreadable_evidence(planted_db, planted_store, mon
     assert f"mem **{row['mem']:.2f}** [{row['mem_low']:.2f}, {row['mem_high']:.2f}]" in text
     at = review_with_flag(path, monkeypatch, "unreadable")
     assert any(w.value == f"{GHOST}: image unreadable" for w in at.warning)
+    reason = store.scalar("SELECT detail FROM flags WHERE sample_id = ? AND kind = 'unreadable'", [GHOST])
     text = "\n".join(show_evidence(at, GHOST))
-    assert "#### Unreadable" in text and "cannot identify image file" in text
+    assert "#### Unreadable" in text and "not an image file" in reason and reason in text
 
 
 def test_review_evidence_button_selects_the_tile(planted_db, monkeypatch):
