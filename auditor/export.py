@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+import shutil
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,6 +113,7 @@ def _by_class(rows: pd.DataFrame, manifest: pd.DataFrame) -> pd.DataFrame:
 
 def _output(out: Path, fmt: str | None) -> tuple[Path, str]:
     """The target path and its format: the suffix decides (the manifest reader goes by it); a bare name gets one."""
+    _check_targets([out], overwrite=True)
     suffix = out.suffix.lower()
     if fmt is None:
         if suffix not in MANIFEST_SUFFIXES:
@@ -128,20 +130,85 @@ def _output(out: Path, fmt: str | None) -> tuple[Path, str]:
     return out, fmt
 
 
+def _changelog_path(path: Path, fmt: str) -> Path:
+    """The changelog of the manifest at `path`: `<stem>.changelog.csv` for csv, `<stem>.changelog.<fmt>.csv` for the
+    other formats, so exports of one stem in two formats never share (and overwrite) one changelog."""
+    return path.with_name(f"{path.stem}.changelog.csv" if fmt == "csv" else f"{path.stem}.changelog.{fmt}.csv")
+
+
+def _check_targets(paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse, before anything is written, a target that is a folder, or that exists when `overwrite` is off."""
+    for path in paths:
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder; name a file instead, e.g. {path / 'cleaned.csv'}")
+        if not overwrite and (path.exists() or path.is_symlink()):
+            raise ExportError(f"{path} already exists; overwrite it (memaudit export --force) or choose another name")
+
+
+def _beside(path: Path, tag: str) -> Path:
+    """A fresh hidden name in `path`'s folder: `.<name>.<random>.<tag>`."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(4)}.{tag}")
+
+
+def _write_temp(path: Path, write: Callable[[Path], None]) -> Path:
+    """`write` into a new temp file beside `path`, fsynced; created with the umask's usual permissions (not 0600)."""
+    temp = _beside(path, "tmp")
+    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    try:
+        write(temp)
+        with open(temp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return temp
+
+
+def _backup(path: Path) -> Path | None:
+    """A hard link to (or, where links fail, a copy of) the file at `path`, to put back if the export fails; None when
+    there is no file there."""
+    if not path.exists():
+        return None
+    backup = _beside(path, "bak")
+    try:
+        os.link(path, backup)
+    except OSError:
+        shutil.copy2(path, backup)
+    return backup
+
+
+def _install(temps: list[Path], paths: list[Path]) -> None:
+    """Rename every temp onto its target, or none: when one rename fails, the targets already replaced get their
+    previous file back (or are removed if they had none)."""
+    backups: list[Path | None] = []
+    replaced: list[tuple[Path, Path | None]] = []
+    try:
+        backups.extend(_backup(path) for path in paths)
+        for temp, path, backup in zip(temps, paths, backups):
+            os.replace(temp, path)
+            replaced.append((path, backup))
+    except OSError as exc:
+        for path, backup in reversed(replaced):
+            if backup is None:
+                path.unlink(missing_ok=True)
+            else:
+                os.replace(backup, path)
+        raise ExportError(f"could not write {exc.filename or paths[0]}: {exc.strerror or exc}; the previous files "
+                          "are left unchanged") from exc
+    finally:
+        for leftover in [*temps, *(b for b in backups if b is not None)]:
+            leftover.unlink(missing_ok=True)
+
+
 def _write_atomically(targets: list[tuple[Path, Callable[[Path], None]]]) -> None:
-    """Write every target to a temp file beside it and fsync it, then move them all into place; on any failure the
-    temp files are removed and the files already at the targets stay as they were."""
+    """Write every target to a temp file beside it, then move them all into place (see `_install`); on any failure
+    the temp files are removed and the files already at the targets stay as they were."""
     temps: list[Path] = []
     path = targets[0][0]
     try:
         for path, write in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            os.close(fd)
-            temps.append(Path(name))
-            write(temps[-1])
-            with open(temps[-1], "rb+") as fh:
-                os.fsync(fh.fileno())
+            temps.append(_write_temp(path, write))
     except BaseException as exc:
         for temp in temps:
             temp.unlink(missing_ok=True)
@@ -149,19 +216,19 @@ def _write_atomically(targets: list[tuple[Path, Callable[[Path], None]]]) -> Non
             raise
         reason = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc)
         raise ExportError(f"could not write {path}: {reason}; the previous file there is left unchanged") from exc
-    for temp, (path, _) in zip(temps, targets):
-        os.replace(temp, path)
+    _install(temps, [path for path, _ in targets])
 
 
 def export_manifest(store: Store, out: Path, *, fmt: str | None = None, apply_relabels: bool = True,
-                    drop_removed: bool = True, drop_kinds: Sequence[str] = ()) -> ExportSummary:
-    """Write the cleaned manifest (absolute paths; format from `fmt` or the suffix) and `<stem>.changelog.csv`
-    beside it."""
+                    drop_removed: bool = True, drop_kinds: Sequence[str] = (), overwrite: bool = True) -> ExportSummary:
+    """Write the cleaned manifest (absolute paths; format from `fmt` or the suffix) and its changelog beside it, both
+    or neither; without `overwrite`, an existing manifest or changelog is an ExportError."""
     path, fmt = _output(Path(out), fmt)
+    changelog_path = _changelog_path(path, fmt)
+    _check_targets([path, changelog_path], overwrite)
     kinds = _check_kinds(store, drop_kinds)
     rows = _plan(store, apply_relabels, drop_removed, kinds)
     manifest, changelog = _split(rows)
-    changelog_path = path.with_name(f"{path.stem}.changelog.csv")
     _write_atomically([(path, lambda tmp: WRITERS[fmt](manifest, tmp)),
                        (changelog_path, lambda tmp: WRITERS["csv"](changelog, tmp))])
     dropped = Counter(kind for carried in rows.loc[rows["change"] == "dropped_unreviewed", "kinds"] for kind in carried)

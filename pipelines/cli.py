@@ -116,7 +116,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     kinds = [k.strip() for k in args.drop_kinds.split(",") if k.strip()]
     summary = export_manifest(Store(args.db), Path(args.out), fmt=args.format,
                               apply_relabels=not args.no_relabels, drop_removed=not args.keep_removed,
-                              drop_kinds=kinds)
+                              drop_kinds=kinds, overwrite=args.force)
     print(export_text(summary))
     return 0
 
@@ -203,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated flag kinds whose unreviewed samples are dropped too (e.g. leaked)")
     export.add_argument("--no-relabels", action="store_true", help="keep the original labels of relabeled samples")
     export.add_argument("--keep-removed", action="store_true", help="keep the samples decided 'remove'")
+    export.add_argument("--force", action="store_true",
+                        help="overwrite an existing manifest or changelog at --out (default: refuse)")
     export.set_defaults(func=_cmd_export)
     sweep = sub.add_parser("sweep", help="natural-memorization sweep: the audit per architecture, width and epochs")
     sweep.add_argument("--db", required=True, help="an audit database with an ingested dataset")

@@ -35,7 +35,8 @@ def render(store: Store) -> None:
     with right:
         fmt = st.selectbox("Format", FORMATS, key="export_format")
         name = st.text_input("File name", value="cleaned", key="export_name",
-                             help=f"Written as {export_dir(store)}/<name>.<format> with <name>.changelog.csv")
+                             help=f"Written as {export_dir(store)}/<name>.<format> with its changelog, "
+                                  "<name>.changelog.csv (csv) or <name>.changelog.<format>.csv")
     manifest, changelog = plan_export(store, apply_relabels=apply_relabels, drop_removed=drop_removed,
                                       drop_kinds=drop_kinds)
     st.subheader("Preview")
