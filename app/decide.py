@@ -12,18 +12,29 @@ from auditor.store import Store, StoreBusy
 
 DECISION_BADGES = {"keep": ":green-badge[keep]", "remove": ":red-badge[remove]", "relabel": ":blue-badge[relabel]"}
 PICK_PREFIX = "pick_"
+PICKS_KEY = "picks"  # the picked ids, kept apart from the checkboxes so that picks survive paging and filtering
 
 
 def picked() -> set[str]:
-    """The images picked for a bulk decision (checkbox keys 'pick_<id>')."""
-    return {key[len(PICK_PREFIX):] for key, on in st.session_state.items()
-            if isinstance(key, str) and key.startswith(PICK_PREFIX) and on}
+    """The images picked for a bulk decision, on any page."""
+    return set(st.session_state.get(PICKS_KEY, ()))
 
 
 def set_picks(ids: list[str], on: bool) -> None:
-    """Tick or clear the pick checkboxes of `ids`."""
-    for sample_id in ids:
-        st.session_state[f"{PICK_PREFIX}{sample_id}"] = on
+    """Pick `ids`, or clear their picks."""
+    st.session_state[PICKS_KEY] = picked() | set(ids) if on else picked() - set(ids)
+
+
+def pick_box(sample_id: str) -> None:
+    """The pick checkbox of one tile, ticked when the image is picked (on this or an earlier page)."""
+    key = f"{PICK_PREFIX}{sample_id}"
+    st.session_state[key] = sample_id in picked()
+    st.checkbox("pick", key=key, help="Pick for a decision", on_change=_toggle, args=(sample_id,))
+
+
+def _toggle(sample_id: str) -> None:
+    """Follow a pick checkbox's new state."""
+    set_picks([sample_id], bool(st.session_state[f"{PICK_PREFIX}{sample_id}"]))
 
 
 def decision_badge(action: str | None, new_label: str | None) -> str:

@@ -13,9 +13,11 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
+from auditor import queries
+from auditor.export import plan_export
+from auditor.reviews import current_decisions
 from auditor.store import Store
-
-PAGES = Path(__file__).resolve().parent.parent / "app" / "views"
+from test_dashboard_pages import errors, page
 
 
 @pytest.fixture(scope="module")
@@ -62,18 +64,6 @@ def edited(edited_db, tmp_path, monkeypatch) -> Path:
     return private(edited_db, tmp_path, monkeypatch)
 
 
-def page(name: str, **state) -> AppTest:
-    """One page run with `state` put in its session first."""
-    at = AppTest.from_file(str(PAGES / f"{name}.py"))
-    for key, value in state.items():
-        at.session_state[key] = value
-    return at.run(timeout=60)
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.exception] + [str(e.value) for e in at.error]
-
-
 def texts(at: AppTest) -> str:
     """Every markdown, caption and info text of the page, one per line."""
     return "\n".join(e.value for kind in (at.markdown, at.caption, at.info, at.warning) for e in kind)
@@ -92,3 +82,119 @@ def test_review_shows_the_twin_of_an_edited_copy(edited, kind, sample_id):
     assert "pairs behind this flag are gone" not in texts(at)
     assert f"twin {twin} (" in [c for image in at.image for c in image.captions][-1]
     assert at.button(key=f"judge_{kind}_{sample_id}_{twin}_yes")
+
+
+def grid_ids(at: AppTest) -> list[str]:
+    """Sample ids of the grid's tiles, from their pick checkboxes."""
+    return [c.key.removeprefix("pick_") for c in at.checkbox if c.key and c.key.startswith("pick_")]
+
+
+def decide_in_review(at: AppTest, ids: list[str], action: str, note: str | None = None) -> None:
+    """Pick `ids` (all on the page shown), choose `action` (and a note when given) and press Apply."""
+    for sample_id in ids:
+        at.checkbox(key=f"pick_{sample_id}").check().run(timeout=60)
+    at.selectbox(key="decision_action").select(action).run(timeout=60)
+    if note is not None:
+        at.text_input(key="decision_note").input(note).run(timeout=60)
+    at.button(key="decision_apply").click().run(timeout=60)
+
+
+# --- 2. picks on another page --------------------------------------------------------------------------------
+
+def test_picks_survive_paging_and_apply_decides_them_all(db):
+    at = page("review", flag="long_tail", page_size=12)
+    first_page = grid_ids(at)[:2]
+    for sample_id in first_page:
+        at.checkbox(key=f"pick_{sample_id}").check().run(timeout=60)
+    at.number_input(key="page").set_value(2).run(timeout=60)
+    assert not set(first_page) & set(grid_ids(at))
+    assert any(m.value == "**2 picked**" for m in at.markdown) and "2 of them on other pages" in texts(at)
+    at.selectbox(key="decision_action").select("remove").run(timeout=60)
+    at.button(key="decision_apply").click().run(timeout=60)
+    assert not errors(at)
+    decided = current_decisions(Store(db))
+    assert sorted(decided["sample_id"]) == sorted(first_page) and set(decided["action"]) == {"remove"}
+    assert any(m.value == "**0 picked**" for m in at.markdown)
+    at.number_input(key="page").set_value(1).run(timeout=60)
+    assert not any(at.checkbox(key=f"pick_{i}").value for i in first_page)
+
+
+# --- 3. the note of one decision never signs the next -------------------------------------------------------
+
+def test_a_note_signs_only_its_own_decision(db):
+    store = Store(db)
+    at = page("review")
+    first, second = grid_ids(at)[:2]
+    decide_in_review(at, [first], "keep", "looks fine")
+    assert at.text_input(key="decision_note").value == ""
+    decide_in_review(at, [second], "remove")
+    notes = current_decisions(store).set_index("sample_id")["note"]
+    assert notes[first] == "looks fine" and pd.isna(notes[second])
+    reasons = plan_export(store)[1].set_index("sample_id")["reason"]
+    assert "looks fine" not in reasons[second]
+
+
+def test_a_note_on_point_detail_signs_only_its_own_decision(db):
+    store = Store(db)
+    first, second = store.query("SELECT sample_id FROM scores ORDER BY sample_id LIMIT 2")["sample_id"]
+    at = page("point", point=first)
+    at.text_input(key="point_note").input("rare style").run(timeout=60)
+    at.button(key="point_keep").click().run(timeout=60)
+    at.query_params["id"] = second
+    at.text_input(key="point_search").input(second).run(timeout=60)
+    assert not errors(at) and at.text_input(key="point_note").value == ""
+    at.button(key="point_remove").click().run(timeout=60)
+    notes = current_decisions(store).set_index("sample_id")["note"]
+    assert notes[first] == "rare style" and pd.isna(notes[second])
+
+
+# --- 5. a bulk decision never silently replaces an earlier one ----------------------------------------------
+
+def test_bulk_decisions_leave_decided_images_unless_told_to_replace(db):
+    store = Store(db)
+    at = page("review")
+    kept = grid_ids(at)[0]
+    decide_in_review(at, [kept], "keep")
+    at.button(key="bulk_pick_page").click().run(timeout=60)
+    at.selectbox(key="decision_action").select("remove").run(timeout=60)
+    assert any("1 of the 24 picked images already have a decision (1 keep)" in w.value for w in at.warning)
+    at.button(key="decision_apply").click().run(timeout=60)
+    decided = current_decisions(store).set_index("sample_id")["action"]
+    assert decided[kept] == "keep" and (decided.drop(kept) == "remove").all() and len(decided) == 24
+    assert any("1 already decided left as they were" in s.value for s in at.success)
+    assert at.checkbox(key=f"pick_{kept}").value  # still picked, to be replaced on purpose
+    at.checkbox(key="decision_replace").check().run(timeout=60)
+    at.button(key="decision_apply").click().run(timeout=60)
+    assert current_decisions(store, [kept])["action"].tolist() == ["remove"]
+
+
+# --- 7. relabel offers the suggested label, never a silent class 0 ----------------------------------------------
+
+def relabel_box(at: AppTest):
+    return next(box for box in at.selectbox if box.label == "Relabel to")
+
+
+def test_point_detail_relabels_to_the_suggested_label(db):
+    store = Store(db)
+    classes = queries.class_labels(store)
+    flagged = store.query("SELECT f.sample_id, s.label, f.detail->>'$.suggested' AS suggested FROM flags f "
+                          "JOIN samples s USING (sample_id) WHERE f.kind = 'mislabeled' ORDER BY f.sample_id")
+    first_other = flagged["label"].map(lambda label: next(c for c in classes if c != label))
+    sample_id, _, suggested = flagged[flagged["suggested"] != first_other].iloc[0]
+    at = page("point", point=sample_id)
+    assert not errors(at) and relabel_box(at).value == suggested
+    at.button(key="point_relabel").click().run(timeout=60)
+    assert current_decisions(store, [sample_id])["new_label"].tolist() == [suggested]
+
+
+def test_point_detail_without_a_suggestion_asks_for_the_label(db):
+    store = Store(db)
+    rows = (queries.sample_detail(store, i) for i in store.query("SELECT sample_id FROM scores ORDER BY sample_id")
+            ["sample_id"])
+    row = next(r for r in rows if r["pred_label"] == r["label"] and not r["flags"])
+    at = page("point", point=row["sample_id"])
+    assert relabel_box(at).value is None and at.button(key="point_relabel").disabled
+    chosen = next(c for c in reversed(queries.class_labels(store)) if c != row["label"])
+    relabel_box(at).select(chosen).run(timeout=60)
+    at.button(key="point_relabel").click().run(timeout=60)
+    assert current_decisions(store, [row["sample_id"]])["new_label"].tolist() == [chosen]

@@ -7,7 +7,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from app.common import md, method_name, run_page
+from app.common import md, method_name, parse_detail, run_page
 from app.evidence import (STRIP_IMAGE, flag_evidence, label_text, mem_text, models_text, picture)
 from app.decide import decide, decision_badge, show_decision_error
 from auditor import queries
@@ -48,7 +48,7 @@ def _scores(row: dict) -> None:
                      + ("" if row["converged"] else ", :orange[not converged]") + ")")
         facts.append(f"{mem_text(row)}" + (f" — {models_text(row)}" if models_text(row) else "")
                      + (f", {method_name(row['mem_method'])} run `{row['mem_run_id']}`" if row["mem_run_id"] else ""))
-        for name, key, fmt in (("first learned (fraction of training)", "first_learned", ".2f"),
+        for name, key, fmt in (("first learned for good at epoch", "first_learned", ".1f"),
                                ("forgetting events", "forgetting_events", ".1f"), ("confidence", "confidence", ".2f"),
                                ("variability", "variability", ".2f"), ("EL2N", "el2n", ".3f")):
             if row[key] is not None:
@@ -113,23 +113,45 @@ def _neighbors(store: Store, row: dict) -> None:
                                             if n.disagrees else f":small[{label_text(n.label)} · {n.similarity:.2f}]"))
 
 
+def suggested_label(row: dict) -> str | None:
+    """The label to offer for a relabel: the mislabeled flag's suggestion, else the prediction where it differs from
+    the label; None when nothing suggests another label."""
+    for flag in row["flags"]:
+        info = parse_detail(flag["detail"])
+        if flag["kind"] == "mislabeled" and isinstance(info, dict) and info.get("suggested") is not None:
+            return str(info["suggested"])
+    return row["pred_label"] if row["pred_label"] not in (None, row["label"]) else None
+
+
+def _decide(store: Store, sample_id: str, action: str) -> None:
+    """A decision button: record `action` with the chosen label and the note; once stored, the note is cleared so it
+    never signs the next decision."""
+    state = st.session_state
+    new_label = state.get(f"point_label_{sample_id}") if action == "relabel" else None
+    if decide(store, [sample_id], action, new_label, state.get("point_note")):
+        state["point_note"] = ""
+
+
 def _decision(store: Store, row: dict) -> None:
-    """The current decision, buttons to decide (keep / remove / relabel with a note) or undo, and the history."""
+    """The current decision, buttons to decide (keep / remove / relabel with a note) or undo, and the history; the
+    relabel target defaults to the suggested label, and with no suggestion it must be chosen first."""
     st.markdown("**Decision** " + (decision_badge(row["decision"], row["decision_label"]) or ":gray[not reviewed]")
                 + (f" :gray[by {md(row['decided_by'])}]" if row["decided_by"] else ""))
     labels = [label for label in queries.class_labels(store) if label != row["label"]]
-    note = st.text_input("Note (optional)", key="point_note")
+    suggested = suggested_label(row)
+    st.text_input("Note (optional)", key="point_note")
     cols = st.columns(len(ACTIONS) + 1)
-    new_label = st.selectbox("Relabel to", labels, key="point_label") if labels else None
+    new_label = st.selectbox("Relabel to", labels, index=labels.index(suggested) if suggested in labels else None,
+                             key=f"point_label_{row['sample_id']}", placeholder="choose the new label",
+                             help="The suggested label when the evidence suggests one") if labels else None
     for column, action in zip(cols, [*ACTIONS, "undo"]):
-        if column.button(action.capitalize(), key=f"point_{action}", disabled=action == "undo" and not row["decision"],
-                         type="primary" if action == "remove" else "secondary"):
-            decide(store, [row["sample_id"]], action, new_label if action == "relabel" else None, note)
-            st.rerun()
+        column.button(action.capitalize(), key=f"point_{action}", on_click=_decide,
+                      args=(store, row["sample_id"], action), type="primary" if action == "remove" else "secondary",
+                      disabled=(action == "undo" and not row["decision"]) or (action == "relabel" and not new_label))
     show_decision_error()
     history = decision_history(store, row["sample_id"])
     if not history.empty:
-        with st.expander(f"History ({len(history)} entries)"):
+        with st.expander(f"History ({len(history)} {'entry' if len(history) == 1 else 'entries'})"):
             st.dataframe(history.drop(columns=["sample_id"]), hide_index=True, width="stretch")
 
 
@@ -141,7 +163,7 @@ def render(store: Store) -> None:
         return
     row = queries.sample_detail(store, sample_id)
     if row is None:
-        st.error(f"Sample `{md(sample_id)}` not found in this audit database.")
+        st.error(f"Sample **{md(sample_id)}** not found in this audit database.")
         return
     left, right = st.columns([1, 2])
     with left:

@@ -11,12 +11,12 @@ import pandas as pd
 import streamlit as st
 
 from app.common import evidence_line, flag_name, run_page, thumbnail
-from app.decide import PICK_PREFIX, decide, decision_badge, picked, set_picks, show_decision_error
+from app.decide import decide, decision_badge, pick_box, picked, set_picks, show_decision_error
 from app.evidence import label_text, mem_text, models_text, picture, flag_evidence
 from auditor import queries
 from auditor.queries import ReviewFilter
-from auditor.reviews import ACTIONS
-from auditor.store import Store
+from auditor.reviews import ACTIONS, current_decisions
+from auditor.store import Store, StoreBusy
 
 PAGE_SIZES = (12, 24, 48, 96)
 GRID_COLUMNS = 6
@@ -88,7 +88,8 @@ def _card(row: dict[str, Any]) -> None:
         lines.append(" ".join(b for b in badges if b))
     st.markdown(":small[" + "  \n".join(lines) + "]")
     pick, detail = st.columns(2)
-    pick.checkbox("pick", key=f"{PICK_PREFIX}{row['sample_id']}", help="Pick for a decision")
+    with pick:
+        pick_box(row["sample_id"])
     if detail.button("Details", key=f"detail_{row['sample_id']}", type="tertiary",
                      help="Open the Point detail page of this image"):
         _open_detail(row["sample_id"])
@@ -98,22 +99,65 @@ def _card(row: dict[str, Any]) -> None:
                   args=(row["sample_id"],), help="Show the evidence behind its flags below the grid")
 
 
+def _apply(store: Store) -> None:
+    """Record the bar's decision for every picked image, those already decided only when 'Replace' is ticked (they
+    stay picked otherwise); once stored, the note is cleared, so it never signs the next decision."""
+    state = st.session_state
+    action, ids = state["decision_action"], sorted(picked())
+    skipped = 0
+    if action != "undo" and not state.get("decision_replace"):
+        try:
+            decided = set(current_decisions(store, ids)["sample_id"])
+        except StoreBusy as exc:
+            state["decision_error"] = f"Not saved, the database is busy: {exc}. Your picks are kept."
+            return
+        ids, skipped = [i for i in ids if i not in decided], len(decided)
+        if not ids:
+            state["decision_error"] = ("Nothing recorded: every picked image already has a decision; tick "
+                                       "'Replace' to change them.")
+            return
+    if decide(store, ids, action, state.get("decision_label") if action == "relabel" else None,
+              state.get("decision_note")):
+        state["decision_note"] = ""
+        state["decision_replace"] = False
+        if skipped:
+            state["decision_done"] += f"; {skipped} already decided left as they were (still picked)"
+
+
+def _already_decided(store: Store, chosen: list[str], action: str) -> None:
+    """A warning when picked images already have a decision, and the box that lets Apply replace them."""
+    if action == "undo" or not chosen:
+        return
+    decided = current_decisions(store, chosen)
+    if decided.empty:
+        return
+    counts = ", ".join(f"{n} {a}" for a, n in decided["action"].value_counts().items())
+    st.warning(f"{len(decided)} of the {len(chosen)} picked images already have a decision ({counts}): Apply "
+               "leaves them as they are unless you tick 'Replace'.")
+    st.checkbox(f"Replace their decisions with '{action}'", key="decision_replace")
+
+
 def _decision_bar(store: Store, page_ids: list[str]) -> None:
-    """Pick all / none on the page, and one decision (with an optional note) for every picked image, or undo."""
+    """Pick the page or clear every pick, and one decision (with an optional note) for every image picked on any
+    page, or undo; a warning when some of them are decided already."""
     chosen = sorted(picked())
+    elsewhere = len(set(chosen) - set(page_ids))
     with st.container(border=True):
         cols = st.columns([1.2, 1, 1, 1.4, 1.4, 2.4, 1], vertical_alignment="bottom")
         cols[0].markdown(f"**{len(chosen)} picked**")
+        if elsewhere:
+            cols[0].caption(f"{elsewhere} of them on other pages")
         cols[1].button("Pick page", on_click=set_picks, args=(page_ids, True), key="bulk_pick_page")
-        cols[2].button("Clear", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear")
+        cols[2].button("Clear", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear",
+                       help="Clear every pick, on every page")
         action = cols[3].selectbox("Decision", [*ACTIONS, "undo"], key="decision_action",
                                    format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
         labels = queries.class_labels(store)
-        new_label = cols[4].selectbox("New label", labels, key="decision_label", disabled=action != "relabel")
-        note = cols[5].text_input("Note (optional)", key="decision_note")
-        if cols[6].button("Apply", type="primary", disabled=not chosen, key="decision_apply"):
-            decide(store, chosen, action, new_label if action == "relabel" else None, note)
-            st.rerun()
+        cols[4].selectbox("New label", labels, key="decision_label", disabled=action != "relabel")
+        cols[5].text_input("Note (optional)", key="decision_note")
+        cols[6].button("Apply", type="primary", disabled=not chosen, key="decision_apply", on_click=_apply,
+                       args=(store,))
+        _already_decided(store, chosen, action)
     show_decision_error()
 
 
