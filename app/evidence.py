@@ -137,12 +137,17 @@ def cluster_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
 
 def label_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
     """Given and suggested label, the model's confidence, and the nearest neighbours with the disagreeing ones red."""
-    facts = [f"given **{label_text(info.get('given'))}** → suggested :orange[**{label_text(info.get('suggested'))}**]",
-             f"out-of-sample probability of the given label {info.get('self_confidence', float('nan')):.2f}"]
+    suggested, voted = label_text(info.get("suggested")), label_text(info.get("knn_label"))
+    facts = [f"given **{label_text(info.get('given'))}** → suggested :orange[**{suggested}**] by the model: confident "
+             "learning on out-of-sample predicted probabilities (probability of the given label "
+             f"{info.get('self_confidence', float('nan')):.2f})"]
     if info.get("neighbors"):
         facts.append(f"{info.get('disagreeing_neighbors', '–')} of {info['neighbors']} nearest neighbours carry "
                      f"another label (weighted vote {info.get('knn_disagreement', float('nan')):.0%} against, "
-                     f"mostly for **{label_text(info.get('knn_label'))}**)")
+                     f"mostly for **{voted}**): they confirm the label is doubtful, not which label is right")
+        if voted != suggested:
+            facts.append(f":orange[The two signals disagree: the model suggests **{suggested}**, the neighbours "
+                         f"vote **{voted}**; check the image before relabeling]")
     if info.get("memorization") is not None:
         reading = {"mislabeled": "memorized and hurting the test points it influences: likely mislabeled",
                    "rare_but_useful": "memorized and helping test points: likely rare but correct"}

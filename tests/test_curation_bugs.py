@@ -198,3 +198,17 @@ def test_point_detail_without_a_suggestion_asks_for_the_label(db):
     relabel_box(at).select(chosen).run(timeout=60)
     at.button(key="point_relabel").click().run(timeout=60)
     assert current_decisions(store, [row["sample_id"]])["new_label"].tolist() == [chosen]
+
+
+# --- 11. the mislabeled evidence says which signal suggested the label -------------------------------------------
+
+def test_mislabeled_evidence_names_the_signal_behind_the_suggestion(db):
+    flagged = Store(db).query("SELECT sample_id, detail->>'$.suggested' AS suggested, detail->>'$.knn_label' AS voted "
+                              "FROM flags WHERE kind = 'mislabeled' AND detail->>'$.suggested' <> "
+                              "detail->>'$.knn_label' ORDER BY sample_id")
+    sample_id, suggested, voted = flagged.iloc[0]
+    at = page("review", flag="mislabeled", evidence=sample_id)
+    assert not errors(at) and at.selectbox(key="evidence").value == sample_id
+    evidence = next(m.value for m in at.markdown if m.value.startswith("given "))
+    assert f"suggested :orange[**{suggested}**] by the model: confident learning" in evidence
+    assert f"the model suggests **{suggested}**, the neighbours vote **{voted}**" in evidence
