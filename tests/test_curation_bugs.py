@@ -4,7 +4,9 @@ pixel matcher pairs)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 
 from auditor import queries
 from auditor.export import plan_export
-from auditor.reviews import current_decisions
+from auditor.reviews import current_decisions, record_decisions
 from auditor.store import Store
 from test_dashboard_pages import errors, page
 
@@ -212,3 +214,28 @@ def test_mislabeled_evidence_names_the_signal_behind_the_suggestion(db):
     evidence = next(m.value for m in at.markdown if m.value.startswith("given "))
     assert f"suggested :orange[**{suggested}**] by the model: confident learning" in evidence
     assert f"the model suggests **{suggested}**, the neighbours vote **{voted}**" in evidence
+
+
+# --- 8. the export page keeps its downloads, asks before overwriting, writes readable files --------------------
+
+def test_export_keeps_its_downloads_and_asks_before_overwriting(db):
+    record_decisions(Store(db), [Store(db).scalar("SELECT min(sample_id) FROM samples")], "remove", reviewer="ana")
+    at = page("export")
+    at.text_input(key="export_name").input("round1").run(timeout=60)
+    at.button(key="export_write").click().run(timeout=60)
+    out = db.parent / "exports" / "round1.csv"
+    assert not errors(at) and len(at.get("download_button")) == 2
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    at.run(timeout=60)  # any rerun, as a download button's click was
+    assert len(at.get("download_button")) == 2
+    out.write_text("sample_id,path,label,split\n")  # a file someone keeps under that name
+    at.button(key="export_write").click().run(timeout=60)
+    assert any("round1.csv exists already" in w.value for w in at.warning)
+    assert out.read_text() == "sample_id,path,label,split\n"
+    assert any("already exists" in e for e in errors(at))
+    at.checkbox(key="export_overwrite").check().run(timeout=60)
+    at.button(key="export_write").click().run(timeout=60)
+    assert not errors(at) and len(pd.read_csv(out)) == Store(db).scalar("SELECT count(*) FROM samples") - 1
+    assert not at.checkbox(key="export_overwrite").value
