@@ -136,16 +136,31 @@ def test_a_brushed_selection_opens_in_review(db):
     assert len(grid_ids(at)) > 3
 
 
+def _cut(values: pd.Series, margin: float) -> float:
+    """A value between two distinct neighbouring values of `values`, at least `margin` from both (the middle gap)."""
+    levels = np.unique(values.to_numpy())
+    gaps = [(a + b) / 2 for a, b in zip(levels, levels[1:]) if b - a > 2 * margin]
+    assert gaps, f"no gap wider than {2 * margin} in {levels}"
+    return gaps[len(gaps) // 2]
+
+
 def test_overview_brush_button_stores_the_points_inside_the_rectangle(db):
     store = Store(db)
     at = page("overview")
     assert not errors(at)
     assert any(c.value.startswith("Drag a rectangle") for c in at.caption)
     points = queries.mem_scatter(store)
-    at.session_state["mem_scatter"] = {"selection": {"brush": {"x": [-1.0, 2.0], "mem": [-1.0, 1.0]}}}
+    # a rectangle that splits the points on both axes; x is ApB plus a jitter of at most +-0.02, so its edge sits
+    # in a gap between ApB values wider than that
+    x_cut, mem_cut = _cut(points["apb"], 0.021), _cut(points["mem"], 0.0)
+    inside = points[(points["apb"] < x_cut) & (points["mem"] > mem_cut)]
+    assert 0 < len(inside) < len(points[points["apb"] < x_cut]) < len(points)
+    at.session_state["mem_scatter"] = {"selection": {"brush": {"x": [x_cut, -1.0], "mem": [2.0, mem_cut]}}}
     at.run(timeout=60)
     button = at.button(key="open_brushed")
-    assert button.label == f"Open the {len(points)} brushed points in Review"
+    assert button.label == f"Open the {len(inside)} brushed points in Review"
+    button.click().run(timeout=60)
+    assert sorted(at.session_state["selection"]) == sorted(inside["sample_id"])
 
 
 def test_point_detail_shows_scores_dynamics_and_decides(db):
@@ -153,8 +168,32 @@ def test_point_detail_shows_scores_dynamics_and_decides(db):
     sample_id = store.scalar("SELECT sample_id FROM scores WHERE mem IS NOT NULL ORDER BY mem DESC LIMIT 1")
     at = page("point", point=sample_id)
     assert not errors(at)
-    text = " ".join(m.value for m in at.markdown)
-    assert "ApB" in text and "mem" in text and "Training dynamics" in text
+    text = "\n".join(m.value.replace("\u00a0", " ") for m in at.markdown)
+    sc = store.query("SELECT * FROM scores WHERE sample_id = ?", [sample_id]).iloc[0]
+    label = store.scalar("SELECT label FROM samples WHERE sample_id = ?", [sample_id])
+    pred, p_pred = store.query(
+        "SELECT p.pred_label, p.p_pred FROM predictions p JOIN runs r USING (run_id) WHERE p.sample_id = ? AND "
+        "p.run_id IN (SELECT input_run_id FROM run_inputs WHERE run_id = ?) ORDER BY r.seed LIMIT 1",
+        [sample_id, sc["run_id"]]).iloc[0]
+    assert f"label **{label}** (train), predicted **{pred}** (p {p_pred:.2f})" in text
+    assert f"ApB **{sc['apb']:.3f}** (mean over {sc['n_seeds']} seeds, run `{sc['run_id']}`" in text
+    assert f"mem **{sc['mem']:.2f}** [{sc['mem_low']:.2f}, {sc['mem_high']:.2f}] — {sc['mem_n_in']} models in, " \
+           f"{sc['mem_n_out']} out" in text and f"run `{sc['mem_run_id']}`" in text
+    for name, key, fmt in (("first learned for good at epoch", "first_learned", ".1f"),
+                           ("forgetting events", "forgetting_events", ".1f"), ("confidence", "confidence", ".2f"),
+                           ("variability", "variability", ".2f"), ("EL2N", "el2n", ".3f")):
+        assert f"{name} {format(sc[key], fmt)}" in text, name
+    assert "**Training dynamics**" in text
+    steps = store.scalar("SELECT count(*) FROM dynamics WHERE sample_id = ? AND run_id IN "
+                         "(SELECT input_run_id FROM run_inputs WHERE run_id = ?)", [sample_id, sc["run_id"]])
+    assert steps > 0 and '"p_label"' in at.get("vega_lite_chart")[0].proto.spec
+    neighbors = store.query("SELECT n.neighbor_id, n.similarity, s.label FROM neighbors n JOIN samples s ON "
+                            "s.sample_id = n.neighbor_id WHERE n.sample_id = ? ORDER BY n.rank LIMIT 10", [sample_id])
+    captions = [c for image in at.image for c in image.captions]
+    assert len(neighbors) and all(n in captions for n in neighbors["neighbor_id"]), (captions, neighbors)
+    for other, similarity in zip(neighbors["label"], neighbors["similarity"]):  # another label in red
+        assert (f":small[{other} · {similarity:.2f}]" if other == label else
+                f":small[:red[**{other}**] · {similarity:.2f}]") in text, (other, similarity)
     assert at.query_params["id"] in (sample_id, [sample_id])
     at.text_input(key="point_note").input("rare style")
     at.button(key="point_keep").click().run(timeout=60)
