@@ -121,7 +121,8 @@ def cluster_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
     percentile = info.get("density_percentile")
     density = ("" if percentile is None else "; the lowest local density of its class" if percentile <= 0 else
                f"; local density above only {percentile:.0%} of its class")
-    st.markdown(f"cluster **#{info.get('cluster', '–')}** of **{info.get('cluster_size', '–')}** images in class "
+    size = info.get("cluster_size", "–")
+    st.markdown(f"cluster **#{info.get('cluster', '–')}** of **{size}** image{'' if size == 1 else 's'} in class "
                 f"**{label_text(row['label'])}** ({info.get('class_size', '–')} training images): "
                 f"{', '.join(reasons.get(r, r) for r in info.get('reasons', [])) or 'no rule recorded'}{density}")
     members = queries.cluster_members(store, row["sample_id"], CLUSTER_MEMBERS_SHOWN)

@@ -239,3 +239,22 @@ def test_export_keeps_its_downloads_and_asks_before_overwriting(db):
     at.button(key="export_write").click().run(timeout=60)
     assert not errors(at) and len(pd.read_csv(out)) == Store(db).scalar("SELECT count(*) FROM samples") - 1
     assert not at.checkbox(key="export_overwrite").value
+
+
+# --- 10. wording -------------------------------------------------------------------------------------------------
+
+def test_wording_of_point_detail_review_and_overview(db):
+    store = Store(db)
+    at = page("point", point="nope_123")
+    assert "Sample **nope\\_123** not found in this audit database." in errors(at)  # shown as nope_123
+    sample_id = store.scalar("SELECT min(sample_id) FROM scores WHERE first_learned IS NOT NULL")
+    at = page("point", point=sample_id)
+    first_learned = store.scalar("SELECT first_learned FROM scores WHERE sample_id = ?", [sample_id])
+    assert f"first learned for good at epoch {first_learned:.1f}" in texts(at)
+    at.button(key="point_keep").click().run(timeout=60)
+    assert [e.label for e in at.expander] == ["History (1 entry)"]
+    at = page("review")
+    splits = set(store.query("SELECT DISTINCT split FROM samples")["split"])
+    assert set(at.selectbox(key="split").options) == {"All splits", *splits} and "val" not in splits
+    at = page("overview")
+    assert "Input problems" in [m.label for m in at.metric] and "Problems" not in [m.label for m in at.metric]

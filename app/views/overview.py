@@ -58,7 +58,8 @@ def _dataset(store: Store, counts: pd.DataFrame) -> None:
     cols[0].metric("Training images", f"{per_split.get('train', 0):,}")
     cols[1].metric("Test images", f"{per_split.get('test', 0):,}")
     cols[2].metric("Classes", counts["label"].nunique())
-    cols[3].metric("Problems", f"{n_problems:,}")
+    cols[3].metric("Input problems", f"{n_problems:,}",
+                   help="Input files that could not be read or used; the audit's findings are under Findings")
     left, right = st.columns([2, 3])
     with left:
         st.subheader("Images per class")

@@ -187,7 +187,8 @@ def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int]:
                                  "Any flag but candidate" if k == "any" else f"{flag_name(k)} ({counts.get(k, 0):,})")
     label = controls[1].selectbox("Class", [None, *queries.class_labels(store)], key="label",
                                   format_func=lambda v: "All classes" if v is None else v, on_change=_first_page)
-    split = controls[2].selectbox("Split", [None, "train", "test", "val"], key="split", on_change=_first_page,
+    splits = sorted(queries.dataset_counts(store)["split"].unique(), key=lambda s: (s != "train", s != "test", s))
+    split = controls[2].selectbox("Split", [None, *splits], key="split", on_change=_first_page,
                                   format_func=lambda v: "All splits" if v is None else v)
     state = controls[3].selectbox("Review state", list(STATES), key="state", format_func=STATES.get,
                                   on_change=_first_page)
