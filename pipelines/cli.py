@@ -19,6 +19,7 @@ from pipelines.launcher import tracked
 from pipelines.progress import terminal
 from pipelines.runner import DEFAULT_STAGES, STAGES, format_summary, run_pipeline
 from pipelines.sweep_stage import run_sweep, sweep_text
+from pipelines.writer_lock import writer_lock
 
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
 
@@ -34,7 +35,9 @@ def _executor_overrides(args: argparse.Namespace) -> dict | None:
 def _cmd_run(args: argparse.Namespace) -> int:
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     store = Store(args.db)
-    with tracked(store, args.job_id, len(stages)) as progress:
+    command = f"memaudit run --data {args.data} --stages {args.stages}"
+    command += f" --job-id {args.job_id}" if args.job_id else ""
+    with tracked(store, args.job_id, len(stages)) as progress, writer_lock(store.path, command):
         cfg = load_config(args.config, args.profile, _executor_overrides(args))
         reports = run_pipeline(store, args.data, cfg, stages=stages, progress=progress)
     print(format_summary(reports))
@@ -149,7 +152,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         spec = SweepSpec.grid(_split(args.archs, "--archs") or [cfg.train.arch],
                               _split(args.widths, "--widths", int) or [cfg.train.width],
                               _split(args.epochs, "--epochs", int) or [cfg.train.epochs], args.method)
-        args.show = run_sweep(store, spec, cfg, terminal).facts["sweep_id"]
+        with writer_lock(store.path, f"memaudit sweep --method {args.method}"):
+            args.show = run_sweep(store, spec, cfg, terminal).facts["sweep_id"]
     print(sweep_text(store, args.show))
     return 0
 
@@ -160,7 +164,8 @@ def _cmd_experiment(args: argparse.Namespace) -> int:
         store = _existing(args.db, "audit a dataset")
         cfg = load_config(args.config, args.profile, _executor_overrides(args))
         spec = ExperimentSpec(parse_arms(args.arms), args.models, cfg.seed, args.small_cluster_size, args.reaudit)
-        with tracked(store, args.job_id, 1) as progress:
+        command = f"memaudit experiment --arms {args.arms}" + (f" --job-id {args.job_id}" if args.job_id else "")
+        with tracked(store, args.job_id, 1) as progress, writer_lock(store.path, command):
             args.show = run_experiment(store, spec, cfg, progress).facts["experiment_id"]
     print(experiment_text(store, args.show))
     return 0

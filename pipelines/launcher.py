@@ -27,6 +27,7 @@ from pipelines.jobs import Job
 from pipelines.progress import Bar, ProgressFactory, terminal
 from pipelines.runner import STAGES
 from pipelines.runs import artifact_path, now
+from pipelines.writer_lock import check_free
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 KIND = "pipeline"
@@ -45,7 +46,8 @@ def launch(db: str | Path, stages: Sequence[str], *, data: str | None = None, pr
     """Start `memaudit run` on `db` for `stages` as a detached process and return its job id without waiting.
 
     Without `data`, an ingest re-reads the source of the last finished ingest. Raises ValueError (or ConfigError)
-    before starting anything when the stages, data, profile or config are unusable."""
+    before starting anything when the stages, data, profile or config are unusable, WriterBusy (a ValueError) when
+    another process writes `db`."""
     unknown = sorted(set(stages) - set(STAGES))
     if not stages or unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; use: {', '.join(STAGES)}" if unknown else
@@ -53,6 +55,7 @@ def launch(db: str | Path, stages: Sequence[str], *, data: str | None = None, pr
     ordered = [s for s in STAGES if s in stages]
     load_config(config, profile)  # a bad profile or config file fails here, not in the background
     store = Store(Path(db).resolve())
+    check_free(store.path)  # a second writer would only fail in the background: refuse it here, naming the first
     store.init()
     argv = [sys.executable, "-m", "pipelines.cli", "run", "--db", str(store.path), "--stages", ",".join(ordered)]
     if "ingest" in ordered:
@@ -75,6 +78,7 @@ def launch_experiment(db: str | Path, arms: Sequence[str], *, models: int, profi
         raise ValueError(f"an experiment needs at least 2 models per arm, got {models}")
     load_config(None, profile)
     store = Store(Path(db).resolve())
+    check_free(store.path)
     store.init()
     argv = [sys.executable, "-m", "pipelines.cli", "experiment", "--db", str(store.path), "--arms", ",".join(arms),
             "--models", str(models), *(["--profile", profile] if profile else []), *(["--reaudit"] if reaudit else [])]
