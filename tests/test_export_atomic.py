@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def umask() -> Iterator[callable]:
+def umask() -> Iterator[Callable[[int], int]]:
     """Set the process umask for one test; the previous one is restored afterwards."""
     previous = os.umask(0o022)
     yield os.umask
