@@ -148,7 +148,7 @@ def test_cli_export(reviewed, tmp_path, capsys):
     n = int(store.scalar("SELECT count(*) FROM samples"))
     assert capsys.readouterr().out.splitlines() == [
         f"exported {n - 1} of {n} rows to {out}", "  removed 0, relabeled 0, dropped unreviewed: leaked 1",
-        f"  changelog: {tmp_path / 'clean.changelog.csv'}"]
+        f"  changelog: {tmp_path / 'clean.changelog.jsonl.csv'}"]
     for args in (["--drop-kinds", "nope"], ["--format", "parquet"]):
         assert main(["export", "--db", str(store.path), "--out", str(out), *args]) == 2
         err = capsys.readouterr().err
