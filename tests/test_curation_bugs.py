@@ -19,7 +19,7 @@ from auditor import queries
 from auditor.export import plan_export
 from auditor.reviews import current_decisions, record_decisions
 from auditor.store import Store
-from test_dashboard_pages import errors, page
+from test_dashboard_pages import PAGES, errors, page
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,34 @@ def test_wording_of_point_detail_review_and_overview(db):
     assert set(at.selectbox(key="split").options) == {"All splits", *splits} and "val" not in splits
     at = page("overview")
     assert "Input problems" in [m.label for m in at.metric] and "Problems" not in [m.label for m in at.metric]
+
+
+# --- 4. Review's view lives in the URL and survives a visit to Point detail ---------------------------------------
+
+def test_a_review_link_opens_its_view(db):
+    store = Store(db)
+    where = queries.ReviewFilter(flag="long_tail")
+    second_page = queries.review_page(store, sort="score_desc", limit=12, offset=12, where=where)["sample_id"]
+    at = AppTest.from_file(str(PAGES / "review.py"))
+    at.query_params.update(flag="long_tail", sort="score_desc", page_size="12", page="2", evidence=second_page[1])
+    at.run(timeout=60)
+    assert not errors(at) and grid_ids(at) == second_page.tolist()
+    assert at.selectbox(key="evidence").value == second_page[1]
+    at.selectbox(key="state").select("undecided").run(timeout=60)
+    assert dict(at.query_params) == {"flag": "long_tail", "state": "undecided", "sort": "score_desc",
+                                     "page_size": "12", "page": "1", "evidence": at.selectbox(key="evidence").value}
+
+
+def test_review_keeps_filters_page_and_picks_across_point_detail(db):
+    at = AppTest.from_file(str(PAGES.parent / "main.py")).run(timeout=60)
+    at.switch_page("views/review.py").run(timeout=60)
+    at.selectbox(key="flag").select("long_tail").run(timeout=60)
+    at.selectbox(key="page_size").select(12).run(timeout=60)
+    at.number_input(key="page").set_value(2).run(timeout=60)
+    shown = grid_ids(at)
+    at.checkbox(key=f"pick_{shown[0]}").check().run(timeout=60)
+    at.button(key=f"detail_{shown[1]}").click().run(timeout=60)
+    assert at.text_input(key="point_search").value == shown[1]
+    at.switch_page("views/review.py").run(timeout=60)
+    assert not errors(at) and at.selectbox(key="flag").value == "long_tail" and at.number_input(key="page").value == 2
+    assert grid_ids(at) == shown and at.checkbox(key=f"pick_{shown[0]}").value

@@ -30,6 +30,42 @@ SORTS = {key: f"{SCORE_NAMES[key.rsplit('_', 1)[0]]}, {'lowest' if key.endswith(
 STATES = {"any": "Any review state", "undecided": "Not reviewed yet", "decided": "Decided", "keep": "Kept",
           "remove": "Removed", "relabel": "Relabeled"}
 SELECTION_KEY = "selection"  # ids brushed on the Overview scatter, opened here
+# The view that lives in the URL (?flag=mislabeled&page=2&evidence=...) and is kept for the way back from another
+# page: filters, order, page size, page and the image whose evidence is shown.
+VIEW_KEYS = ("flag", "label", "split", "state", "sort", "page_size", "page", "evidence")
+VIEW_KEY = "review_view"
+DEFAULT_PAGE_SIZE = 24
+
+
+def _parse_view(key: str, text: str | None, options: dict[str, list[str]]) -> str | int | None:
+    """One view value from its URL text: a page size or page number as an int, an evidence id as it is, any other
+    key only when it is one of its `options`; None when missing or not valid."""
+    if text is None:
+        return None
+    if key in ("page", "page_size"):
+        number = int(text) if text.isdigit() else 0
+        return number if number >= 1 and (key == "page" or number in PAGE_SIZES) else None
+    return text if key == "evidence" or text in options[key] else None
+
+
+def _restore_view(options: dict[str, list[str]]) -> None:
+    """Before the filter widgets: each view key the session lacks (a first visit, or back from another page, whose
+    run dropped the widgets' values) takes its value from the URL, else from this session's last Review view."""
+    saved = st.session_state.get(VIEW_KEY, {})
+    for key in VIEW_KEYS:
+        if key not in st.session_state:
+            value = _parse_view(key, st.query_params.get(key, saved.get(key)), options)
+            if value is not None:
+                st.session_state[key] = value
+    st.session_state.setdefault("page_size", DEFAULT_PAGE_SIZE)
+
+
+def _save_view() -> None:
+    """The view into the URL (Back and a shared link reopen it) and into the session (for the way back)."""
+    view = {key: str(st.session_state[key]) for key in VIEW_KEYS if st.session_state.get(key) is not None}
+    st.session_state[VIEW_KEY] = view
+    if st.query_params.to_dict() != view:
+        st.query_params.from_dict(view)
 
 
 def _first_page() -> None:
@@ -93,7 +129,7 @@ def _card(row: dict[str, Any]) -> None:
     if detail.button("Details", key=f"detail_{row['sample_id']}", type="tertiary",
                      help="Open the Point detail page of this image"):
         _open_detail(row["sample_id"])
-        st.switch_page("views/point.py")
+        st.switch_page("views/point.py", query_params={"id": row["sample_id"]})
     if any(f["kind"] != "memorized_candidate" for f in flags):
         st.button("Evidence ↓", key=f"evidence_{row['sample_id']}", type="tertiary", on_click=_show_evidence,
                   args=(row["sample_id"],), help="Show the evidence behind its flags below the grid")
@@ -181,20 +217,23 @@ def _score_filter(store: Store, flag: str | None) -> tuple[str | None, float | N
 def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int]:
     """The filter row (flag, class, split, state, order, page size), a score range and a brushed selection."""
     counts = queries.flag_counts(store).set_index("kind")["samples"].to_dict()
+    labels = queries.class_labels(store)
+    splits = sorted(queries.dataset_counts(store)["split"].unique(), key=lambda s: (s != "train", s != "test", s))
+    _restore_view({"flag": ["any", *kinds], "label": labels, "split": splits, "state": list(STATES),
+                   "sort": list(queries.REVIEW_SORTS)})
     controls = st.columns([2, 1.3, 1.2, 1.5, 2, 1], vertical_alignment="bottom")
     flag = controls[0].selectbox("Flag", [None, "any", *kinds], key="flag", on_change=_flag_changed,
                                  format_func=lambda k: "All scored training images" if k is None else
                                  "Any flag but candidate" if k == "any" else f"{flag_name(k)} ({counts.get(k, 0):,})")
-    label = controls[1].selectbox("Class", [None, *queries.class_labels(store)], key="label",
+    label = controls[1].selectbox("Class", [None, *labels], key="label",
                                   format_func=lambda v: "All classes" if v is None else v, on_change=_first_page)
-    splits = sorted(queries.dataset_counts(store)["split"].unique(), key=lambda s: (s != "train", s != "test", s))
     split = controls[2].selectbox("Split", [None, *splits], key="split", on_change=_first_page,
                                   format_func=lambda v: "All splits" if v is None else v)
     state = controls[3].selectbox("Review state", list(STATES), key="state", format_func=STATES.get,
                                   on_change=_first_page)
     sort = controls[4].selectbox("Order", list(queries.REVIEW_SORTS), key="sort", format_func=SORTS.get,
                                  on_change=_first_page)
-    size = controls[5].selectbox("Per page", PAGE_SIZES, index=1, key="page_size", on_change=_first_page)
+    size = controls[5].selectbox("Per page", PAGE_SIZES, key="page_size", on_change=_first_page)
     score, low, high = _score_filter(store, flag)
     selection = st.session_state.get(SELECTION_KEY)
     if selection:
@@ -238,13 +277,8 @@ def _evidence(store: Store, rows: list[dict[str, Any]]) -> None:
     flag_evidence(store, row, _flags(row))
 
 
-def render(store: Store) -> None:
-    """Filters, order, pager, the decision bar, one page of the grid and the evidence of one of its images; an info
-    message while nothing is scored or flagged."""
-    kinds = queries.flag_kinds(store)
-    if queries.review_count(store) == 0 and not kinds:
-        st.info("No ApB scores yet: the review grid fills in once `memaudit run --db ...` has trained and scored.")
-        return
+def _review(store: Store, kinds: list[str]) -> None:
+    """Filters, order, pager, the decision bar, one page of the grid and the evidence of one of its images."""
     where, sort, size = _filters(store, kinds)
     total = queries.review_count(store, where=where)
     pages = max(1, math.ceil(total / size))
@@ -276,6 +310,16 @@ def render(store: Store) -> None:
     else:
         st.info(f"This file predates the detectors: add their evidence with "
                 f"`memaudit run --stages embeddings,detectors --db {store.path}`.")
+
+
+def render(store: Store) -> None:
+    """The review view, kept in the URL; an info message while nothing is scored or flagged."""
+    kinds = queries.flag_kinds(store)
+    if queries.review_count(store) == 0 and not kinds:
+        st.info("No ApB scores yet: the review grid fills in once `memaudit run --db ...` has trained and scored.")
+        return
+    _review(store, kinds)
+    _save_view()
 
 
 run_page("Review images", render)
