@@ -73,10 +73,25 @@ def memorization_scores(correct: np.ndarray, membership: np.ndarray,
     return _score_frame(points, x_in, n_in, c.sum(axis=0) - x_in, len(m) - n_in)
 
 
+MEM_STATES = ("memorized", "uncertain", "not_memorized")
+
+
 def flag_memorized(scores: pd.DataFrame, threshold: float = 0.25) -> pd.Series:
     """Memorized: mem >= threshold (Feldman & Zhang's 25%) and the interval excludes 0, so few-model noise is
     not flagged; NaN scores are never flagged."""
     return ((scores["mem"] >= threshold) & (scores["mem_low"] > 0)).rename("memorized")
+
+
+def memorization_states(scores: pd.DataFrame, threshold: float = 0.25) -> pd.Series:
+    """Each scored point's state (None where mem is NaN): 'memorized' (flag_memorized: the best single guess is at or
+    above the threshold and the point is memorized at all), 'not_memorized' (the whole 95% interval is below the
+    threshold) or 'uncertain' (neither: the interval reaches the threshold from below, or too few models to exclude
+    0). More models move uncertain points to one of the other two."""
+    memorized = flag_memorized(scores, threshold).to_numpy()
+    below = (scores["mem_high"] < threshold).to_numpy()
+    state = np.where(memorized, "memorized", np.where(below, "not_memorized", "uncertain")).astype(object)
+    state[scores["mem"].isna().to_numpy()] = None
+    return pd.Series(state, index=scores.index, name="mem_state")
 
 
 def _influence_block(m: np.ndarray, t: np.ndarray, total: np.ndarray, n_in: np.ndarray, min_abs_score: float,
