@@ -27,9 +27,11 @@ METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact 
 # Display names and colours of the flag kinds (in queries.FLAG_PRIORITY order); 'none' is an unflagged map point.
 FLAG_NAMES = {"unreadable": "Unreadable", "leaked": "Leaked (train/test)", "mislabeled": "Mislabeled",
               "memorized": "Memorized", "duplicate": "Duplicate", "long_tail": "Long tail",
-              "memorized_candidate": "Memorized candidate", "none": "No flag"}
+              "memorized_uncertain": "Memorized? (uncertain)", "memorized_candidate": "Memorized candidate",
+              "none": "No flag"}
 FLAG_COLORS = {"unreadable": "#000000", "leaked": "#d62728", "mislabeled": "#ff7f0e", "memorized": "#9467bd",
-               "duplicate": "#1f77b4", "long_tail": "#2ca02c", "memorized_candidate": "#bcbd22", "none": "#c7c7c7"}
+               "duplicate": "#1f77b4", "long_tail": "#2ca02c", "memorized_uncertain": "#c5b0d5",
+               "memorized_candidate": "#bcbd22", "none": "#c7c7c7"}
 _MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~$"})
 
 

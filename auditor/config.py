@@ -74,6 +74,16 @@ class MemorizationConfig:
     influence_top_k: int
     loo_points: list
     loo_models: int
+    # Added after the first release: defaults here too, so configs stored with older runs still load.
+    half_width: float = 0.15
+    min_in: int = 10
+    min_out: int = 10
+    audit_fraction: float = 0.1
+    audit_min_per_band: int = 10
+    bands: int = 20
+    rate_floor: float = 0.1
+    max_sharded: float = 0.5
+    loo_sample: int = 30
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,9 @@ _MINIMUM = {
     "memorization.fraction": 0.0, "memorization.models": 0, "memorization.per_candidate": 0.0,
     "memorization.min_models": 2, "memorization.block": 1, "memorization.stop_at_train_acc": 0.0,
     "memorization.influence_min": 0.0, "memorization.influence_top_k": 1, "memorization.loo_models": 1,
+    "memorization.half_width": 0.001, "memorization.min_in": 1, "memorization.min_out": 1,
+    "memorization.audit_fraction": 0.0, "memorization.audit_min_per_band": 0, "memorization.bands": 1,
+    "memorization.rate_floor": 0.0, "memorization.max_sharded": 0.0, "memorization.loo_sample": 1,
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
     "detectors.pixel_max_shift": 0, "executor.threads": 0, "executor.gpus_per_task": 0.0,
@@ -242,6 +255,9 @@ def _validate(cfg: AuditConfig) -> None:
     if not 0.0 <= cfg.memorization.fraction < 1.0:
         raise ConfigError(f"config key 'memorization.fraction' = {cfg.memorization.fraction} must be in (0, 1), "
                           "or 0 for the method's default (pLOO 0.7, pLOO-improved 0.5)")
+    for key in ("audit_fraction", "rate_floor", "max_sharded"):
+        if getattr(cfg.memorization, key) > 1.0:
+            raise ConfigError(f"config key 'memorization.{key}' = {getattr(cfg.memorization, key)} must be at most 1")
     if cfg.memorization.stop_at_train_acc > 1.0:
         raise ConfigError("config key 'memorization.stop_at_train_acc' must be at most 1 (0 disables early stopping)")
     if cfg.dynamics.el2n_epoch > cfg.train.epochs:

@@ -87,8 +87,11 @@ def has_memorization_schema(store: Store) -> bool:
 def memorization_run(store: Store) -> dict | None:
     """The memorization run behind `scores.mem`: method, shadow models, points scored, memorized count and
     threshold; None when no memorization run has written scores yet."""
+    # The audit's run (its first design) when the stage recorded an estimate, else the only run behind the scores.
+    first = ("coalesce((SELECT min(run_id) FROM memorization_estimates), min(mem_run_id))"
+             if "memorization_estimates" in store.tables() else "min(mem_run_id)")
     frame = store.query(
-        "WITH m AS (SELECT min(mem_run_id) AS run_id, min(mem_method) AS method, count(mem) AS n_scored "
+        f"WITH m AS (SELECT {first} AS run_id, min(mem_method) AS method, count(mem) AS n_scored "
         "           FROM scores HAVING min(mem_run_id) IS NOT NULL) "
         "SELECT m.run_id, coalesce(d.method, m.method) AS method, m.n_scored, d.design_id, d.n_models, d.n_points, "
         "       d.n_candidates, d.fraction, "

@@ -111,6 +111,21 @@ CREATE TABLE IF NOT EXISTS sweep_variants(
     test_acc DOUBLE, gap DOUBLE, n_memorized INTEGER, method VARCHAR, run_id VARCHAR, seconds DOUBLE);
 CREATE TABLE IF NOT EXISTS sweep_members(
     sweep_id VARCHAR, variant VARCHAR, sample_id VARCHAR, apb DOUBLE, mem DOUBLE, memorized BOOLEAN);
+CREATE TABLE IF NOT EXISTS memorization_estimates(
+    run_id VARCHAR, method VARCHAR, threshold DOUBLE, n_train INTEGER, n_scored INTEGER, n_memorized INTEGER,
+    n_memorized_certain INTEGER, n_uncertain INTEGER, n_not_memorized INTEGER, n_not_scored INTEGER,
+    est_total DOUBLE, est_low DOUBLE, est_high DOUBLE, recall DOUBLE, recall_low DOUBLE, recall_high DOUBLE,
+    n_shortlist INTEGER, n_audit INTEGER, n_extension INTEGER, bands_extended INTEGER, n_bands INTEGER,
+    audit_fraction DOUBLE, rate_floor DOUBLE, n_models INTEGER, target_half_width DOUBLE,
+    expected_half_width DOUBLE, plan VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS memorization_bands(
+    run_id VARCHAR, band INTEGER, apb_low DOUBLE, apb_high DOUBLE, n_points INTEGER, n_audit INTEGER,
+    audit_memorized INTEGER, rate DOUBLE, rate_low DOUBLE, rate_high DOUBLE, role VARCHAR, n_scored INTEGER,
+    memorized INTEGER, est_memorized DOUBLE, est_low DOUBLE, est_high DOUBLE);
+CREATE TABLE IF NOT EXISTS proxy_calibration(
+    run_id VARCHAR, proxy VARCHAR, n_scored INTEGER, pearson DOUBLE, pearson_low DOUBLE, pearson_high DOUBLE,
+    spearman DOUBLE, spearman_low DOUBLE, spearman_high DOUBLE, top_k INTEGER, top_k_overlap DOUBLE,
+    top_k_overlap_low DOUBLE, top_k_overlap_high DOUBLE);
 CREATE INDEX IF NOT EXISTS dynamics_sample ON dynamics(sample_id);
 CREATE TABLE IF NOT EXISTS flag_tallies(
     kind VARCHAR, split VARCHAR, label VARCHAR, label_index INTEGER, flags BIGINT, samples BIGINT);
@@ -128,13 +143,17 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_n_out INTEGER;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_method VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_note VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_run_id VARCHAR;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_state VARCHAR;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_sampled VARCHAR;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS apb_band INTEGER;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_weight DOUBLE;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command VARCHAR;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log_path VARCHAR;
 """
 
 # Flag kinds, most important first: the order of the review filter, the tiles, the findings and the map's colours.
 FLAG_PRIORITY: tuple[str, ...] = ("unreadable", "leaked", "mislabeled", "memorized", "duplicate", "long_tail",
-                                  "memorized_candidate")
+                                  "memorized_uncertain", "memorized_candidate")
 
 # A triage that reads a sample's flag kinds (the list expression `kinds`) together: memorized + label issue -> likely
 # mislabeled; memorized alone -> likely rare; leaked -> fix the split. NULL for a sample without these flags.
@@ -149,6 +168,8 @@ TRIAGE = """CASE
         WHEN list_contains({kinds}, 'memorized') THEN 'memorized, no label issue found: likely rare, worth keeping'
         WHEN list_contains({kinds}, 'duplicate') THEN 'duplicate: keep one copy'
         WHEN list_contains({kinds}, 'long_tail') THEN 'long tail: under-represented, collect more'
+        WHEN list_contains({kinds}, 'memorized_uncertain')
+            THEN 'memorization uncertain: more shadow models would decide'
     END"""
 
 # The table users query first: one row per sample with its scores, the list of its flags and its triage.

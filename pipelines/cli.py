@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from auditor import memorization_queries
 from auditor.config import ConfigError, load_config
 from auditor.export import ExportSummary, export_manifest
 from auditor.manifest import ManifestError
@@ -99,7 +100,7 @@ def status_text(store: Store) -> str:
                 if rows:
                     unit = "models" if kind == "experiments" else "variants"
                     lines.append(f"  {kind}: " + ", ".join(f"{i} {status} ({n} {unit})" for i, status, n in rows))
-    return "\n".join(lines)
+    return "\n".join(lines + memorization_queries.estimate_lines(store))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

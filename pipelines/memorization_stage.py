@@ -9,19 +9,24 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from auditor.config import AuditConfig
-from auditor.memorization import cross_influence, flag_memorized, loo_scores, memorization_scores
+from auditor.audit_sample import (SHORTLIST, TotalEstimate, apb_bands, audit_sample, band_table, bands_to_extend,
+                                  estimate_total, stratified_pick)
+from auditor.memorization import cross_influence, loo_scores, memorization_scores, memorization_states
 from auditor.provenance import fingerprint
 from auditor.executor import BlockTask, make_executor
+from auditor.proxy_calibration import proxy_calibration
+from auditor.shadow_budget import DesignPlan, half_width, models_for_half_width
 from auditor.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
 from auditor.store import Store
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
 from pipelines.jobs import Job
-from pipelines.progress import ProgressFactory, silent
+from pipelines.progress import ProgressFactory, notice, silent
 from pipelines.runs import finish_run, now, start_run
 from pipelines.stages import StageReport
 
@@ -46,15 +51,44 @@ def _candidates(store: Store, data: TrainingArrays) -> np.ndarray:
     return found
 
 
-def build_design(store: Store, data: TrainingArrays, cfg: AuditConfig) -> ShardDesign:
-    """The configured pLOO or pLOO-improved design over this data."""
-    mc, n = cfg.memorization, len(data.train_ids)
-    if mc.method == "ploo_improved":
-        candidates = _candidates(store, data)
-        k = mc.models or default_shard_count(len(candidates), mc.per_candidate, mc.min_models)
-        return ploo_improved_design(n, candidates, k, mc.fraction or 0.5, seed=cfg.seed)
-    k = mc.models or default_shard_count(n, mc.per_candidate, mc.min_models)
-    return ploo_design(n, k, mc.fraction or 0.7, seed=cfg.seed)
+def _proxies(store: Store, data: TrainingArrays) -> pd.DataFrame:
+    """The training-dynamics scores (ApB and the other proxies) of every training point, in training-array order."""
+    frame = store.query("SELECT sample_id, apb, el2n, forgetting_events, confidence, variability FROM scores")
+    frame = frame.set_index("sample_id").reindex(data.train_ids)
+    if frame["apb"].isna().any():
+        missing = data.train_ids[frame["apb"].isna().to_numpy()][:5].tolist()
+        raise RuntimeError(f"training samples without ApB (e.g. {missing}): run the train and scores stages first")
+    return frame.reset_index(drop=True)
+
+
+def _seconds_per_model(store: Store) -> float | None:
+    """Median training time of one shadow model measured on this database so far (None before the first)."""
+    value = store.scalar("SELECT median(seconds) FROM shadow_models")
+    return None if value is None or not value > 0 else float(value)
+
+
+def plan_design(store: Store, n_train: int, points: np.ndarray | None, cfg: AuditConfig, seed: int,
+                phase: str) -> tuple[ShardDesign, DesignPlan]:
+    """The design of one phase and what it will cost: pLOO over every point (points None) or pLOO-improved over
+    `points`, with the model count from the target half-width, min_in/min_out and the floors (or `models`)."""
+    mc = cfg.memorization
+    fraction = mc.fraction or (0.7 if points is None else 0.5)
+    n_sharded = n_train if points is None else len(points)
+    k = mc.models or max(models_for_half_width(mc.half_width, fraction, mc.min_in, mc.min_out),
+                         default_shard_count(n_sharded, mc.per_candidate, mc.min_models))
+    design = (ploo_design(n_train, k, fraction, seed=seed) if points is None
+              else ploo_improved_design(n_train, points, k, fraction, seed=seed))
+    plan = DesignPlan(phase, k, n_sharded, fraction, mc.half_width, half_width(k, fraction),
+                      _seconds_per_model(store))
+    return design, plan
+
+
+def _selection(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shortlist, band of every point, audit sample) of pLOO-improved's first phase."""
+    mc = cfg.memorization
+    shortlist = _candidates(store, data)
+    bands = apb_bands(_proxies(store, data)["apb"].to_numpy(), shortlist, mc.bands)
+    return shortlist, bands, audit_sample(bands, mc.audit_fraction, mc.audit_min_per_band, cfg.seed)
 
 
 def _design_id(design: ShardDesign, data: TrainingArrays, cfg: AuditConfig) -> str:
@@ -166,19 +200,26 @@ def _score_frame(scores: pd.DataFrame, data: TrainingArrays, method: str, run_id
     frame = scores.rename(columns={"point": "index"})
     frame["sample_id"] = data.train_ids[frame["index"].to_numpy()]
     frame["mem_method"], frame["mem_run_id"] = method, run_id
-    return frame[["sample_id", "mem", "mem_low", "mem_high", "mem_n_in", "mem_n_out", "mem_method", "mem_run_id"]]
+    return frame[["index", "sample_id", "mem", "mem_low", "mem_high", "mem_n_in", "mem_n_out", "mem_method",
+                  "mem_run_id"]]
 
 
-def _memorized_flags(frame: pd.DataFrame, threshold: float, run_id: str) -> pd.DataFrame:
-    hit = frame[flag_memorized(frame, threshold).to_numpy()]
+def _state_flags(frame: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """`memorized` and `memorized_uncertain` flags of the scored points (by mem_state), with their evidence."""
+    hit = frame[frame["mem_state"].isin(["memorized", "uncertain"]).to_numpy()]
+    reasons = {"memorized": "mem at or above the threshold and the interval above 0",
+               "uncertain": "the interval straddles the threshold: more shadow models would decide"}
     detail = [json.dumps({
         "mem": round(float(r.mem), 6), "low": round(float(r.mem_low), 6), "high": round(float(r.mem_high), 6),
         "n_in": int(r.mem_n_in), "n_out": int(r.mem_n_out), "method": r.mem_method, "threshold": threshold,
+        "state": r.mem_state, "sampled": r.mem_sampled,
         "summary": f"mem {r.mem:.2f} (95% CI {r.mem_low:.2f} to {r.mem_high:.2f}) from {r.mem_n_in} models with it "
-                   f"and {r.mem_n_out} without ({METHOD_NAMES[r.mem_method]}); threshold {threshold:g}"})
+                   f"and {r.mem_n_out} without ({METHOD_NAMES[r.mem_method]}); threshold {threshold:g}: "
+                   f"{reasons[r.mem_state]}"})
         for r in hit.itertuples()]
-    return pd.DataFrame({"sample_id": hit["sample_id"].to_numpy(), "kind": "memorized",
-                         "score": hit["mem"].to_numpy(), "detail": detail, "run_id": run_id})
+    kind = np.where(hit["mem_state"] == "memorized", "memorized", "memorized_uncertain")
+    return pd.DataFrame({"sample_id": hit["sample_id"].to_numpy(), "kind": kind,
+                         "score": hit["mem"].to_numpy(), "detail": detail, "run_id": hit["mem_run_id"].to_numpy()})
 
 
 def run_design(store: Store, design: ShardDesign, data: TrainingArrays, cfg: AuditConfig, kind: str,
@@ -192,62 +233,204 @@ def run_design(store: Store, design: ShardDesign, data: TrainingArrays, cfg: Aud
     return (run_id, trained, reused, *correctness(store, design_id, data, design.n_models))
 
 
-def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
-    """Train the design's shadow models and write mem scores with intervals, `memorized` flags and `influence`."""
-    t0 = time.perf_counter()
-    store.init()
-    data = load_training_arrays(store, cfg, progress)
-    design = build_design(store, data, cfg)
+@dataclass(frozen=True)
+class _Phase:
+    """One trained design of the stage: its run, plan, scores of its sharded points and influence pairs."""
+
+    run_id: str
+    design: ShardDesign
+    plan: DesignPlan
+    trained: int
+    reused: int
+    scores: pd.DataFrame
+    influence: pd.DataFrame
+
+
+def _run_phase(store: Store, data: TrainingArrays, cfg: AuditConfig, points: np.ndarray | None, seed: int,
+               phase: str, progress: ProgressFactory) -> _Phase:
+    """Plan (and say) one design, train what is missing, and score its sharded points."""
+    design, plan = plan_design(store, len(data.train_ids), points, cfg, seed, phase)
+    notice(progress, f"memorization {plan.describe()}")
     run_id, trained, reused, train_correct, test_correct = run_design(store, design, data, cfg, "memorization",
                                                                        progress)
     scores = _score_frame(memorization_scores(train_correct, design.membership, design.candidates), data,
                           design.method, run_id)
-    flags = _memorized_flags(scores, cfg.memorization.threshold, run_id)
+    mc = cfg.memorization
     influence = cross_influence(test_correct, design.membership, design.candidates,
-                                min_abs_score=cfg.memorization.influence_min,
-                                top_k_per_train=cfg.memorization.influence_top_k)
+                                min_abs_score=mc.influence_min, top_k_per_train=mc.influence_top_k)
     influence = influence[(influence["low"] > 0) | (influence["high"] < 0)]  # keep pairs whose 95% CI excludes 0
     influence = pd.DataFrame({"train_id": data.train_ids[influence["train_index"].to_numpy()],
                               "test_id": data.test_ids[influence["test_index"].to_numpy()],
                               "score": influence["score"], "n_in": influence["n_in"], "n_out": influence["n_out"],
                               "low": influence["low"], "high": influence["high"], "run_id": run_id})
-    note = NOT_A_CANDIDATE if design.method == "ploo_improved" else "not scored"
-    store.write([("flags", flags), ("influence", influence)], frames={"_mem": scores}, deletes=[
+    return _Phase(run_id, design, plan, trained, reused, scores, influence)
+
+
+def _extension(bands: np.ndarray, audit: np.ndarray, first: _Phase, cfg: AuditConfig) -> tuple[int, np.ndarray]:
+    """(bands extended, their points still to score): leading bands join while their audited memorized rate (mem at
+    or above the threshold) stays at or above rate_floor, as long as the second design shards at most max_sharded."""
+    mc = cfg.memorization
+    mem = pd.Series(first.scores["mem"].to_numpy(), index=first.scores["index"].to_numpy())
+    hit = (mem.reindex(audit).to_numpy() >= mc.threshold)
+    audit_band = bands[audit]
+    rates = [hit[audit_band == b].mean() if (audit_band == b).any() else np.nan for b in range(bands.max() + 1)]
+    extended = bands_to_extend(np.asarray(rates), mc.rate_floor)
+    unscored = ~np.isin(np.arange(len(bands)), audit)
+    while extended and ((bands >= 0) & (bands < extended) & unscored).sum() > mc.max_sharded * len(bands):
+        extended -= 1
+    return extended, np.flatnonzero((bands >= 0) & (bands < extended) & unscored)
+
+
+def _sampling(n_train: int, bands: np.ndarray | None, audit: np.ndarray, extended: int) -> pd.DataFrame:
+    """Per training point: its ApB band, how it came to be scored (shortlist, audit, extension, all, or None) and its
+    weight, the inverse of its chance of being scored (0 when not scored)."""
+    if bands is None:  # pLOO: every point scored
+        return pd.DataFrame({"apb_band": pd.array([None] * n_train, dtype="Int64"), "mem_sampled": "all",
+                             "mem_weight": 1.0})
+    in_audit = np.isin(np.arange(n_train), audit)
+    sampled = np.where(bands == SHORTLIST, "shortlist", np.where(in_audit, "audit", np.where(
+        bands < extended, "extension", None))).astype(object)
+    weight = np.where(bands == SHORTLIST, 1.0, 0.0)
+    for band in np.unique(bands[bands >= 0]):
+        members = bands == band
+        weight[members & (band < extended)] = 1.0
+        if band >= extended:
+            weight[members & in_audit] = members.sum() / (members & in_audit).sum()
+    return pd.DataFrame({"apb_band": bands, "mem_sampled": sampled, "mem_weight": weight})
+
+
+def _estimates(run_id: str, cfg: AuditConfig, scores: pd.DataFrame, sampling: pd.DataFrame, bands: pd.DataFrame,
+               total: TotalEstimate, extended: int, plans: list[DesignPlan], method: str) -> pd.DataFrame:
+    """The one-row `memorization_estimates` frame: the counts by state, the estimated total and the recall."""
+    state = scores["mem_state"].value_counts()
+    certain = int(((scores["mem_state"] == "memorized") & (scores["mem_low"] >= cfg.memorization.threshold)).sum())
+    return pd.DataFrame([{
+        "run_id": run_id, "method": method, "threshold": cfg.memorization.threshold, "n_train": len(sampling),
+        "n_scored": int(scores["mem"].notna().sum()), "n_memorized": int(state.get("memorized", 0)),
+        "n_memorized_certain": certain, "n_uncertain": int(state.get("uncertain", 0)),
+        "n_not_memorized": int(state.get("not_memorized", 0)),
+        "n_not_scored": int(len(sampling) - scores["mem"].notna().sum()),
+        "est_total": total.total, "est_low": total.low, "est_high": total.high, "recall": total.recall,
+        "recall_low": total.recall_low, "recall_high": total.recall_high,
+        "n_shortlist": int((sampling["mem_sampled"] == "shortlist").sum()),
+        "n_audit": int((sampling["mem_sampled"] == "audit").sum()),
+        "n_extension": int((sampling["mem_sampled"] == "extension").sum()), "bands_extended": extended,
+        "n_bands": int((bands["band"] >= 0).sum()), "audit_fraction": cfg.memorization.audit_fraction,
+        "rate_floor": cfg.memorization.rate_floor, "n_models": sum(p.n_models for p in plans),
+        "target_half_width": cfg.memorization.half_width,
+        "expected_half_width": max(p.expected_half_width for p in plans),
+        "plan": "\n".join(p.describe() for p in plans), "created_at": now()}])
+
+
+def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
+    """Train the shadow models and write mem scores with intervals and states, `memorized` and
+    `memorized_uncertain` flags, `influence`, the estimated total of memorized images (with the recall of the
+    flags), the per-band audit and the proxy-calibration report."""
+    t0 = time.perf_counter()
+    store.init()
+    mc = cfg.memorization
+    data = load_training_arrays(store, cfg, progress)
+    proxies = _proxies(store, data)
+    n = len(data.train_ids)
+    if mc.method == "ploo":
+        bands, audit, extended = None, np.zeros(0, np.int64), 0
+        phases = [_run_phase(store, data, cfg, None, cfg.seed, "pLOO", progress)]
+    else:
+        shortlist, bands, audit = _selection(store, data, cfg)
+        phases = [_run_phase(store, data, cfg, np.union1d(shortlist, audit), cfg.seed,
+                             "phase 1 (ApB shortlist + audit sample)", progress)]
+        extended, more = _extension(bands, audit, phases[0], cfg)
+        if len(more):
+            phases.append(_run_phase(store, data, cfg, more, cfg.seed + 1,
+                                     f"phase 2 (shortlist extended by {extended} ApB bands)", progress))
+    scores = pd.concat([p.scores for p in phases], ignore_index=True).sort_values("index", kind="stable")
+    scores["mem_state"] = memorization_states(scores, mc.threshold).to_numpy()
+    sampling = _sampling(n, bands, audit, extended)
+    scores = scores.merge(sampling[["mem_sampled"]], left_on="index", right_index=True)
+    scored = np.zeros(n, bool)
+    scored[scores["index"].to_numpy()] = True
+    mem = np.full(n, np.nan)
+    mem[scores["index"].to_numpy()] = scores["mem"].to_numpy()
+    at_threshold = np.nan_to_num(mem, nan=-np.inf) >= mc.threshold
+    band_frame = band_table(proxies["apb"].to_numpy(), bands if bands is not None else np.zeros(n, np.int64), audit,
+                            scored, at_threshold, extended)
+    flags = _state_flags(scores, mc.threshold)
+    total = estimate_total(band_frame, flagged=int((flags["kind"] == "memorized").sum()))
+    calibration = proxy_calibration(proxies, np.nan_to_num(mem), sampling["mem_weight"].to_numpy(), at_threshold,
+                                    k=int(round(total.total)), seed=cfg.seed)
+    run_id = phases[0].run_id
+    estimates = _estimates(run_id, cfg, scores, sampling, band_frame, total, extended, [p.plan for p in phases],
+                           phases[0].design.method)
+    updates = pd.DataFrame({"sample_id": data.train_ids, **{c: sampling[c].to_numpy() for c in sampling.columns}})
+    note = NOT_A_CANDIDATE if mc.method == "ploo_improved" else "not scored"
+    influence = pd.concat([p.influence for p in phases], ignore_index=True)
+    store.write([("flags", flags), ("influence", influence),
+                 ("memorization_estimates", estimates), ("memorization_bands", band_frame.assign(run_id=run_id)),
+                 ("proxy_calibration", calibration.assign(run_id=run_id))],
+                frames={"_mem": scores, "_sampling": updates}, deletes=[
         ("UPDATE scores SET mem = NULL, mem_low = NULL, mem_high = NULL, mem_n_in = NULL, mem_n_out = NULL, "
-         "mem_method = ?, mem_note = ?, mem_run_id = ?", [design.method, note, run_id]),
+         "mem_state = NULL, mem_method = ?, mem_note = ?, mem_run_id = ?", [mc.method, note, run_id]),
+        ("UPDATE scores SET apb_band = s.apb_band, mem_sampled = s.mem_sampled, mem_weight = s.mem_weight "
+         "FROM _sampling s WHERE scores.sample_id = s.sample_id", []),
         ("UPDATE scores SET mem = m.mem, mem_low = m.mem_low, mem_high = m.mem_high, mem_n_in = m.mem_n_in, "
-         "mem_n_out = m.mem_n_out, mem_note = NULL FROM _mem m WHERE scores.sample_id = m.sample_id", []),
-        ("DELETE FROM flags WHERE kind = 'memorized'", []),
-        ("DELETE FROM influence", [])])
-    test_accs = store.query("SELECT m.test_acc FROM shadow_models m JOIN shadow_designs d USING (design_id) "
-                            "WHERE d.run_id = ?", [run_id])["test_acc"]
+         "mem_n_out = m.mem_n_out, mem_state = m.mem_state, mem_run_id = m.mem_run_id, mem_note = NULL "
+         "FROM _mem m WHERE scores.sample_id = m.sample_id", []),
+        ("DELETE FROM flags WHERE kind IN ('memorized', 'memorized_uncertain')", []),
+        ("DELETE FROM influence", []), ("DELETE FROM memorization_estimates", []),
+        ("DELETE FROM memorization_bands", []), ("DELETE FROM proxy_calibration", [])])
     seconds = time.perf_counter() - t0
-    finish_run(store, run_id, seconds=seconds, test_acc=float(test_accs.mean()),
-               message=f"{design.n_models} models ({trained} trained, {reused} reused), "
-                       f"{len(design.candidates)} points scored, {len(flags)} memorized")
+    accs = []
+    for phase in phases:
+        test_accs = store.query("SELECT m.test_acc FROM shadow_models m JOIN shadow_designs d USING (design_id) "
+                                "WHERE d.run_id = ?", [phase.run_id])["test_acc"]
+        accs.append(float(test_accs.mean()))
+        finish_run(store, phase.run_id, seconds=seconds, test_acc=accs[-1],
+                   message=f"{phase.design.n_models} models ({phase.trained} trained, {phase.reused} reused), "
+                           f"{len(phase.design.candidates)} points scored")
+    row = estimates.iloc[0]
     return StageReport("memorization", seconds, {
-        "method": METHOD_NAMES[design.method], "models": design.n_models, "trained": trained, "reused": reused,
-        "scored": int(scores["mem"].notna().sum()), "candidates": len(design.candidates), "memorized": len(flags),
-        "influence_pairs": len(influence), "shadow_test_acc": float(test_accs.mean())})
+        "method": METHOD_NAMES[phases[0].design.method], "models": int(row["n_models"]),
+        "trained": sum(p.trained for p in phases), "reused": sum(p.reused for p in phases),
+        "scored": int(row["n_scored"]), "candidates": int(row["n_shortlist"]), "audit": int(row["n_audit"]),
+        "extension": int(row["n_extension"]), "bands_extended": extended, "memorized": int(row["n_memorized"]),
+        "memorized_certain": int(row["n_memorized_certain"]), "uncertain": int(row["n_uncertain"]),
+        "not_memorized": int(row["n_not_memorized"]), "not_scored": int(row["n_not_scored"]),
+        "est_total": total.total, "est_low": total.low, "est_high": total.high, "recall": total.recall,
+        "recall_low": total.recall_low, "recall_high": total.recall_high,
+        "influence_pairs": len(influence), "shadow_test_acc": float(np.mean(accs))})
+
+
+def _loo_points(store: Store, data: TrainingArrays, cfg: AuditConfig) -> np.ndarray:
+    """Indices of the LOO points: memorization.loo_points, or else loo_sample scored points drawn at random from five
+    strata of mem (never chosen by disagreement, so the validation is not biased towards the estimator's errors)."""
+    mc = cfg.memorization
+    position = pd.Series(np.arange(len(data.train_ids)), index=data.train_ids)
+    if mc.loo_points:
+        missing = [p for p in mc.loo_points if p not in position.index]
+        if missing:
+            raise ValueError(f"memorization.loo_points names training samples that do not exist: {missing[:5]}")
+        return position[mc.loo_points].to_numpy()
+    mem = store.query("SELECT sample_id, mem FROM scores").set_index("sample_id")["mem"].reindex(data.train_ids)
+    if mem.isna().all():
+        raise ValueError("the loo stage needs mem scores to draw its points from (run the memorization stage first), "
+                         "or sample ids in memorization.loo_points")
+    return stratified_pick(mem.to_numpy(dtype=np.float64), mc.loo_sample, 5, cfg.seed)
 
 
 def loo_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
-    """Exact leave-one-out for memorization.loo_points: R models with every point, R without each; `loo_scores`."""
+    """Exact leave-one-out on memorization.loo_points (or a mem-stratified random sample): R models with every
+    point, shared, and R without each; `loo_scores`."""
     t0 = time.perf_counter()
-    mc = cfg.memorization
-    if not mc.loo_points:
-        raise ValueError("the loo stage needs sample ids in memorization.loo_points (config file)")
     data = load_training_arrays(store, cfg, progress)
-    position = pd.Series(np.arange(len(data.train_ids)), index=data.train_ids)
-    missing = [p for p in mc.loo_points if p not in position.index]
-    if missing:
-        raise ValueError(f"memorization.loo_points names training samples that do not exist: {missing[:5]}")
-    design = loo_design(len(data.train_ids), position[mc.loo_points].to_numpy(), mc.loo_models, seed=cfg.seed)
+    points = _loo_points(store, data, cfg)
+    design = loo_design(len(data.train_ids), points, cfg.memorization.loo_models, seed=cfg.seed)
+    notice(progress, f"exact LOO: {design.n_models} models ({cfg.memorization.loo_models} shared with every point, "
+                     f"{cfg.memorization.loo_models} without each of {len(points)} points)")
     run_id, trained, reused, train_correct, _ = run_design(store, design, data, cfg, "loo", progress)
     frame = _score_frame(loo_scores(train_correct, design), data, "loo", run_id)
-    store.write([("loo_scores", frame.drop(columns=["mem_method", "mem_run_id"]).assign(run_id=run_id))],
+    store.write([("loo_scores", frame.drop(columns=["index", "mem_method", "mem_run_id"]).assign(run_id=run_id))],
                 deletes=[("DELETE FROM loo_scores WHERE run_id = ?", [run_id])])
     seconds = time.perf_counter() - t0
-    finish_run(store, run_id, seconds=seconds, message=f"{design.n_models} models for {len(mc.loo_points)} points")
-    return StageReport("loo", seconds, {"points": len(mc.loo_points), "models": design.n_models, "trained": trained,
+    finish_run(store, run_id, seconds=seconds, message=f"{design.n_models} models for {len(points)} points")
+    return StageReport("loo", seconds, {"points": len(points), "models": design.n_models, "trained": trained,
                                         "reused": reused})

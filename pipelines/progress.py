@@ -33,3 +33,9 @@ def silent(desc: str, total: int, unit: str = "it") -> Bar:
 def terminal(desc: str, total: int, unit: str = "it") -> Bar:
     """A tqdm bar on stderr, one per stage step."""
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True)
+
+
+def notice(progress: ProgressFactory, text: str) -> None:
+    """Say `text` on the terminal where progress is shown (a plan before a long step); nothing when silent."""
+    if progress is not silent:
+        print(text, file=sys.stderr, flush=True)

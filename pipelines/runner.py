@@ -47,6 +47,20 @@ def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tu
     return reports
 
 
+def memorization_lines(f: dict) -> list[str]:
+    """The memorization stage's summary: what was scored, the three states, the estimated total and the recall."""
+    scored = (f"{f['scored']} points scored ({f['candidates']} ApB shortlist, {f['audit']} random audit, "
+              f"{f['extension']} from {f['bands_extended']} extended ApB bands)" if f["candidates"]
+              else f"{f['scored']} points scored (every training point)")
+    return [f"      {f['method']}: {f['models']} shadow models ({f['reused']} reused, mean test acc "
+            f"{f['shadow_test_acc']:.2%}); {scored}, {f['not_scored']} not scored",
+            f"      memorized {f['memorized']} ({f['memorized_certain']} with the whole interval above the threshold), "
+            f"uncertain {f['uncertain']}, not memorized {f['not_memorized']}",
+            f"      estimated memorized in the whole training set: {f['est_total']:.0f} "
+            f"(95% interval {f['est_low']:.0f} to {f['est_high']:.0f}); recall of the flags {f['recall']:.0%} "
+            f"({f['recall_low']:.0%} to {f['recall_high']:.0%}); {f['influence_pairs']} influence pairs"]
+
+
 def format_summary(reports: list[StageReport]) -> str:
     """Human summary of a pipeline call: one block per stage with its key facts and time."""
     lines = ["", "memaudit summary"]
@@ -70,9 +84,7 @@ def format_summary(reports: list[StageReport]) -> str:
             lines.append(f"      {f['scored']} training points scored (median ApB {f['apb_median']:.3f}); "
                          f"{f['memorized_candidates']} memorized candidates, {f['unreadable']} unreadable")
         elif report.stage == "memorization":
-            lines.append(f"      {f['method']}: {f['models']} shadow models ({f['reused']} reused, mean test acc "
-                         f"{f['shadow_test_acc']:.2%}); {f['scored']} of {f['candidates']} points scored, "
-                         f"{f['memorized']} memorized; {f['influence_pairs']} influence pairs")
+            lines.extend(memorization_lines(f))
         elif report.stage == "embeddings":
             fallback = f" - {f['fallback']}" if f["fallback"] else ""
             lines.append(f"      {f['embedder']} ({f['dim']}-d): {f['embedded']} embedded now, {f['total']} in all"

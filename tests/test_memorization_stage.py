@@ -1,5 +1,6 @@
-"""The memorization stage end to end: new tables filled, candidates-only scores, and resume after SIGKILL giving the
-same scores as an uninterrupted run."""
+"""The memorization stage end to end: tables filled, only the sharded points (ApB shortlist, audit sample, extended
+bands) scored, states and estimates consistent, and resume after SIGKILL giving the same scores and estimates as an
+uninterrupted run."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from auditor.memorization import memorization_states
 from auditor.sharding import unpack_rows
 from auditor.store import Store
 from conftest import kill_when_progress, memaudit
@@ -43,39 +45,67 @@ def audited(tmp_path_factory, default_manifest):
     return root, cfg, db, proc
 
 
-def test_tables_are_filled_and_only_candidates_are_scored(audited):
+def test_tables_are_filled_and_only_sharded_points_are_scored(audited):
     _, _, db, proc = audited
     store = Store(db)
     n_train, n_test = 200, 200
-    design = store.query("SELECT * FROM shadow_designs").iloc[0]
-    assert design["method"] == "ploo_improved" and design["n_models"] == 12 and design["n_candidates"] == 10
-    members = store.query("SELECT bits FROM memberships ORDER BY model_index")["bits"].tolist()
-    membership = unpack_rows([bytes(b) for b in members], n_train)
-    candidate = store.query("SELECT candidate FROM design_points ORDER BY point")["candidate"].to_numpy()
-    assert membership[:, ~candidate].all()                       # every non-candidate in every shard
-    assert set(membership[:, candidate].sum(axis=0)) == {6}      # r = 0.5 of 12, exactly
-    assert store.scalar("SELECT count(*) FROM shadow_models") == 12
-    assert store.scalar("SELECT count(*) FROM shadow_predictions") == 12 * (n_train + n_test)
+    designs = store.query("SELECT * FROM shadow_designs ORDER BY created_at")
+    assert (designs["method"] == "ploo_improved").all() and (designs["n_models"] == 12).all()
+    sampled = store.query("SELECT sample_id, mem_sampled FROM scores").set_index("sample_id")["mem_sampled"]
+    for design in designs.itertuples():
+        members = store.query("SELECT bits FROM memberships WHERE design_id = ? ORDER BY model_index",
+                              [design.design_id])["bits"].tolist()
+        membership = unpack_rows([bytes(b) for b in members], n_train)
+        points = store.query("SELECT sample_id, candidate FROM design_points WHERE design_id = ? ORDER BY point",
+                             [design.design_id])
+        candidate = points["candidate"].to_numpy()
+        assert membership[:, ~candidate].all()                       # every non-candidate in every shard
+        assert set(membership[:, candidate].sum(axis=0)) == {6}      # r = 0.5 of 12, exactly
+        kinds = set(sampled[points.loc[candidate, "sample_id"]])
+        # Phase 1 shards the ApB shortlist and the random audit sample; phase 2 the extended bands.
+        assert kinds == ({"shortlist", "audit"} if design.Index == 0 else {"extension"})
+    assert store.scalar("SELECT count(*) FROM shadow_models") == 12 * len(designs)
+    assert store.scalar("SELECT count(*) FROM shadow_predictions") == 12 * len(designs) * (n_train + n_test)
     in_shard = store.query("SELECT p.in_shard, d.candidate FROM shadow_predictions p JOIN design_points d "
-                           "USING (sample_id) WHERE p.split = 'train'")
+                           "USING (sample_id) JOIN shadow_models m USING (model_id) "
+                           "WHERE p.split = 'train' AND d.design_id = m.design_id")
     assert in_shard.loc[~in_shard["candidate"], "in_shard"].all()
     scores = store.query("SELECT s.*, f.sample_id IS NOT NULL AS cand FROM scores s LEFT JOIN "
                          "(SELECT sample_id FROM flags WHERE kind = 'memorized_candidate') f USING (sample_id)")
-    assert scores.loc[scores["cand"], "mem"].notna().all()
-    assert (scores.loc[scores["cand"], ["mem_n_in", "mem_n_out"]] == 6).all().all()
-    non = scores[~scores["cand"]]
+    assert (scores["cand"] == (scores["mem_sampled"] == "shortlist")).all()
+    scored = scores["mem_sampled"].notna()
+    assert scores.loc[scored, "mem"].notna().all() and (scores.loc[scored, ["mem_n_in", "mem_n_out"]] == 6).all().all()
+    non = scores[~scored]
     assert non["mem"].isna().all() and set(non["mem_note"]) == {"not a candidate (ApB above cut-off)"}
-    assert ((scores["mem_low"] <= scores["mem"]) & (scores["mem"] <= scores["mem_high"]))[scores["cand"]].all()
-    memorized = store.query("SELECT f.sample_id, s.mem, s.mem_low FROM flags f JOIN scores s USING (sample_id) "
-                            "WHERE f.kind = 'memorized'")
-    assert ((memorized["mem"] >= 0.25) & (memorized["mem_low"] > 0)).all()
-    audit = store.query("SELECT * FROM audit WHERE list_contains(flags, 'memorized_candidate')")
-    assert len(audit) == 10 and audit["mem"].notna().all()
-    job = store.query("SELECT status, done, total FROM jobs WHERE kind = 'ploo_improved'").iloc[0]
-    assert (job["status"], job["done"], job["total"]) == ("done", 12, 12)
+    assert ((scores["mem_low"] <= scores["mem"]) & (scores["mem"] <= scores["mem_high"]))[scored].all()
+    assert scores.loc[scored, "mem_weight"].sum() == pytest.approx(n_train)  # the weights stand for every point
+    assert (scores.loc[~scored, "mem_weight"] == 0).all()
+    states = memorization_states(scores[scored], 0.25)
+    assert (states.to_numpy() == scores.loc[scored, "mem_state"].to_numpy()).all()
+    flags = store.query("SELECT f.kind, s.mem_state FROM flags f JOIN scores s USING (sample_id) "
+                        "WHERE f.kind IN ('memorized', 'memorized_uncertain')")
+    assert (flags["mem_state"] == flags["kind"].map({"memorized": "memorized",
+                                                    "memorized_uncertain": "uncertain"})).all()
+    estimate = store.query("SELECT * FROM memorization_estimates").iloc[0]
+    counts = scores["mem_state"].value_counts()
+    assert estimate["n_scored"] == scored.sum() and estimate["n_not_scored"] == (~scored).sum()
+    assert (estimate["n_memorized"], estimate["n_uncertain"]) == (counts.get("memorized", 0),
+                                                                  counts.get("uncertain", 0))
+    assert estimate["n_memorized"] + estimate["n_uncertain"] + estimate["n_not_memorized"] == scored.sum()
+    assert estimate["est_low"] <= estimate["est_total"] <= estimate["est_high"] <= n_train
+    assert estimate["est_low"] >= ((scores["mem"] >= 0.25) & scored).sum()  # what was found is certain
+    assert estimate["n_models"] == 12 * len(designs) and estimate["plan"].count("12 shadow models") == len(designs)
+    bands = store.query("SELECT * FROM memorization_bands ORDER BY band")
+    assert bands["n_points"].sum() == n_train and bands["est_memorized"].sum() == pytest.approx(estimate["est_total"])
+    calibration = store.query("SELECT * FROM proxy_calibration")
+    assert set(calibration["proxy"]) == {"apb", "el2n", "forgetting_events", "confidence", "variability"}
+    jobs = store.query("SELECT status, done, total FROM jobs WHERE kind = 'ploo_improved'")
+    assert len(jobs) == len(designs) and (jobs["status"] == "done").all() and (jobs["done"] == 12).all()
     influence = store.query("SELECT * FROM influence")
     assert ((influence["low"] > 0) | (influence["high"] < 0)).all()
-    assert "pLOO-improved: 12 shadow models" in proc.stdout
+    assert f"pLOO-improved: {12 * len(designs)} shadow models" in proc.stdout
+    assert "estimated memorized in the whole training set" in proc.stdout
+    assert proc.stderr.count("memorization phase ") == len(designs)  # each design said before it trains
 
 
 def test_sigkill_then_resume_gives_identical_scores(audited):
@@ -103,12 +133,16 @@ def test_sigkill_then_resume_gives_identical_scores(audited):
             Path(str(clean_db) + suffix).write_bytes(src.read_bytes())
     clean = _cli(clean_db, fresh_cfg, "memorization")
     assert clean.returncode == 0, clean.stderr
-    query = "SELECT sample_id, mem, mem_low, mem_high, mem_n_in, mem_n_out FROM scores ORDER BY sample_id"
+    query = ("SELECT sample_id, mem, mem_low, mem_high, mem_n_in, mem_n_out, mem_state, mem_sampled FROM scores "
+             "ORDER BY sample_id")
     a, b = Store(killed).query(query), Store(clean_db).query(query)
     assert a.equals(b)
     n = "SELECT count(*) FROM shadow_predictions p JOIN shadow_models m USING (model_id) WHERE m.design_id IN " \
         "(SELECT design_id FROM shadow_designs WHERE n_models = 14)"
-    assert Store(killed).scalar(n) == Store(clean_db).scalar(n) == 14 * 400  # nothing duplicated or lost
+    designs = Store(clean_db).scalar("SELECT count(*) FROM shadow_designs WHERE n_models = 14")
+    assert Store(killed).scalar(n) == Store(clean_db).scalar(n) == 14 * 400 * designs  # nothing duplicated or lost
+    estimate = "SELECT * EXCLUDE (created_at, plan) FROM memorization_estimates"  # plan: measured time estimate
+    assert Store(killed).query(estimate).equals(Store(clean_db).query(estimate))
 
 
 def test_ploo_scores_every_point(audited, tmp_path):
@@ -143,10 +177,29 @@ def test_exact_loo_for_chosen_points(audited, tmp_path):
 
 def test_out_of_shard_probabilities_are_kept(audited):
     _, _, db, _ = audited
-    rows = Store(db).query("SELECT in_shard, probs, p_label, pred FROM shadow_predictions WHERE split = 'train'")
+    store = Store(db)
+    rows = store.query("SELECT in_shard, probs, p_label, pred FROM shadow_predictions WHERE split = 'train'")
     assert rows.loc[rows["in_shard"], "probs"].isna().all()
     out = rows[~rows["in_shard"]]
-    assert len(out) == 12 * 5  # 10 candidates, half of them out of each model
+    sharded = store.scalar("SELECT sum(n_candidates) FROM shadow_designs")
+    assert len(out) == 12 * sharded // 2  # half of each design's sharded points out of each of its models
     probs = np.stack(out["probs"].to_numpy())
     assert probs.shape[1] == 10 and np.allclose(probs.sum(axis=1), 1, atol=1e-2)
     assert (probs.argmax(axis=1) == out["pred"].to_numpy()).mean() > 0.9  # float16 ties aside
+
+
+def test_loo_without_named_points_draws_a_mem_stratified_random_sample(audited, tmp_path):
+    _, _, db, _ = audited
+    copy = tmp_path / "s.duckdb"
+    copy.write_bytes(db.read_bytes())
+    cfg = tmp_path / "s.toml"
+    cfg.write_text(CONFIG.format(models=6) + "loo_sample = 5\nloo_models = 2\n")
+    proc = _cli(copy, cfg, "loo")
+    assert proc.returncode == 0, proc.stderr
+    store = Store(copy)
+    loo = store.query("SELECT l.sample_id, s.mem FROM loo_scores l JOIN scores s USING (sample_id) ORDER BY s.mem")
+    scored = store.query("SELECT mem FROM scores WHERE mem IS NOT NULL ORDER BY mem")["mem"].to_numpy()
+    assert len(loo) == 5
+    # One point from each fifth of the scored points' mem range (by rank): never chosen by disagreement.
+    edges = [scored[len(scored) * k // 5] for k in range(5)] + [scored[-1]]
+    assert all(edges[k] <= m <= edges[k + 1] for k, m in enumerate(loo["mem"]))
