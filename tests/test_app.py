@@ -566,11 +566,27 @@ def test_overview_memorization_section(mem_db, mem_store, monkeypatch):
     run = queries.memorization_run(store)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Method"] == method_name(run["method"]) == "pLOO-improved"
-    assert metrics["Shadow models"] == str(run["n_models"]) == str(store.scalar("SELECT n_models FROM shadow_designs"))
+    assert metrics["Shadow models"] == str(store.scalar("SELECT sum(n_models) FROM shadow_designs"))
     assert metrics["Points scored"] == str(store.scalar("SELECT count(mem) FROM scores"))
     assert metrics["Memorized"] == str(len(memorized_ids(store)))
     assert metrics["Threshold"] == "0.25"
     assert any(run["run_id"] in c.value for c in at.caption)
+    # The audit's completeness, as the memorization stage estimated it.
+    estimate = store.query("SELECT * FROM memorization_estimates").iloc[0]
+    uncertain = store.scalar("SELECT count(*) FROM flags WHERE kind = 'memorized_uncertain'")
+    assert metrics["Uncertain"] == f"{uncertain:,}" == f"{estimate['n_uncertain']:,}"
+    assert metrics["Estimated memorized (whole training set)"] == (
+        f"{estimate['est_total']:,.0f} [{estimate['est_low']:,.0f}, {estimate['est_high']:,.0f}]")
+    assert metrics["Recall of the flags"].startswith(f"{estimate['recall']:.0%} [")
+    assert metrics["Not memorized / not scored"] == f"{estimate['n_not_memorized']:,} / {estimate['n_not_scored']:,}"
+    bands = next(t.value for t in at.dataframe if "est_memorized" in t.value.columns)
+    assert len(bands) == store.scalar("SELECT count(*) FROM memorization_bands")
+    assert bands["est_memorized"].sum() == pytest.approx(estimate["est_total"])
+    proxies = next(t.value for t in at.dataframe if "proxy" in t.value.columns)
+    assert set(proxies["proxy"]) == {"apb", "el2n", "forgetting_events", "confidence", "variability"}
+    apb = store.query("SELECT * FROM proxy_calibration WHERE proxy = 'apb'").iloc[0]
+    assert proxies.set_index("proxy").loc["apb", "spearman"] == (
+        f"{apb['spearman']:+.2f} [{apb['spearman_low']:+.2f}, {apb['spearman_high']:+.2f}]")
 
 
 def test_overview_without_memorization_says_how_to_run_it(small_db, tmp_path, monkeypatch):

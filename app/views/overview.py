@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.common import FLAG_COLORS, flag_name, method_name, run_page
-from auditor import queries
+from auditor import memorization_queries, queries
 from auditor.store import Store
 
 PROBLEM_ROWS = 500
@@ -124,13 +124,16 @@ def _memorization(store: Store) -> None:
     cols = st.columns([3, 2, 2, 2, 2])
     cols[0].metric("Method", method_name(run["method"]),
                    help="pLOO-improved scores only the memorized candidates (lowest ApB); pLOO scores every point.")
-    cols[1].metric("Shadow models", "–" if run["n_models"] is None else f"{run['n_models']:,}",
+    estimate = memorization_queries.estimate(store)
+    models = run["n_models"] if estimate is None else estimate["n_models"]  # every design of the audit
+    cols[1].metric("Shadow models", "–" if models is None else f"{models:,}",
                    help="Each is trained on a random part of the training set; mem compares the models trained "
                         "with a point against those trained without it.")
     cols[2].metric("Points scored", f"{run['n_scored']:,}")
     cols[3].metric("Memorized", f"{run['n_memorized']:,}",
                    help="mem at or above the threshold, with a 95% interval that excludes 0.")
     cols[4].metric("Threshold", "–" if threshold is None else f"{threshold:g}")
+    _memorization_audit(store, estimate)
     if run["n_trained"] is not None and run["n_models"] is not None and run["n_trained"] < run["n_models"]:
         st.warning(f"Only {run['n_trained']:,} of {run['n_models']:,} shadow models were trained: "
                    f"re-run `memaudit run --stages memorization --db {store.path}` to finish (it resumes).")
@@ -166,6 +169,61 @@ def _memorization(store: Store) -> None:
             event = st.altair_chart(_scatter(points) + _threshold_rule(threshold, "y"), width="stretch",
                                     on_select="rerun", key="mem_scatter", selection_mode=BRUSH)
             _open_brushed(points, event)
+
+
+def _interval(value: float | None, low: float | None, high: float | None, fmt: str) -> str:
+    """'830 [760, 910]'; '–' when the value is unknown."""
+    if value is None:
+        return "–"
+    bounds = "" if low is None or high is None else f" [{format(low, fmt)}, {format(high, fmt)}]"
+    return format(value, fmt) + bounds
+
+
+def _memorization_audit(store: Store, row: dict | None) -> None:
+    """What the flags cover (`row`: the audit's estimate): the states, the estimated memorized total with the recall
+    of the flags, the per-band audit and how far the cheap proxies track mem on this dataset."""
+    if row is None:
+        st.caption("This audit predates the completeness estimate: re-run the memorization stage to get it.")
+        return
+    cols = st.columns(4)
+    cols[0].metric("Uncertain", f"{row['n_uncertain']:,}",
+                   help="The 95% interval straddles the threshold: more shadow models would decide. Filter "
+                        "'Memorized? (uncertain)' in Review.")
+    cols[1].metric("Not memorized / not scored", f"{row['n_not_memorized']:,} / {row['n_not_scored']:,}")
+    cols[2].metric("Estimated memorized (whole training set)",
+                   _interval(row["est_total"], row["est_low"], row["est_high"], ",.0f"),
+                   help="Scored points counted, the rest estimated from the random audit sample of each ApB band; "
+                        "95% interval.")
+    cols[3].metric("Recall of the flags", _interval(row["recall"], row["recall_low"], row["recall_high"], ".0%"),
+                   help="Memorized flags / estimated memorized total: the share of memorized images the flags "
+                        "find.")
+    st.caption(f"{row['n_memorized']:,} memorized, of which {row['n_memorized_certain']:,} with the whole 95% "
+               f"interval above the threshold; scored: {row['n_shortlist']:,} lowest-ApB shortlist, "
+               f"{row['n_audit']:,} random audit sample, {row['n_extension']:,} from {row['bands_extended']} "
+               f"extended ApB bands; {row['n_models']:,} shadow models in all (expected half-width of the mem "
+               f"interval {row['expected_half_width']:.2f}).")
+    bands, calibration = memorization_queries.bands(store), memorization_queries.calibration(store)
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Memorized rate per ApB band** (random audit sample, 95% interval)")
+        if not bands.empty:
+            st.dataframe(bands[["band", "role", "apb_low", "apb_high", "n_points", "n_scored", "rate", "rate_low",
+                                "rate_high", "est_memorized"]], hide_index=True, width="stretch",
+                         column_config={c: st.column_config.NumberColumn(format="%.2f")
+                                        for c in ("apb_low", "apb_high", "rate", "rate_low", "rate_high")}
+                         | {"est_memorized": st.column_config.NumberColumn("est. memorized", format="%.0f")})
+    with right:
+        st.markdown("**How far the proxies track mem here** (weighted to the whole training set, 95% intervals)")
+        if not calibration.empty:
+            table = calibration.assign(
+                spearman=[_interval(r.spearman, r.spearman_low, r.spearman_high, "+.2f")
+                          for r in calibration.itertuples()],
+                pearson=[_interval(r.pearson, r.pearson_low, r.pearson_high, "+.2f") for r in calibration.itertuples()],
+                overlap=[_interval(r.top_k_overlap, r.top_k_overlap_low, r.top_k_overlap_high, ".0%")
+                         for r in calibration.itertuples()])
+            st.dataframe(table[["proxy", "spearman", "pearson", "overlap"]], hide_index=True, width="stretch")
+            st.caption(f"overlap: share of each proxy's {calibration['top_k'].iat[0]:,} most memorized-looking "
+                       "training images that are memorized (mem at or above the threshold).")
 
 
 def _open_brushed(points: pd.DataFrame, event) -> None:
