@@ -1,0 +1,35 @@
+"""Issue 15 in a real browser (chromium via Playwright): Review's view lives in the URL, so a shared link opens it
+and the Back button returns to it from Point detail."""
+
+from __future__ import annotations
+
+import re
+
+from test_browser import _idle, _rerun, app_url, curation_db, page, pytestmark  # noqa: F401 (fixtures, marks)
+
+
+def _page_number(page) -> str:
+    return page.get_by_label(re.compile(r"^Page \(of \d+\)$")).input_value()
+
+
+def test_a_link_opens_the_review_view_and_back_returns_to_it(page, app_url):
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/review?flag=long_tail&sort=score_desc&page_size=12&page=2")
+    page.get_by_role("heading", name="Review images", exact=True).wait_for()
+    _idle(page)
+    page.get_by_text("images flagged long tail", exact=False).first.wait_for()
+    assert _page_number(page) == "2"
+    expect(page.get_by_text(re.compile(r"^Images 13–"))).to_be_visible()
+    tile = page.locator("[data-testid='stVerticalBlock']").filter(
+        has=page.get_by_role("button", name="Details")).last
+    with _rerun(page):
+        tile.get_by_role("button", name="Details").click()
+    page.get_by_role("heading", name="Point detail", exact=True).wait_for()
+    assert "id=" in page.url
+    page.go_back()
+    page.get_by_role("heading", name="Review images", exact=True).wait_for()
+    _idle(page)
+    page.get_by_text("images flagged long tail", exact=False).first.wait_for()
+    assert _page_number(page) == "2" and "flag=long_tail" in page.url
+    assert page.locator("[data-testid='stException']").count() == 0
