@@ -19,6 +19,7 @@ TWINS_SHOWN = 6
 CLUSTER_MEMBERS_SHOWN = 8
 NEIGHBORS_SHOWN = 10
 NBSP = "\u00a0"
+MEM_FLAGS = ("memorized", "memorized_uncertain")  # flags whose evidence is the point's mem and its interval
 
 
 def mem_text(row: dict[str, Any]) -> str:
@@ -174,7 +175,7 @@ def flag_evidence(store: Store, row: dict[str, Any], flags: list[dict[str, Any]]
         if queries.has_detector_schema(store) else {}
     for flag in flags:
         kind, info = flag["kind"], parse_detail(flag["detail"])
-        scored = kind not in (*queries.PAIR_KINDS, "memorized") and not pd.isna(flag["score"])
+        scored = kind not in (*queries.PAIR_KINDS, *MEM_FLAGS) and not pd.isna(flag["score"])
         st.markdown(f"#### {flag_name(kind)}" + (f" :gray[(score {flag['score']:.2f})]" if scored else ""))
         if kind in queries.PAIR_KINDS and isinstance(info, dict):
             twin_evidence(store, row, kind, info, thresholds)
@@ -182,7 +183,7 @@ def flag_evidence(store: Store, row: dict[str, Any], flags: list[dict[str, Any]]
             cluster_evidence(store, row, info)
         elif kind == "mislabeled" and isinstance(info, dict):
             label_evidence(store, row, info)
-        elif kind == "memorized" and row.get("mem") is not None and not pd.isna(row["mem"]):
+        elif kind in MEM_FLAGS and row.get("mem") is not None and not pd.isna(row["mem"]):
             summary = info.get("summary", "") if isinstance(info, dict) else info
             st.markdown(f"{mem_text(row)} (95% interval), {models_text(row)}  \n:gray[{md(summary)}]")
         elif isinstance(info, dict) and "summary" in info:

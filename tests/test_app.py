@@ -895,6 +895,21 @@ def test_review_memorized_and_unreadable_evidence(planted_db, planted_store, mon
     assert "#### Unreadable" in text and "not an image file" in reason and reason in text
 
 
+def test_review_filters_uncertain_memorization_and_shows_its_interval(small_db, monkeypatch):
+    store = Store(small_db)
+    uncertain = set(store.query("SELECT sample_id FROM scores WHERE mem_state = 'uncertain'")["sample_id"])
+    assert uncertain  # six shadow models leave most scored points uncertain
+    assert "memorized_uncertain" in queries.flag_kinds(store)
+    at = review_with_flag(small_db, monkeypatch, "memorized_uncertain")
+    assert not at.exception and set(shown_ids(at)) <= uncertain
+    sample_id = shown_ids(at)[0]
+    row = store.query("SELECT * FROM scores WHERE sample_id = ?", [sample_id]).iloc[0]
+    text = "\n".join(show_evidence(at, sample_id))
+    assert "#### Memorized? (uncertain)" in text
+    assert f"mem **{row['mem']:.2f}** [{row['mem_low']:.2f}, {row['mem_high']:.2f}]" in text
+    assert "more shadow models would decide" in text
+
+
 def test_review_evidence_button_selects_the_tile(planted_db, monkeypatch):
     at = review_with_flag(planted_db[0], monkeypatch, "long_tail")
     ids = shown_ids(at)
