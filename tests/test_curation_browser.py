@@ -33,3 +33,19 @@ def test_a_link_opens_the_review_view_and_back_returns_to_it(page, app_url):
     page.get_by_text("images flagged long tail", exact=False).first.wait_for()
     assert _page_number(page) == "2" and "flag=long_tail" in page.url
     assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_tile_labels_are_whole_in_a_1000_px_window(page, app_url):
+    """The pick box's label and the Details button read in full in a narrow window, not as '|' and 'D.'."""
+    page.set_viewport_size({"width": 1000, "height": 1000})
+    try:
+        page.goto(f"{app_url}/review")
+        page.get_by_role("heading", name="Review images", exact=True).wait_for()
+        _idle(page)
+        label = page.locator("[class*='st-key-pick_'] label").first
+        details = page.get_by_role("button", name="Details").first
+        for element in (label, details):
+            scroll, client = element.evaluate("e => [e.scrollWidth, e.clientWidth]")
+            assert scroll <= client, element
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

@@ -123,11 +123,9 @@ def _card(row: dict[str, Any]) -> None:
     if any(badges):
         lines.append(" ".join(b for b in badges if b))
     st.markdown(":small[" + "  \n".join(lines) + "]")
-    pick, detail = st.columns(2)
-    with pick:
-        pick_box(row["sample_id"])
-    if detail.button("Details", key=f"detail_{row['sample_id']}", type="tertiary",
-                     help="Open the Point detail page of this image"):
+    pick_box(row["sample_id"])  # on rows of their own: halves of a narrow tile clip the labels to '|' and 'D.'
+    if st.button("Details", key=f"detail_{row['sample_id']}", type="tertiary",
+                 help="Open the Point detail page of this image"):
         _open_detail(row["sample_id"])
         st.switch_page("views/point.py", query_params={"id": row["sample_id"]})
     if any(f["kind"] != "memorized_candidate" for f in flags):
