@@ -16,6 +16,7 @@ from types import ModuleType
 
 import pytest
 
+from auditor.store import Store
 from conftest import CHROMIUM
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"
@@ -47,7 +48,14 @@ def test_twenty_sessions_decide_while_a_job_writes(bench: ModuleType, small_db: 
     assert not result.errors, table
     assert [d.status for d in result.decisions] == ["stored"] * SESSIONS * DECISIONS, table
     assert result.check.exact and result.check.stored_once == SESSIONS * DECISIONS, table
-    assert result.models_written > 0 or "done" in result.jobs.values(), table  # the job wrote meanwhile
+    # the job wrote meanwhile: it got on, and a writer job ran while the sessions' decisions were being stored
+    assert result.models_written > 0 and result.jobs, table
+    store = Store(tmp_path / "db" / small_db.name)  # run_load's copy
+    first, last = store.query("SELECT min(decided_at), max(decided_at) FROM reviews WHERE list_contains(?, reviewer)",
+                              [sorted({d.reviewer for d in result.decisions})]).iloc[0]
+    overlapping = store.scalar("SELECT count(*) FROM jobs WHERE list_contains(?, job_id) AND started_at <= ? AND "
+                               "coalesce(finished_at, updated_at) >= ?", [list(result.jobs), last, first])
+    assert overlapping >= 1, f"no writer job ran between the first ({first}) and last ({last}) decision\n{table}"
     assert len(result.page_loads) == 5 * SESSIONS  # Overview twice, Review, Point detail, Decisions
     assert math.isfinite(result.p95) and result.p95 > 0
 
