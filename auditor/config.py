@@ -84,6 +84,8 @@ class MemorizationConfig:
     rate_floor: float = 0.1
     max_sharded: float = 0.5
     loo_sample: int = 30
+    influence_q: float = 0.05
+    influence_min_models: int = 20
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ _MINIMUM = {
     "memorization.half_width": 0.001, "memorization.min_in": 1, "memorization.min_out": 1,
     "memorization.audit_fraction": 0.0, "memorization.audit_min_per_band": 0, "memorization.bands": 1,
     "memorization.rate_floor": 0.0, "memorization.max_sharded": 0.0, "memorization.loo_sample": 1,
+    "memorization.influence_q": 0.0, "memorization.influence_min_models": 2,
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
     "detectors.pixel_max_shift": 0, "executor.threads": 0, "executor.gpus_per_task": 0.0,
@@ -255,7 +258,7 @@ def _validate(cfg: AuditConfig) -> None:
     if not 0.0 <= cfg.memorization.fraction < 1.0:
         raise ConfigError(f"config key 'memorization.fraction' = {cfg.memorization.fraction} must be in (0, 1), "
                           "or 0 for the method's default (pLOO 0.7, pLOO-improved 0.5)")
-    for key in ("audit_fraction", "rate_floor", "max_sharded"):
+    for key in ("audit_fraction", "rate_floor", "max_sharded", "influence_q"):
         if getattr(cfg.memorization, key) > 1.0:
             raise ConfigError(f"config key 'memorization.{key}' = {getattr(cfg.memorization, key)} must be at most 1")
     if cfg.memorization.stop_at_train_acc > 1.0:

@@ -9,7 +9,7 @@ import pandas as pd
 from auditor.sharding import ShardDesign, as_index_array
 
 SCORE_COLUMNS = ["point", "mem", "mem_low", "mem_high", "mem_n_in", "mem_n_out", "p_in", "p_out"]
-INFLUENCE_COLUMNS = ["train_index", "test_index", "score", "n_in", "n_out", "low", "high"]
+INFLUENCE_COLUMNS = ["train_index", "test_index", "score", "n_in", "n_out", "low", "high", "p_value"]
 # cross_influence scores this many (candidate, test) cells at a time, to bound memory on large audits.
 _BLOCK_CELLS = 1 << 22
 
@@ -94,8 +94,34 @@ def memorization_states(scores: pd.DataFrame, threshold: float = 0.25) -> pd.Ser
     return pd.Series(state, index=scores.index, name="mem_state")
 
 
+def two_proportion_p(x_in: np.ndarray, n_in: np.ndarray, x_out: np.ndarray, n_out: np.ndarray) -> np.ndarray:
+    """Two-sided p-value of the pooled two-proportion z-test of x_in/n_in = x_out/n_out (1 where the pooled rate
+    is 0 or 1: nothing varies, nothing to test)."""
+    from scipy.special import erfc
+
+    pooled = (x_in + x_out) / (n_in + n_out)
+    se = np.sqrt(pooled * (1 - pooled) * (1 / n_in + 1 / n_out))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(x_in / n_in - x_out / n_out) / se
+    return np.where(se > 0, erfc(z / np.sqrt(2)), 1.0)
+
+
+def benjamini_hochberg(p_values: np.ndarray, n_tests: int, q: float) -> np.ndarray:
+    """Bool mask of the discoveries among `p_values` by Benjamini & Hochberg's step-up at FDR q over `n_tests` tests
+    in all (p-values above q may be left out of `p_values`: none of them can be a discovery)."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    if n_tests < len(p_values):
+        raise ValueError(f"n_tests ({n_tests}) is smaller than the number of p-values ({len(p_values)})")
+    order = np.argsort(p_values, kind="stable")
+    below = np.flatnonzero(p_values[order] <= q * np.arange(1, len(order) + 1) / max(n_tests, 1))
+    keep = np.zeros(len(p_values), bool)
+    if len(below):
+        keep[order[:below[-1] + 1]] = True
+    return keep
+
+
 def _influence_block(m: np.ndarray, t: np.ndarray, total: np.ndarray, n_in: np.ndarray, min_abs_score: float,
-                     top_k: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     top_k: int | None, max_p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, test column, x_in) of the pairs kept for one block of candidates (columns of the float32 m)."""
     x_in = m.T @ t  # models holding the candidate that get the test point right; float32 counts are exact
     n_out = len(m) - n_in
@@ -104,18 +130,36 @@ def _influence_block(m: np.ndarray, t: np.ndarray, total: np.ndarray, n_in: np.n
     if top_k is not None and top_k < t.shape[1]:
         cols = np.argpartition(-np.abs(score), top_k - 1, axis=1)[:, :top_k]
         score = np.take_along_axis(score, cols, axis=1)
-    rows, k = np.nonzero(np.abs(score) >= min_abs_score)
+    keep = np.abs(score) >= min_abs_score
+    if max_p < 1:
+        x = np.take_along_axis(x_in, cols, axis=1)
+        keep &= two_proportion_p(x, n_in[:, None], total[cols] - x, n_out[:, None]) <= max_p
+    rows, k = np.nonzero(keep)
     test = cols[rows, k]
     return rows, test, x_in[rows, test]
 
 
+def influence_tests(test_correct: np.ndarray, membership: np.ndarray, candidates: np.ndarray | list[int],
+                    min_count: int = 2) -> int:
+    """How many (candidate, test point) pairs cross_influence tests: candidates with >= min_count models on each
+    side, times test points whose correctness varies across models (the others cannot be influenced)."""
+    membership = np.asarray(membership, dtype=bool)
+    candidates = as_index_array(candidates, membership.shape[1], "candidates")
+    n_in = membership[:, candidates].sum(axis=0)
+    usable = int(((n_in >= min_count) & (len(membership) - n_in >= min_count)).sum())
+    correct = np.asarray(test_correct, dtype=bool)
+    varies = int((correct.any(axis=0) & ~correct.all(axis=0)).sum())
+    return usable * varies
+
+
 def cross_influence(test_correct: np.ndarray, membership: np.ndarray, candidates: np.ndarray | list[int],
                     min_abs_score: float = 0.1, top_k_per_train: int | None = 20,
-                    min_count: int = 2) -> pd.DataFrame:
+                    min_count: int = 2, max_p: float = 1.0) -> pd.DataFrame:
     """Influence of training candidate i on test point j, P[correct on j | i in] - P[correct on j | i out], for
-    all pairs at once as matrix products; keeps |score| >= min_abs_score, at most top_k_per_train pairs per
-    candidate (largest |score|), and only candidates with >= min_count models on each side. Sorted by
-    train_index, then |score| descending; low/high are Newcombe 95% intervals."""
+    all pairs at once as matrix products; keeps |score| >= min_abs_score and p_value <= max_p, at most
+    top_k_per_train pairs per candidate (largest |score|), and only candidates with >= min_count models on each
+    side. Sorted by train_index, then |score| descending; low/high are Newcombe 95% intervals, p_value the pooled
+    two-proportion z-test's (for a multiple-comparison control over all `influence_tests` pairs)."""
     test_correct, membership = np.asarray(test_correct, dtype=bool), np.asarray(membership, dtype=bool)
     if test_correct.ndim != 2 or membership.ndim != 2 or len(test_correct) != len(membership):
         raise ValueError(f"test_correct {test_correct.shape} and membership {membership.shape} must be 2-D "
@@ -136,7 +180,7 @@ def cross_influence(test_correct: np.ndarray, membership: np.ndarray, candidates
     # At least one (possibly empty) block, so the concatenations below always have an input and keep dtypes.
     starts = range(0, max(len(usable), 1), step)
     blocks = [_influence_block(m[:, start:start + step], t, total, n_in[start:start + step], min_abs_score,
-                               top_k_per_train) for start in starts]
+                               top_k_per_train, max_p) for start in starts]
     rows = np.concatenate([block[0] + start for block, start in zip(blocks, starts)])
     test = np.concatenate([block[1] for block in blocks])
     x_in = np.concatenate([block[2] for block in blocks]).astype(np.float64)
@@ -146,7 +190,8 @@ def cross_influence(test_correct: np.ndarray, membership: np.ndarray, candidates
     low, high = newcombe_interval(x_in, pair_n_in, x_out, pair_n_out)
     out = pd.DataFrame({"train_index": usable[rows], "test_index": test.astype(np.int64),
                         "score": x_in / pair_n_in - x_out / pair_n_out, "n_in": pair_n_in.astype(np.int64),
-                        "n_out": pair_n_out.astype(np.int64), "low": low, "high": high})
+                        "n_out": pair_n_out.astype(np.int64), "low": low, "high": high,
+                        "p_value": two_proportion_p(x_in, pair_n_in, x_out, pair_n_out)})
     order = np.lexsort((out["test_index"], -out["score"].abs(), out["train_index"]))
     return out.iloc[order].reset_index(drop=True)[INFLUENCE_COLUMNS]
 

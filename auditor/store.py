@@ -117,7 +117,8 @@ CREATE TABLE IF NOT EXISTS memorization_estimates(
     est_total DOUBLE, est_low DOUBLE, est_high DOUBLE, recall DOUBLE, recall_low DOUBLE, recall_high DOUBLE,
     n_shortlist INTEGER, n_audit INTEGER, n_extension INTEGER, bands_extended INTEGER, n_bands INTEGER,
     audit_fraction DOUBLE, rate_floor DOUBLE, n_models INTEGER, target_half_width DOUBLE,
-    expected_half_width DOUBLE, plan VARCHAR, created_at TIMESTAMP);
+    expected_half_width DOUBLE, plan VARCHAR, created_at TIMESTAMP, influence_q DOUBLE, influence_tested BIGINT,
+    influence_pairs INTEGER, influence_note VARCHAR);
 CREATE TABLE IF NOT EXISTS memorization_bands(
     run_id VARCHAR, band INTEGER, apb_low DOUBLE, apb_high DOUBLE, n_points INTEGER, n_audit INTEGER,
     audit_memorized INTEGER, rate DOUBLE, rate_low DOUBLE, rate_high DOUBLE, role VARCHAR, n_scored INTEGER,
@@ -143,6 +144,7 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_n_out INTEGER;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_method VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_note VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_run_id VARCHAR;
+ALTER TABLE influence ADD COLUMN IF NOT EXISTS p_value DOUBLE;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_state VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_sampled VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS apb_band INTEGER;

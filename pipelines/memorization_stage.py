@@ -17,7 +17,8 @@ import pandas as pd
 from auditor.config import AuditConfig
 from auditor.audit_sample import (SHORTLIST, TotalEstimate, apb_bands, audit_sample, band_table, bands_to_extend,
                                   estimate_total, stratified_pick)
-from auditor.memorization import cross_influence, loo_scores, memorization_scores, memorization_states
+from auditor.memorization import (benjamini_hochberg, cross_influence, influence_tests, loo_scores,
+                                  memorization_scores, memorization_states)
 from auditor.provenance import fingerprint
 from auditor.executor import BlockTask, make_executor
 from auditor.proxy_calibration import proxy_calibration
@@ -235,7 +236,8 @@ def run_design(store: Store, design: ShardDesign, data: TrainingArrays, cfg: Aud
 
 @dataclass(frozen=True)
 class _Phase:
-    """One trained design of the stage: its run, plan, scores of its sharded points and influence pairs."""
+    """One trained design of the stage: its run, plan, scores of its sharded points, and its influence pairs with
+    p <= influence_q out of `tested` pairs (Benjamini-Hochberg runs over every phase's tests together)."""
 
     run_id: str
     design: ShardDesign
@@ -244,6 +246,7 @@ class _Phase:
     reused: int
     scores: pd.DataFrame
     influence: pd.DataFrame
+    tested: int
 
 
 def _run_phase(store: Store, data: TrainingArrays, cfg: AuditConfig, points: np.ndarray | None, seed: int,
@@ -256,14 +259,33 @@ def _run_phase(store: Store, data: TrainingArrays, cfg: AuditConfig, points: np.
     scores = _score_frame(memorization_scores(train_correct, design.membership, design.candidates), data,
                           design.method, run_id)
     mc = cfg.memorization
-    influence = cross_influence(test_correct, design.membership, design.candidates,
-                                min_abs_score=mc.influence_min, top_k_per_train=mc.influence_top_k)
-    influence = influence[(influence["low"] > 0) | (influence["high"] < 0)]  # keep pairs whose 95% CI excludes 0
+    enough = design.n_models >= mc.influence_min_models
+    influence = cross_influence(test_correct, design.membership, design.candidates, min_abs_score=0.0,
+                                top_k_per_train=None, max_p=mc.influence_q if enough else 0.0)
+    tested = influence_tests(test_correct, design.membership, design.candidates) if enough else 0
     influence = pd.DataFrame({"train_id": data.train_ids[influence["train_index"].to_numpy()],
                               "test_id": data.test_ids[influence["test_index"].to_numpy()],
                               "score": influence["score"], "n_in": influence["n_in"], "n_out": influence["n_out"],
-                              "low": influence["low"], "high": influence["high"], "run_id": run_id})
-    return _Phase(run_id, design, plan, trained, reused, scores, influence)
+                              "low": influence["low"], "high": influence["high"], "p_value": influence["p_value"],
+                              "run_id": run_id})
+    return _Phase(run_id, design, plan, trained, reused, scores, influence, tested)
+
+
+def _significant_influence(phases: list[_Phase], cfg: AuditConfig) -> tuple[pd.DataFrame, int, str]:
+    """(pairs kept, pairs tested, note): Benjamini-Hochberg at influence_q over every tested (candidate, test point)
+    pair of every phase, then the effect floor influence_min and at most influence_top_k pairs per candidate (the
+    strongest). Designs under influence_min_models models test nothing, and the note says so."""
+    mc = cfg.memorization
+    tested = sum(p.tested for p in phases)
+    pairs = pd.concat([p.influence for p in phases], ignore_index=True)
+    pairs = pairs[benjamini_hochberg(pairs["p_value"].to_numpy(), tested, mc.influence_q)]
+    pairs = pairs[pairs["score"].abs() >= mc.influence_min]
+    pairs = (pairs.assign(strength=-pairs["score"].abs()).sort_values(["train_id", "strength", "test_id"])
+             .groupby("train_id", sort=False).head(mc.influence_top_k).drop(columns="strength"))
+    small = [p.design.n_models for p in phases if p.design.n_models < mc.influence_min_models]
+    note = (f"no influence from designs of {', '.join(map(str, small))} models: it needs at least "
+            f"{mc.influence_min_models} (memorization.influence_min_models)" if small else "")
+    return pairs.reset_index(drop=True), tested, note
 
 
 def _extension(bands: np.ndarray, audit: np.ndarray, first: _Phase, cfg: AuditConfig) -> tuple[int, np.ndarray]:
@@ -363,7 +385,9 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
                            phases[0].design.method)
     updates = pd.DataFrame({"sample_id": data.train_ids, **{c: sampling[c].to_numpy() for c in sampling.columns}})
     note = NOT_A_CANDIDATE if mc.method == "ploo_improved" else "not scored"
-    influence = pd.concat([p.influence for p in phases], ignore_index=True)
+    influence, tested, influence_note = _significant_influence(phases, cfg)
+    estimates = estimates.assign(influence_q=mc.influence_q, influence_tested=tested,
+                                 influence_pairs=len(influence), influence_note=influence_note)
     store.write([("flags", flags), ("influence", influence),
                  ("memorization_estimates", estimates), ("memorization_bands", band_frame.assign(run_id=run_id)),
                  ("proxy_calibration", calibration.assign(run_id=run_id))],
@@ -397,7 +421,8 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
         "not_memorized": int(row["n_not_memorized"]), "not_scored": int(row["n_not_scored"]),
         "est_total": total.total, "est_low": total.low, "est_high": total.high, "recall": total.recall,
         "recall_low": total.recall_low, "recall_high": total.recall_high,
-        "influence_pairs": len(influence), "shadow_test_acc": float(np.mean(accs))})
+        "influence_pairs": len(influence), "influence_tested": tested, "influence_q": mc.influence_q,
+        "influence_note": influence_note, "shadow_test_acc": float(np.mean(accs))})
 
 
 def _loo_points(store: Store, data: TrainingArrays, cfg: AuditConfig) -> np.ndarray:

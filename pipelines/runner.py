@@ -58,7 +58,10 @@ def memorization_lines(f: dict) -> list[str]:
             f"uncertain {f['uncertain']}, not memorized {f['not_memorized']}",
             f"      estimated memorized in the whole training set: {f['est_total']:.0f} "
             f"(95% interval {f['est_low']:.0f} to {f['est_high']:.0f}); recall of the flags {f['recall']:.0%} "
-            f"({f['recall_low']:.0%} to {f['recall_high']:.0%}); {f['influence_pairs']} influence pairs"]
+            f"({f['recall_low']:.0%} to {f['recall_high']:.0%})",
+            f"      influence: {f['influence_pairs']} pairs kept of {f['influence_tested']:,} tested "
+            f"(Benjamini-Hochberg, FDR {f['influence_q']:g})" + (f"; {f['influence_note']}" if f["influence_note"]
+                                                                 else "")]
 
 
 def format_summary(reports: list[StageReport]) -> str:

@@ -11,7 +11,9 @@ import pytest
 from auditor.memorization import (
     INFLUENCE_COLUMNS,
     SCORE_COLUMNS,
+    benjamini_hochberg,
     cross_influence,
+    influence_tests,
     flag_memorized,
     loo_scores,
     memorization_scores,
@@ -170,3 +172,53 @@ def test_estimates_are_unbiased_and_intervals_cover_the_truth():
     assert abs((got["mem"] - truth).mean()) < 0.015
     covered = (got["mem_low"] <= truth) & (truth <= got["mem_high"])
     assert covered.mean() >= 0.90
+
+
+def test_benjamini_hochberg_step_up_by_hand():
+    p = np.array([0.001, 0.008, 0.039, 0.041, 0.042, 0.06, 0.074, 0.205])
+    # q k / m for m = 8, q = 0.05: 0.00625, 0.0125, 0.01875, 0.025, ...: the first two pass, and nothing later does.
+    assert benjamini_hochberg(p, 8, 0.05).tolist() == [True, True] + [False] * 6
+    # Step-up: p_(5) = 0.042 <= 0.05 * 5 / 5, so all five smallest are kept although p_(3) > 0.05 * 3 / 5.
+    assert benjamini_hochberg(np.array([0.01, 0.02, 0.035, 0.04, 0.042]), 5, 0.05).all()
+    # p-values above q left out of the array still count as tests: the same answer with m = 8.
+    assert benjamini_hochberg(p[:5], 8, 0.05).tolist() == [True, True, False, False, False]
+    with pytest.raises(ValueError):
+        benjamini_hochberg(p, 3, 0.05)
+
+
+def _kept_pairs(test_correct: np.ndarray, design, q: float = 0.05) -> pd.DataFrame:
+    """The pairs the memorization stage keeps: Benjamini-Hochberg over every tested pair."""
+    pairs = cross_influence(test_correct, design.membership, design.candidates, min_abs_score=0.0,
+                            top_k_per_train=None, max_p=q)
+    tested = influence_tests(test_correct, design.membership, design.candidates)
+    return pairs[benjamini_hochberg(pairs["p_value"].to_numpy(), tested, q)]
+
+
+def test_influence_null_test_shuffled_signal_keeps_no_pairs():
+    """Null test: test-point correctness independent of membership (the default design: 20 models, 200 scored
+    points, 1,000 test points). Benjamini-Hochberg at q = 0.05 must find nothing in at least 18 of 20 such audits
+    (under the complete null its family-wise error is <= q); the old per-pair 95% interval kept hundreds."""
+    rng = np.random.default_rng(11)
+    with_pairs, old_rule = 0, []
+    for seed in range(20):
+        design = ploo_improved_design(2000, np.arange(200), 20, seed=seed)
+        test_correct = rng.random((20, 1000)) < rng.uniform(0.5, 0.99, 1000)
+        with_pairs += len(_kept_pairs(test_correct, design)) > 0
+        every = cross_influence(test_correct, design.membership, design.candidates, min_abs_score=0.0,
+                                top_k_per_train=None)
+        old_rule.append(int(((every["low"] > 0) | (every["high"] < 0)).sum()))
+    assert with_pairs <= 2
+    assert min(old_rule) > 100  # why a multiple-comparison control is needed
+
+
+def test_influence_with_a_planted_dependence_is_found():
+    """Positive control: 5 test points are right mostly when candidate 3 is in the model; with 100 models (the
+    standard profile trains 171) BH finds those pairs among 100,000 tested."""
+    rng = np.random.default_rng(12)
+    design = ploo_improved_design(2000, np.arange(200), 100, seed=1)
+    test_correct = rng.random((100, 500)) < 0.8
+    inside = design.membership[:, 3]
+    test_correct[:, :5] = np.where(inside[:, None], rng.random((100, 5)) < 0.95, rng.random((100, 5)) < 0.3)
+    kept = _kept_pairs(test_correct, design)
+    assert {(3, j) for j in range(5)} <= set(zip(kept["train_index"], kept["test_index"]))
+    assert len(kept) <= 5 + 2  # hardly anything else

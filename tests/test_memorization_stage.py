@@ -101,8 +101,9 @@ def test_tables_are_filled_and_only_sharded_points_are_scored(audited):
     assert set(calibration["proxy"]) == {"apb", "el2n", "forgetting_events", "confidence", "variability"}
     jobs = store.query("SELECT status, done, total FROM jobs WHERE kind = 'ploo_improved'")
     assert len(jobs) == len(designs) and (jobs["status"] == "done").all() and (jobs["done"] == 12).all()
-    influence = store.query("SELECT * FROM influence")
-    assert ((influence["low"] > 0) | (influence["high"] < 0)).all()
+    # 12 models are too few to find influence among thousands of tested pairs: none is written, and the audit says why.
+    assert store.scalar("SELECT count(*) FROM influence") == 0
+    assert "needs at least 20" in estimate["influence_note"] and estimate["influence_tested"] == 0
     assert f"pLOO-improved: {12 * len(designs)} shadow models" in proc.stdout
     assert "estimated memorized in the whole training set" in proc.stdout
     assert proc.stderr.count("memorization phase ") == len(designs)  # each design said before it trains
