@@ -214,7 +214,7 @@ def test_local_density_is_the_mean_neighbour_similarity():
     assert np.isnan(local_density(knn(np.ones((1, 2)), 1))).all()
 
 
-def test_subpopulations_join_memorized_points_that_influence_a_common_test_point():
+def test_subpopulations_join_memorized_points_that_support_a_common_test_point():
     influence = pd.DataFrame({
         "train_id": ["m1", "m2", "m2", "m3", "m4", "m5", "plain", "m6"],
         "test_id": ["t1", "t1", "t2", "t2", "t3", "t4", "t3", "t5"],
@@ -223,8 +223,9 @@ def test_subpopulations_join_memorized_points_that_influence_a_common_test_point
     groups = {sid: (sorted(g.loc[g["source"] == "influence", "sample_id"]),
                     sorted(g.loc[g["source"] == "influenced_test", "sample_id"]))
               for sid, g in subpops.groupby("subpop_id")}
-    # m1-m2 share t1 and m2-m3 share t2; m4 and m5 alone; "plain" is not memorized; m6's influence is too weak.
-    assert groups == {0: (["m1", "m2", "m3"], ["t1", "t2"]), 1: (["m4"], ["t3"]), 2: (["m5"], ["t4"])}
+    # m2 supports t2 most (0.4 > 0.3), like m3: one group; m1 stays with t1 (no chaining through m2); m4 and m5
+    # alone; "plain" is not memorized; m6's influence is too weak.
+    assert groups == {0: (["m2", "m3"], ["t2"]), 1: (["m1"], ["t1"]), 2: (["m4"], ["t3"]), 3: (["m5"], ["t4"])}
     assert subpopulations_from_influence(influence, []).empty
 
 

@@ -11,8 +11,6 @@ from typing import Literal
 import faiss
 import numpy as np
 import pandas as pd
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from auditor.flags import FLAG_COLUMNS
 from auditor.neighbors import KnnGraph, normalise
@@ -92,19 +90,19 @@ def long_tail_flags(clusters: pd.DataFrame, density: np.ndarray, ids: np.ndarray
 
 def subpopulations_from_influence(influence: pd.DataFrame, memorized_ids: np.ndarray,
                                   min_score: float = 0.25) -> pd.DataFrame:
-    """Sub-populations: memorized points influencing (score >= min_score) a common test point, transitively, even
-    alone; their rows have source 'influence', their test points 'influenced_test'; most training points first."""
+    """Sub-populations (Feldman & Zhang): a memorized point supports the test point it influences most strongly
+    (positive influence >= min_score); memorized points that support the same test point form one sub-population,
+    even alone. No chaining: a point belongs to one group, so two unrelated points never merge through a third.
+    Rows: the members (source 'influence') and their common test point ('influenced_test'); largest groups first."""
     edges = influence[influence["train_id"].isin(np.asarray(memorized_ids)) & (influence["score"] >= min_score)]
-    train_codes, train_ids = pd.factorize(edges["train_id"], sort=True)
-    test_codes, test_ids = pd.factorize(edges["test_id"], sort=True)
-    n_train, n_nodes = len(train_ids), len(train_ids) + len(test_ids)
-    graph = coo_matrix((np.ones(len(edges)), (train_codes, test_codes + n_train)), shape=(n_nodes, n_nodes))
-    _, component = connected_components(graph, directed=False)
-    nodes = pd.DataFrame({"component": component, "sample_id": np.concatenate([train_ids, test_ids]),
-                          "source": np.repeat(["influence", "influenced_test"], [n_train, len(test_ids)]),
-                          "order": np.arange(n_nodes)})
-    # Components ordered by training-member count (descending), then by their first training id.
-    members = nodes[nodes["source"] == "influence"].groupby("component")["order"].agg(["size", "min"])
-    numbering = members.sort_values(["size", "min"], ascending=[False, True]).index
-    nodes["subpop_id"] = pd.Series(np.arange(len(numbering)), index=numbering)[nodes["component"]].to_numpy()
-    return nodes.sort_values(["subpop_id", "order"])[SUBPOP_COLUMNS].reset_index(drop=True)
+    anchors = (edges.assign(strength=-edges["score"]).sort_values(["train_id", "strength", "test_id"])
+               .drop_duplicates("train_id")[["train_id", "test_id"]])
+    groups = anchors.groupby("test_id")["train_id"].agg(["size", "min"]).reset_index()
+    groups = groups.sort_values(["size", "min"], ascending=[False, True]).reset_index(drop=True)
+    number = pd.Series(np.arange(len(groups)), index=groups["test_id"])
+    members = pd.DataFrame({"subpop_id": number[anchors["test_id"]].to_numpy(), "sample_id": anchors["train_id"],
+                            "source": "influence"}).sort_values(["subpop_id", "sample_id"])
+    tests = pd.DataFrame({"subpop_id": np.arange(len(groups)), "sample_id": groups["test_id"],
+                          "source": "influenced_test"})
+    out = pd.concat([members, tests], ignore_index=True).sort_values("subpop_id", kind="stable")
+    return out[SUBPOP_COLUMNS].reset_index(drop=True)
