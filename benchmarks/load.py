@@ -590,7 +590,7 @@ async def _protocol_session(url: str, plan: Plan, index: int, result: LoadResult
                     step = f"Point detail of {sample_id}, then {action}"
                     await _client_load(client, result, "Point detail", lambda: client.press(f"detail_{sample_id}"))
                     if new_label:
-                        await client.set("point_label", new_label)
+                        await client.set(f"point_label_{sample_id}", new_label)
                     await _client_decide(client, result, POINT_DECISION, f"point_{action}", plan, sample_id, action,
                                          new_label)
                 step = "Decisions, Overview"

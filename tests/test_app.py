@@ -215,7 +215,9 @@ def test_memorization_run_describes_the_shadow_models(store):
     design = store.query("SELECT * FROM shadow_designs WHERE run_id = ?", [run["run_id"]]).iloc[0]
     assert run["method"] == design["method"] == "ploo_improved"
     assert run["n_models"] == design["n_models"] == run["n_trained"] > 0
-    assert run["n_scored"] == store.scalar("SELECT count(mem) FROM scores") == design["n_candidates"]
+    # Every design of the audit scores its sharded points: phase 1 (shortlist + audit sample), phase 2 (extension).
+    assert run["n_scored"] == store.scalar("SELECT count(mem) FROM scores") == store.scalar(
+        "SELECT sum(n_candidates) FROM shadow_designs WHERE method = 'ploo_improved'")
     assert run["n_memorized"] == len(memorized_ids(store))
     assert run["threshold"] == 0.25
     assert store.scalar("SELECT kind FROM runs WHERE run_id = ?", [run["run_id"]]) == "memorization"
@@ -609,7 +611,8 @@ def test_overview_points_to_the_jobs_page(small_db, tmp_path, monkeypatch):
     assert not at.exception and "Jobs" not in [h.value for h in at.subheader] and not at.get("progress")
     assert not any("see the Jobs page" in i.value for i in at.info)
     path = copy_db(small_db, tmp_path)
-    Store(path).execute("UPDATE jobs SET status = 'running', done = 1, eta_s = 120, finished_at = NULL")
+    Store(path).execute("UPDATE jobs SET status = 'running', done = 1, eta_s = 120, finished_at = NULL "
+                        "WHERE job_id = (SELECT min(job_id) FROM jobs)")
     at = run_page(OVERVIEW, monkeypatch, path)
     assert not at.exception and not at.get("progress")
     assert at.info[0].value == "1 job running — see the Jobs page."
@@ -695,14 +698,18 @@ def test_review_only_memorized_with_intervals(mem_db, mem_store, monkeypatch):
 
 def test_review_tiles_show_unscored_points_as_a_dash(small_db, store, monkeypatch):
     at = run_page(REVIEW, monkeypatch, small_db)
-    ids, texts = shown_ids(at), tiles(at)
     mem = store.query("SELECT sample_id, mem FROM scores").set_index("sample_id")["mem"]
-    assert {pd.isna(mem[i]) for i in ids} == {True, False}  # the first page mixes candidates and the rest
-    for sample_id, text in zip(ids, texts):
-        if pd.isna(mem[sample_id]):
-            assert "mem – (not a candidate)" in text and "mem **" not in text
-        else:
-            assert re.search(r"mem \*\*-?\d\.\d\d\*\* \[-?\d\.\d\d, -?\d\.\d\d\]", text)
+    at.selectbox(key="sort").set_value("mem_desc").run(timeout=60)  # scored points first, unscored on the last page
+    seen = set()
+    for page in (1, -(-len(mem) // at.selectbox(key="page_size").value)):
+        at.number_input(key="page").set_value(page).run(timeout=60)
+        for sample_id, text in zip(shown_ids(at), tiles(at)):
+            seen.add(pd.isna(mem[sample_id]))
+            if pd.isna(mem[sample_id]):
+                assert "mem – (not a candidate)" in text and "mem **" not in text
+            else:
+                assert re.search(r"mem \*\*-?\d\.\d\d\*\* \[-?\d\.\d\d, -?\d\.\d\d\]", text)
+    assert seen == {True, False}  # both kinds of tile were checked
 
 
 def test_review_sort_by_mem(small_db, store, monkeypatch):
