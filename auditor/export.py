@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from auditor.detectors.duplicates import DUPLICATE_KINDS
 from auditor.ingest import class_order
 from auditor.manifest import MANIFEST_SUFFIXES
 from auditor.queries import FLAG_PRIORITY, flag_kinds
@@ -75,8 +76,29 @@ def _plan(store: Store, apply_relabels: bool, drop_removed: bool, kinds: list[st
     removed = (rows["action"] == "remove") & drop_removed
     relabeled = (rows["action"] == "relabel") & apply_relabels & (rows["new_label"] != rows["label"])
     dropped = rows["action"].isna() & rows["kinds"].notna()
+    if "duplicate" in kinds:  # "keep one copy": the first surviving copy of each group stays
+        only_duplicate = rows["kinds"].map(lambda k: isinstance(k, list | np.ndarray) and list(k) == ["duplicate"])
+        dropped &= ~(only_duplicate & rows["sample_id"].isin(_duplicate_keepers(store, rows)))
     rows["change"] = np.select([removed, relabeled, dropped], ["removed", "relabeled", "dropped_unreviewed"], None)
     return rows
+
+
+def _duplicate_keepers(store: Store, rows: pd.DataFrame) -> set[str]:
+    """One copy per group of duplicates (connected by duplicate pairs): the lowest sample id not removed by a
+    decision, so dropping the kind `duplicate` keeps one copy of each image, as Triage says."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    pairs = store.query("SELECT a_id, b_id FROM pairs WHERE list_contains(?::VARCHAR[], kind)", [list(DUPLICATE_KINDS)])
+    if pairs.empty:
+        return set()
+    codes, ids = pd.factorize(pd.concat([pairs["a_id"], pairs["b_id"]]), sort=True)
+    n = len(ids)
+    graph = coo_matrix((np.ones(len(pairs)), (codes[:len(pairs)], codes[len(pairs):])), shape=(n, n))
+    groups = pd.DataFrame({"sample_id": ids, "group": connected_components(graph, directed=False)[1]})
+    removed = set(rows.loc[rows["action"] == "remove", "sample_id"])
+    alive = groups[~groups["sample_id"].isin(removed)]
+    return set(alive.sort_values("sample_id").drop_duplicates("group")["sample_id"])
 
 
 def plan_export(store: Store, *, apply_relabels: bool = True, drop_removed: bool = True,

@@ -12,9 +12,16 @@ from auditor.config import CandidateConfig
 FLAG_COLUMNS = ["sample_id", "kind", "score", "detail"]
 
 
+def _short(value: float) -> str:
+    """A seed average for people: '3' when whole, else one decimal ('11.3', not '11.3333')."""
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+
+
 def _forgetting_text(events: float) -> str:
     """'2 forgetting events', or the never-learned case (counted +inf, as Toneva et al. rank it)."""
-    return "never correct in a seed (forgetting events: maximal)" if math.isinf(events) else f"{events:g} forgetting events"
+    if math.isinf(events):
+        return "never correct in a seed (forgetting events: maximal)"
+    return f"{_short(events)} forgetting event{'' if events == 1 else 's'} (mean over seeds)"
 
 
 def memorized_candidates(scores: pd.DataFrame, cfg: CandidateConfig) -> pd.DataFrame:
@@ -31,7 +38,7 @@ def memorized_candidates(scores: pd.DataFrame, cfg: CandidateConfig) -> pd.DataF
     details = []
     for rank, row in enumerate(chosen.itertuples(index=False), start=1):
         never = pd.isna(row.first_learned)
-        learned = "never learned" if never else f"learned for good at epoch {row.first_learned:g}"
+        learned = "never learned" if never else f"learned for good at epoch {_short(row.first_learned)}"
         details.append(json.dumps({
             "apb": round(float(row.apb), 6), "rank": rank, "ranked": len(ranked), "rule": rule,
             "first_learned": None if never else float(row.first_learned),

@@ -153,7 +153,7 @@ def test_cli_export(reviewed, tmp_path, capsys):
         assert main(["export", "--db", str(store.path), "--out", str(out), *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("memaudit: error: ") and err.count("\n") == 1
-    assert main(["export", "--db", str(tmp_path / "missing.duckdb"), "--out", str(out)]) == 2
+    assert main(["export", "--db", str(tmp_path / "missing.duckdb"), "--out", str(tmp_path / "new.csv")]) == 2
     assert "does not exist" in capsys.readouterr().err
 
 
@@ -171,3 +171,25 @@ def test_round_trip_through_memaudit_run(reviewed, tmp_path):
     assert ids["removed"] not in labels and ids["leaked"] not in labels
     assert (labels[ids["relabeled"]], labels[ids["both"]], labels[ids["kept"]]) == ("7", "2", "0")
     assert int(again.scalar("SELECT count(*) FROM problems WHERE severity = 'error'")) == 0
+
+
+def test_dropping_duplicates_keeps_one_copy_of_each(default_manifest, tmp_path_factory):
+    """On the real detectors' output for planted copies: dropping unreviewed `duplicate` images keeps one copy of each
+    planted pair (as Triage says, "keep one copy"), and a copy removed by a reviewer lets the other one stay."""
+    from planted import build_planted_db
+
+    path, planted = build_planted_db(default_manifest, tmp_path_factory.mktemp("planted-export"))
+    store = Store(path)
+    manifest, changelog = plan_export(store, drop_kinds=["duplicate"])
+    kept = set(manifest["sample_id"])
+    for plant in ("duplicate", "pixel_duplicate"):
+        source, copy = planted[plant]
+        assert len({source, copy} & kept) == 1, plant  # exactly one of the pair survives
+        assert {source, copy} - kept <= set(changelog["sample_id"])
+    flagged = set(store.query("SELECT sample_id FROM flags WHERE kind = 'duplicate'")["sample_id"])
+    assert flagged - kept and flagged & kept
+    source, copy = planted["duplicate"]
+    keeper = min(source, copy)
+    record_decisions(store, [keeper], "remove", reviewer="t")
+    manifest, _ = plan_export(store, drop_kinds=["duplicate"])
+    assert keeper not in set(manifest["sample_id"]) and max(source, copy) in set(manifest["sample_id"])
