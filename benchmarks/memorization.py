@@ -1,17 +1,19 @@
-"""Reproduce the ApB / pLOO-improved paper's claims on the default dataset with one fixed recipe (the default mlp).
+"""How complete and how right the memorization stage's flags are, against references it never sees.
 
-1. pLOO with --reference-models models (r = 0.7 over every point): the reference memorization scores.
-2. Pearson and Spearman correlation of ApB (mean over the standard profile's seeds) with the reference
-   (paper: Pearson < -0.95).
-3. pLOO-improved with its default settings (candidates = lowest-ApB 5%, r = 0.5, ceil(0.04 m) models, floor 20):
-   models, wall time, RMSE against the reference on the candidates; next to it pLOO with the same small number of
-   models, and pLOO-improved with early stopping (a model stops once it fits its shard).
-4. Exact LOO (--loo-models with, and without, each point) on the --loo-points candidates where the reference pLOO and
-   pLOO-improved disagree most: RMSE of each against LOO (paper: 35.5 vs 12.19 on a 0-100 scale).
-5. Engine throughput of every phase (models per minute); see benchmarks/shadow_throughput.py for batched vs one by one
-   and the fraction of matmul peak.
+On one dataset (the default, or --data), with the standard recipe:
+1. Reference: plain pLOO over every training point (--reference-models, r = 0.7); its mem >= 0.25 set.
+2. The real `memorization` stage (ApB shortlist + stratified audit sample + band extension, model counts from the
+   half-width target), timed: precision and recall of its `memorized` flags against the reference set (Jeffreys 95%
+   intervals), its uncertain count, and its estimated total against the reference count.
+3. Exact LOO on --loo-points points drawn at random from the stage's scored points, stratified by reference mem (never
+   chosen by disagreement): noise-corrected RMSE (the binomial variance of the LOO estimate subtracted) and mean
+   signed error of pLOO (the reference) and of the stage's pLOO-improved, with bootstrap intervals over points.
+4. RMSE against the reference over 20 / 50 / 100 models and the stage's own count, for pLOO and pLOO-improved (the
+   stage's phase-1 models) on the same points (the phase-1 points), the reference's own noise subtracted.
 
-Usage: python benchmarks/memorization.py [--reference-models 400] [--loo-points 100] [--loo-models 12]
+Models are cached (benchmarks/mem_reference.py), so a re-run after a change that does not touch training is quick.
+Usage: python benchmarks/memorization.py [--data default|noisy|PATH] [--reference-models 480] [--loo-points 30]
+       [--loo-models 25] [--parts 2,3,4]
 """
 
 from __future__ import annotations
@@ -23,120 +25,171 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from mem_reference import audited, dataset, reference_design, train_correct
 from pipeline_stages import _table
-from scipy import stats
 
-from auditor.config import AuditConfig, load_config
+from auditor.audit_sample import jeffreys_interval
+from auditor.config import load_config
 from auditor.memorization import loo_scores, memorization_scores
-from auditor.shadow_engine import train_shadow_block
-from auditor.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
-from auditor.store import Store
-from pipelines.arrays import TrainingArrays, load_training_arrays
-from pipelines.runner import run_pipeline
+from auditor.sharding import loo_design, ploo_design, unpack_rows
+from pipelines.memorization_stage import correctness, memorization_stage
 
-BLOCK = 16
+THRESHOLD = 0.25
+MEM_STRATA = (-1.01, 0.05, 0.25, 0.5, 0.75, 1.01)  # reference mem strata for the LOO sample
 
 
-def train_all(design: ShardDesign, data: TrainingArrays, cfg: AuditConfig, seed: int,
-              stop_at: float | None = None) -> tuple[np.ndarray, float]:
-    """Correctness (models x train points) of every model of `design`, trained in batched blocks; and wall time."""
-    t0 = time.perf_counter()
-    correct = np.zeros((design.n_models, len(data.y_train)), bool)
-    for start in range(0, design.n_models, BLOCK):
-        rows = list(range(start, min(start + BLOCK, design.n_models)))
-        out = train_shadow_block(data.x_train, data.y_train, data.x_test, data.y_test, len(data.labels),
-                                 design.membership[rows], [seed * 100_003 + r for r in rows], cfg,
-                                 stop_at_train_acc=stop_at)
-        correct[rows] = out.train_pred == data.y_train
-    return correct, time.perf_counter() - t0
+def _rate(hits: int, n: int) -> str:
+    """'0.91 [0.87, 0.94] (203/223)' with a Jeffreys 95% interval."""
+    low, high = jeffreys_interval(hits, n)
+    return f"{hits / n:.2f} [{float(low):.2f}, {float(high):.2f}] ({hits}/{n})" if n else "–"
 
 
-def rmse(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.sqrt(np.nanmean((np.asarray(a) - np.asarray(b)) ** 2)))
+def _variance(scores: pd.DataFrame) -> np.ndarray:
+    """Binomial variance of each mem estimate: p_in(1-p_in)/n_in + p_out(1-p_out)/n_out."""
+    return (scores["p_in"] * (1 - scores["p_in"]) / scores["mem_n_in"]
+            + scores["p_out"] * (1 - scores["p_out"]) / scores["mem_n_out"]).to_numpy()
+
+
+def _bootstrap(values: np.ndarray, statistic, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """statistic(values) and its 95% percentile bootstrap interval over the rows of `values`."""
+    rng = np.random.default_rng(seed)
+    boot = [statistic(values[rng.integers(0, len(values), len(values))]) for _ in range(resamples)]
+    return statistic(values), *np.percentile(boot, [2.5, 97.5])
+
+
+def _corrected_rmse(rows: np.ndarray) -> float:
+    """sqrt(mean(err^2 - var)) over rows (err, var): the RMSE with the estimates' own binomial noise taken out."""
+    return float(np.sqrt(max(np.mean(rows[:, 0] ** 2 - rows[:, 1]), 0.0)))
+
+
+def _stratified_by_value(values: np.ndarray, candidates: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """About n of `candidates`, at random, equally from each MEM_STRATA range of `values` (fewer where a stratum is
+    smaller)."""
+    rng = np.random.default_rng(seed)
+    strata = [candidates[(values[candidates] >= lo) & (values[candidates] < hi)]
+              for lo, hi in zip(MEM_STRATA[:-1], MEM_STRATA[1:])]
+    per = -(-n // len(strata))
+    return np.sort(np.concatenate([rng.choice(s, size=min(per, len(s)), replace=False) for s in strata if len(s)]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reference-models", type=int, default=400)
-    parser.add_argument("--loo-points", type=int, default=100)
-    parser.add_argument("--loo-models", type=int, default=12)
+    parser.add_argument("--reference-models", type=int, default=480)
+    parser.add_argument("--loo-points", type=int, default=30)
+    parser.add_argument("--loo-models", type=int, default=25)
     parser.add_argument("--profile", default="standard")
-    parser.add_argument("--stop-at", type=float, default=0.998,
-                        help="early-stopping variant: a model stops once its epoch accuracy on its shard reaches this")
+    parser.add_argument("--data", default="default", help="default, noisy (8%% of training labels flipped), or a path")
+    parser.add_argument("--curve", default="20,50,100", help="model counts of the RMSE curve (plus the stage's)")
+    parser.add_argument("--parts", default="2,3,4", help="which of parts 3 (LOO) and 4 (RMSE curve) to run too")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = load_config(profile=args.profile)
     with tempfile.TemporaryDirectory() as tmp:
-        store = Store(Path(tmp) / "bench.duckdb")
-        run_pipeline(store, "default", cfg, stages=("ingest", "train", "scores"))
-        data = load_training_arrays(store, cfg)
-        scores = store.query("SELECT sample_id, apb FROM scores ORDER BY sample_id")
-        cand_ids = store.query("SELECT f.sample_id FROM flags f JOIN scores s USING (sample_id) "
-                               "WHERE kind = 'memorized_candidate' ORDER BY s.apb, f.sample_id")["sample_id"]
-    assert (scores["sample_id"].to_numpy() == data.train_ids).all()
-    apb = scores["apb"].to_numpy()
-    index = {s: i for i, s in enumerate(data.train_ids)}
-    candidates = np.array([index[s] for s in cand_ids])
-    n = len(data.train_ids)
-    phases = []
+        store, data = audited(cfg, Path(tmp) / "bench.duckdb", dataset(args.data, Path(tmp)))
+        n = len(data.train_ids)
+        ref_design = reference_design(n, args.reference_models)
+        ref_correct, ref_seconds = train_correct(ref_design, data, cfg, seed=1)
+        ref = memorization_scores(ref_correct, ref_design.membership)
+        ref_mem = ref["mem"].to_numpy()
+        t0 = time.perf_counter()
+        report = memorization_stage(store, cfg)
+        stage_seconds = time.perf_counter() - t0
+        scores = store.query("SELECT sample_id, mem, mem_low, mem_high, mem_state, mem_sampled FROM scores")
+        scores = scores.set_index("sample_id").reindex(data.train_ids).reset_index()
+        estimate = store.query("SELECT * FROM memorization_estimates").iloc[0]
+        designs = store.query("SELECT design_id, n_models, n_candidates FROM shadow_designs ORDER BY created_at")
+        first = designs["design_id"].iat[0]
+        phase1 = store.query("SELECT point FROM design_points WHERE design_id = ? AND candidate ORDER BY point",
+                             [first])["point"].to_numpy()
+        improved_correct = correctness(store, first, data, int(designs["n_models"].iat[0]))[0]
+        bits = store.query("SELECT bits FROM memberships WHERE design_id = ? ORDER BY model_index", [first])["bits"]
+        improved_membership = unpack_rows([bytes(b) for b in bits], n)
 
-    ref_design = ploo_design(n, args.reference_models, 0.7, seed=1)
-    ref_correct, ref_time = train_all(ref_design, data, cfg, seed=1)
-    ref = memorization_scores(ref_correct, ref_design.membership)["mem"].to_numpy()
-    phases.append(["pLOO reference (r 0.7, all points)", ref_design.n_models, f"{ref_time:.0f}",
-                   f"{ref_design.n_models / ref_time * 60:.0f}", "-"])
+    truth = ref_mem >= THRESHOLD
+    flagged = (scores["mem_state"] == "memorized").to_numpy()
+    uncertain = (scores["mem_state"] == "uncertain").to_numpy()
+    scored = scores["mem"].notna().to_numpy()
+    hit = int((flagged & truth).sum())
+    _table(f"1-2. the standard stage's flags against the {args.reference_models}-model pLOO reference "
+           f"(r = 0.7, every point; {int(truth.sum())} of {n} with mem >= {THRESHOLD})",
+           ["measure", "value (95% interval)", "target"],
+           [["precision of `memorized`", _rate(hit, int(flagged.sum())), ">= 0.9"],
+            ["recall of `memorized`", _rate(hit, int(truth.sum())), ">= 0.8"],
+            ["recall of `memorized` + `uncertain`", _rate(int(((flagged | uncertain) & truth).sum()),
+                                                         int(truth.sum())), "-"],
+            ["reference-memorized never scored", f"{int((truth & ~scored).sum())}", "-"],
+            ["estimated total (stage)", f"{estimate['est_total']:.0f} [{estimate['est_low']:.0f}, "
+                                        f"{estimate['est_high']:.0f}]", f"within 15% of {int(truth.sum())}"],
+            ["estimated total / reference count", f"{estimate['est_total'] / truth.sum():.3f}", "0.85-1.15"],
+            ["reference count inside the interval",
+             str(bool(estimate["est_low"] <= truth.sum() <= estimate["est_high"])), "True"],
+            ["estimated recall of the flags (stage)", f"{estimate['recall']:.2f} [{estimate['recall_low']:.2f}, "
+                                                      f"{estimate['recall_high']:.2f}]", "-"],
+            ["states: memorized / uncertain / not / not scored",
+             f"{estimate['n_memorized']} / {estimate['n_uncertain']} / {estimate['n_not_memorized']} / "
+             f"{estimate['n_not_scored']}", "-"],
+            ["mean signed mem difference, stage - reference, on scored points",
+             f"{np.nanmean(scores['mem'].to_numpy()[scored] - ref_mem[scored]):+.3f}", "-"],
+            ["memorization stage wall time", f"{stage_seconds:.0f} s ({report.facts['models']} models)",
+             "<= 300 s on 2 CPU cores"]])
 
-    pearson = stats.pearsonr(apb, ref)[0]
-    spearman = stats.spearmanr(apb, ref)[0]
-    cand_pearson = stats.pearsonr(apb[candidates], ref[candidates])[0]
-    _table("2. ApB vs reference memorization score (paper: Pearson < -0.95)",
-           ["points", "n", "Pearson", "Spearman", "mean mem", "memorized (mem >= 0.25)"],
-           [["all training points", n, f"{pearson:.3f}", f"{spearman:.3f}", f"{np.nanmean(ref):.3f}",
-             int((ref >= 0.25).sum())],
-            ["ApB candidates (lowest 5%)", len(candidates), f"{cand_pearson:.3f}",
-             f"{stats.spearmanr(apb[candidates], ref[candidates])[0]:.3f}", f"{np.nanmean(ref[candidates]):.3f}",
-             int((ref[candidates] >= 0.25).sum())]])
+    if "3" in args.parts:
+        _loo_validation(args, data, cfg, ref, ref_mem, scores, scored, n)
+    if "4" in args.parts:
+        _rmse_curve(args, data, cfg, ref, ref_mem, phase1, improved_correct, improved_membership, n)
+    print(f"\nreference {args.reference_models} models {ref_seconds:.0f} s (cached runs report the time of their "
+          "first training)")
 
-    k = default_shard_count(len(candidates), cfg.memorization.per_candidate, cfg.memorization.min_models)
-    imp_design = ploo_improved_design(n, candidates, k, 0.5, seed=2)
-    imp_correct, imp_time = train_all(imp_design, data, cfg, seed=2)
-    imp = memorization_scores(imp_correct, imp_design.membership, candidates)["mem"].to_numpy()
-    small_design = ploo_design(n, k, 0.7, seed=3)
-    small_correct, small_time = train_all(small_design, data, cfg, seed=3)
-    small = memorization_scores(small_correct, small_design.membership, candidates)["mem"].to_numpy()
-    stop_correct, stop_time = train_all(imp_design, data, cfg, seed=2, stop_at=args.stop_at)
-    stop = memorization_scores(stop_correct, imp_design.membership, candidates)["mem"].to_numpy()
+
+def _loo_validation(args: argparse.Namespace, data, cfg, ref: pd.DataFrame, ref_mem: np.ndarray,
+                    scores: pd.DataFrame, scored: np.ndarray, n: int) -> None:
+    """Part 3: both estimators against exact LOO on a mem-stratified random sample of the scored points."""
+    loo_points = _stratified_by_value(ref_mem, np.flatnonzero(scored), args.loo_points, seed=5)
+    loo = loo_design(n, loo_points, args.loo_models, seed=4)
+    loo_correct, loo_seconds = train_correct(loo, data, cfg, seed=4)
+    exact = loo_scores(loo_correct, loo)
+    stage_mem = scores["mem"].to_numpy()[loo_points]
+    # Variance of (estimate - LOO): the reference and the stage's scores are independent of the LOO models.
+    stage_var = ((scores["mem_high"] - scores["mem_low"]).to_numpy()[loo_points] / (2 * 1.96)) ** 2
     rows = []
-    for name, values, models, seconds in (("pLOO-improved (default)", imp, k, imp_time),
-                                          (f"pLOO with the same {k} models", small, k, small_time),
-                                          (f"pLOO-improved, early stop at {args.stop_at:.1%} shard acc", stop, k,
-                                           stop_time)):
-        rows.append([name, models, f"{seconds:.1f}", f"{rmse(values, ref[candidates]):.3f}",
-                     f"{np.nanmean(np.abs(values - ref[candidates])):.3f}",
-                     f"{stats.pearsonr(values, ref[candidates])[0]:.3f}"])
-        phases.append([name, models, f"{seconds:.1f}", f"{models / seconds * 60:.0f}", "-"])
-    _table(f"3. on the {len(candidates)} candidates, against the {args.reference_models}-model pLOO reference",
-           ["estimator", "models", "seconds", "RMSE", "mean |error|", "Pearson"], rows)
+    for name, estimate_mem, variance in (("pLOO (the reference)", ref_mem[loo_points],
+                                          _variance(ref.iloc[loo_points])),
+                                         ("pLOO-improved (the stage)", stage_mem, stage_var)):
+        err = np.c_[estimate_mem - exact["mem"].to_numpy(), variance + _variance(exact)]
+        rmse = _bootstrap(err, _corrected_rmse)
+        bias = _bootstrap(err[:, 0], np.mean)
+        rows.append([name, f"{100 * rmse[0]:.1f} [{100 * rmse[1]:.1f}, {100 * rmse[2]:.1f}]",
+                     f"{100 * bias[0]:+.1f} [{100 * bias[1]:+.1f}, {100 * bias[2]:+.1f}]"])
+    loo_sd = float(np.sqrt(_variance(exact)).max())
+    _table(f"3. exact LOO ({args.loo_models} shared + {args.loo_models} without each) on {len(loo_points)} points drawn "
+           f"at random from the scored points, stratified by reference mem (largest LOO sd {loo_sd:.3f}); x100 scale "
+           "(paper: RMSE 35.5 pLOO vs 12.19 pLOO-improved)",
+           ["estimator", "noise-corrected RMSE vs LOO", "mean signed error vs LOO"], rows)
 
-    disagreement = np.abs(imp - ref[candidates])
-    chosen = candidates[np.argsort(-disagreement, kind="stable")[:args.loo_points]]
-    loo = loo_design(n, chosen, args.loo_models, seed=4)
-    loo_correct, loo_time = train_all(loo, data, cfg, seed=4)
-    exact = loo_scores(loo_correct, loo)["mem"].to_numpy()
-    pos = {c: i for i, c in enumerate(candidates)}
-    imp_on = imp[[pos[c] for c in chosen]]
-    phases.append([f"exact LOO ({args.loo_models} with + {args.loo_models} without each)", loo.n_models,
-                   f"{loo_time:.0f}", f"{loo.n_models / loo_time * 60:.0f}", "-"])
-    _table(f"4. exact LOO on the {len(chosen)} points where pLOO and pLOO-improved disagree most "
-           "(paper: RMSE 35.5 pLOO vs 12.19 pLOO-improved, 0-100 scale)",
-           ["estimator", "models", "RMSE vs LOO", "RMSE x100", "Pearson vs LOO"],
-           [[f"pLOO ({args.reference_models} models, all points)", args.reference_models,
-             f"{rmse(ref[chosen], exact):.3f}", f"{100 * rmse(ref[chosen], exact):.1f}",
-             f"{stats.pearsonr(ref[chosen], exact)[0]:.3f}"],
-            [f"pLOO-improved ({k} models)", k, f"{rmse(imp_on, exact):.3f}", f"{100 * rmse(imp_on, exact):.1f}",
-             f"{stats.pearsonr(imp_on, exact)[0]:.3f}"]])
-    _table("5. engine throughput per phase (batched mlp blocks of 16, 2 CPU cores)",
-           ["phase", "models", "seconds", "models/min", ""], phases)
+    print(f"exact LOO: {loo.n_models} models, {loo_seconds:.0f} s")
+
+
+def _rmse_curve(args: argparse.Namespace, data, cfg, ref: pd.DataFrame, ref_mem: np.ndarray, phase1: np.ndarray,
+                improved_correct: np.ndarray, improved_membership: np.ndarray, n: int) -> None:
+    """Part 4: RMSE against the reference as the number of models grows, pLOO and pLOO-improved on equal points."""
+    curve = []
+    counts = [int(c) for c in args.curve.split(",")]
+    stage_models = len(improved_correct)
+    ploo_big = ploo_design(n, stage_models, 0.7, seed=3)
+    ploo_correct, _ = train_correct(ploo_big, data, cfg, seed=3)
+    ref_var = _variance(ref.iloc[phase1])
+    for k in [c for c in counts if c < stage_models] + [stage_models]:
+        line = [k]
+        # The first k models of a design (the stage's own phase-1 models for pLOO-improved).
+        for correct, membership in ((ploo_correct, ploo_big.membership), (improved_correct, improved_membership)):
+            est = memorization_scores(correct[:k], membership[:k], phase1)
+            ok = est["mem"].notna().to_numpy()
+            err2 = (est["mem"].to_numpy()[ok] - ref_mem[phase1][ok]) ** 2 - ref_var[ok]
+            line.append(f"{np.sqrt(max(err2.mean(), 0)):.3f}")
+        curve.append(line)
+    _table(f"4. RMSE against the reference on the {len(phase1)} phase-1 points (reference noise subtracted)",
+           ["models", "pLOO (r = 0.7)", "pLOO-improved (r = 0.5)"], curve)
 
 
 if __name__ == "__main__":
