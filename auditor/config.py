@@ -75,13 +75,13 @@ class MemorizationConfig:
     loo_points: list
     loo_models: int
     # Added after the first release: defaults here too, so configs stored with older runs still load.
-    half_width: float = 0.15
+    half_width: float = 0.17
     min_in: int = 10
     min_out: int = 10
-    audit_fraction: float = 0.1
+    audit_fraction: float = 0.25
     audit_min_per_band: int = 10
     bands: int = 20
-    rate_floor: float = 0.1
+    rate_floor: float = 0.05
     max_sharded: float = 0.5
     loo_sample: int = 30
     influence_q: float = 0.05
