@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from auditor.detectors.duplicates import DUPLICATE_KINDS
+from auditor.detectors.pair_kinds import DUPLICATE_KINDS
 from auditor.ingest import class_order
 from auditor.manifest import MANIFEST_SUFFIXES
 from auditor.queries import FLAG_PRIORITY, flag_kinds

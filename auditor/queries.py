@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
+from auditor.detectors.pair_kinds import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import FLAG_PRIORITY, FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, Store
 
 # The first seed run of the 'apb' run that produced `scores`: its predictions are the ones shown next to ApB.

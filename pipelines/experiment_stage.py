@@ -31,12 +31,8 @@ from pipelines.arrays import TrainingArrays, load_training_arrays, training_fing
 from pipelines.jobs import Job
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import finish_run, now, start_run
+from pipelines.stage_names import BUCKETS, DEFAULT_ARMS, NAMED_ARMS, parse_arms  # noqa: F401 (re-exported)
 from pipelines.stages import StageReport, dynamics_frame
-
-# Arms named by a word; `flag:<kind>` and `ids:<file>` are the other forms.
-BUCKETS = ("memorized", "leakage", "subpopulation", "memorized_remainder")
-NAMED_ARMS = (*BUCKETS, "decisions")
-DEFAULT_ARMS = BUCKETS
 
 
 @dataclass(frozen=True)
@@ -49,19 +45,6 @@ class ExperimentSpec:
     seed: int = 0
     small_cluster_size: int = 3
     reaudit: bool = False
-
-
-def parse_arms(text: str) -> tuple[str, ...]:
-    """The comma-separated arms of `--arms`, checked: known names, `flag:<kind>`, `ids:<file>`; no repeats."""
-    arms = tuple(a.strip() for a in text.split(",") if a.strip())
-    if not arms:
-        raise ValueError(f"no arms given; use some of: {', '.join(NAMED_ARMS)}, flag:<kind>, ids:<file>")
-    for arm in arms:
-        if arm not in NAMED_ARMS and not (arm.startswith(("flag:", "ids:")) and arm.split(":", 1)[1]):
-            raise ValueError(f"unknown arm {arm!r}; use: {', '.join(NAMED_ARMS)}, flag:<kind> or ids:<file>")
-    if len(set(arms)) != len(arms):
-        raise ValueError("an arm is named twice in --arms")
-    return arms
 
 
 def paper_buckets(store: Store, small_cluster_size: int) -> dict[str, np.ndarray]:

@@ -8,10 +8,8 @@ from pipelines.detectors_stage import detectors_stage
 from pipelines.embeddings_stage import embeddings_stage
 from pipelines.memorization_stage import loo_stage, memorization_stage
 from pipelines.progress import ProgressFactory, silent
+from pipelines.stage_names import DEFAULT_STAGES, STAGES
 from pipelines.stages import StageReport, ingest_stage, scores_stage, train_stage
-
-STAGES = ("ingest", "train", "scores", "memorization", "embeddings", "detectors", "loo")
-DEFAULT_STAGES = ("ingest", "train", "scores", "memorization", "embeddings", "detectors")
 
 
 def run_pipeline(store: Store, data: str | None, cfg: AuditConfig, *, stages: tuple[str, ...] = DEFAULT_STAGES,

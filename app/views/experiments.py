@@ -12,8 +12,8 @@ from app.common import flag_name, run_page
 from auditor import queries, sweep_queries
 from auditor.experiment_queries import experiment_results
 from auditor.store import Store
-from pipelines.experiment_stage import BUCKETS
 from pipelines.launcher import launch_experiment
+from pipelines.stage_names import BUCKETS
 
 BUCKET_NAMES = {"memorized": "all memorized points", "leakage": "leakage bucket (memorized with a test twin)",
                 "subpopulation": "sub-population bucket (shared influenced test points or a tiny cluster)",

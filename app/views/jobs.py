@@ -11,7 +11,7 @@ from app.common import md, method_name, run_page
 from auditor import queries
 from auditor.store import Store
 from pipelines import launcher
-from pipelines.runner import STAGES
+from pipelines.stage_names import STAGES
 
 REFRESH_S = 3
 LOG_BYTES = 20_000

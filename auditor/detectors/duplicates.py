@@ -9,15 +9,13 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from auditor.detectors.pair_kinds import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.detectors.thresholds import Threshold
 from auditor.flags import FLAG_COLUMNS
 from auditor.neighbors import KnnGraph
 
 PAIR_COLUMNS = ["a_id", "b_id", "kind", "similarity", "conflicting"]
 EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting"]
-# Pair kinds by signal: file/pixel hashes, the embedding graph, shift-tolerant pixel matching (pixel_match.py).
-DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "pixel_duplicate")
-LEAK_KINDS = ("exact_leak", "leak", "pixel_leak")
 _EXACT_KINDS = ("exact_duplicate", "exact_leak")
 ISOLATION_RATIO = 0.25
 
