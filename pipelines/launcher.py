@@ -25,7 +25,7 @@ from auditor.config import load_config
 from auditor.store import Store
 from pipelines.jobs import Job
 from pipelines.progress import Bar, ProgressFactory, terminal
-from pipelines.runner import STAGES
+from pipelines.stage_names import STAGES, parse_arms
 from pipelines.runs import artifact_path, now
 from pipelines.writer_lock import check_free
 
@@ -71,8 +71,6 @@ def launch_experiment(db: str | Path, arms: Sequence[str], *, models: int, profi
                       reaudit: bool = False) -> str:
     """Start `memaudit experiment` on `db` with `arms` as a detached process and return its job id without waiting;
     ValueError before starting anything when the arms or the profile are unusable."""
-    from pipelines.experiment_stage import parse_arms
-
     parse_arms(",".join(arms))
     if models < 2:
         raise ValueError(f"an experiment needs at least 2 models per arm, got {models}")
