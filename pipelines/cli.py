@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from auditor import memorization_queries
@@ -23,6 +25,8 @@ from pipelines.sweep_stage import run_sweep, sweep_text
 from pipelines.writer_lock import writer_lock
 
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
+# How long `memaudit app` waits for streamlit to stop after forwarding it a signal before killing it.
+APP_STOP_GRACE_S = 10.0
 
 
 def _executor_overrides(args: argparse.Namespace) -> dict | None:
@@ -58,7 +62,29 @@ def _cmd_app(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.db} does not exist; create it first with `memaudit run --db {args.db}`")
     print(f"memaudit dashboard: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
     env = dict(os.environ, MEMAUDIT_DB=str(Path(args.db).resolve()))
-    return subprocess.call(app_command(args.db, args.host, args.port), env=env)
+    return _serve(app_command(args.db, args.host, args.port), env)
+
+
+def _serve(argv: list[str], env: dict[str, str]) -> int:
+    """Run `argv` (streamlit) until it exits, forwarding SIGTERM and SIGINT to it (and SIGKILL when it outlives one
+    by APP_STOP_GRACE_S), so that stopping this process stops the dashboard; its status (128 + N after signal N)."""
+    proc = subprocess.Popen(argv, env=env)
+    kill_at: list[float] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        kill_at.append(time.monotonic() + APP_STOP_GRACE_S)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while (code := proc.poll()) is None:
+            if kill_at and time.monotonic() > kill_at[0]:
+                proc.kill()
+            time.sleep(0.1)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
 
 
 def status_text(store: Store) -> str:
