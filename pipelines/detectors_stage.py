@@ -116,15 +116,25 @@ def _embedder(store: Store) -> str:
     return embedder_id
 
 
+def _run_id(store: Store, cfg: AuditConfig, embedder_id: str, samples: pd.DataFrame) -> str:
+    """The run id of the detectors on their inputs: the embedder, the config, the `samples`, the memorization run and
+    the reviewers' pair judgements; a re-run on the same inputs replaces its own rows."""
+    mem_run = store.scalar("SELECT max(mem_run_id) FROM scores")
+    judged = store.query("SELECT a_id, b_id, is_duplicate, decided_at FROM pair_judgements "
+                         "ORDER BY decided_at, a_id, b_id")
+    spec = {k: v for k, v in cfg.to_dict().items() if k not in ("profile", "executor")}
+    return f"detect-{fingerprint(embedder_id, spec, samples.to_numpy().tolist(), mem_run, judged.to_numpy().tolist())}"
+
+
 def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
     """Build the kNN graph once and run every detector on it; replaces their flags, pairs and evidence tables."""
     t0 = time.perf_counter()
     dc = cfg.detectors
     embedder_id = _embedder(store)
-    run_id = f"detect-{fingerprint(embedder_id, cfg.to_dict()['detectors'], time.time_ns())}"
-    start_run(store, run_id, "detectors", cfg, seed=cfg.seed)
     samples = store.query("SELECT sample_id, split, label, label_index, file_hash, pixel_hash FROM samples "
                           "ORDER BY sample_id")
+    run_id = _run_id(store, cfg, embedder_id, samples)
+    start_run(store, run_id, "detectors", cfg, seed=cfg.seed)
     labels = store.query("SELECT label FROM classes ORDER BY label_index")["label"].tolist()
     train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
     train_ids, test_ids = train["sample_id"].to_numpy(), test["sample_id"].to_numpy()
@@ -176,6 +186,7 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
                  ("thresholds", threshold_rows), ("clusters", cluster_frame), ("neighbors", neighbors),
                  ("subpopulations", subpops.assign(run_id=run_id))],
                 deletes=[(f"DELETE FROM flags WHERE kind IN ({marks})", list(DETECTOR_KINDS)),
+                         ("DELETE FROM thresholds WHERE run_id = ?", [run_id]),
                          ("DELETE FROM pairs", []), ("DELETE FROM clusters", []), ("DELETE FROM subpopulations", []),
                          ("DELETE FROM neighbors WHERE embedder_id = ?", [embedder_id])])
     counts = flags["kind"].value_counts().to_dict()
