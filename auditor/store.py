@@ -151,6 +151,7 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS apb_band INTEGER;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_weight DOUBLE;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command VARCHAR;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log_path VARCHAR;
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS token VARCHAR;
 """
 
 # Flag kinds, most important first: the order of the review filter, the tiles, the findings and the map's colours.

@@ -8,16 +8,20 @@ import time
 from auditor.store import Store
 from pipelines.runs import now
 
+# The environment variable holding a launched job's token: the proof that a process is that job (see launcher.cancel).
+TOKEN_ENV = "MEMAUDIT_JOB_TOKEN"
+
 
 class Job:
-    """One long-running unit of work; each update is its own short transaction."""
+    """One long-running unit of work; each update is its own short transaction. Its row records this process's pid
+    and, inside a launched job, that job's token."""
 
     def __init__(self, store: Store, job_id: str, kind: str, run_id: str, total: int, unit: str):
         self.store, self.job_id, self.total = store, job_id, total
         self._t0, self._done_at_start = time.monotonic(), None
         store.execute("INSERT OR REPLACE INTO jobs (job_id, kind, run_id, status, done, total, unit, started_at,"
-                      " updated_at, pid) VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?)",
-                      [job_id, kind, run_id, total, unit, now(), now(), os.getpid()])
+                      " updated_at, pid, token) VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?, ?)",
+                      [job_id, kind, run_id, total, unit, now(), now(), os.getpid(), os.environ.get(TOKEN_ENV)])
 
     @classmethod
     def attach(cls, store: Store, job_id: str, total: int = 0) -> Job:

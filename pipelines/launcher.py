@@ -1,7 +1,8 @@
 """Pipeline runs started from the dashboard: a detached `memaudit run` per job, its `jobs` row, its log, cancel.
 
 The child process owns its row while it runs (it marks it done or failed, see `tracked`); the dashboard only starts
-it, cancels it, and marks it failed when its process is gone without a word (`refresh`).
+it, cancels it, and marks it failed when its process is gone without a word (`refresh`). The row records a random token
+that only the job's process carries (in its environment), so no row can make Cancel signal a process it did not start.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 from auditor import queries
 from auditor.config import load_config
 from auditor.store import Store
-from pipelines.jobs import Job
+from pipelines.jobs import TOKEN_ENV, Job
 from pipelines.progress import Bar, ProgressFactory, terminal
 from pipelines.stage_names import STAGES, parse_arms
 from pipelines.runs import artifact_path, now
@@ -84,14 +85,16 @@ def launch_experiment(db: str | Path, arms: Sequence[str], *, models: int, profi
 
 
 def _spawn(store: Store, argv: list[str], kind: str, total: int, unit: str) -> str:
-    """Register a running `jobs` row, start `argv --job-id ID` detached with its output in the job's log, and
-    return the job id (the child ends its row: done or failed)."""
+    """Mark stale running jobs failed, register a running `jobs` row, start `argv --job-id ID` detached with its
+    output in the job's log and the row's token in its environment, and return the job id (the child ends its row)."""
+    refresh(store)
     job_id = f"{kind}-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     argv = [*argv, "--job-id", job_id]
     log_path = logs_dir(store.path) / f"{job_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     job = Job(store, job_id, kind, None, total, unit)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    token = secrets.token_hex(16)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{TOKEN_ENV: token})
     env.setdefault("HF_HUB_OFFLINE", "1")
     try:
         with log_path.open("ab") as log:
@@ -100,8 +103,8 @@ def _spawn(store: Store, argv: list[str], kind: str, total: int, unit: str) -> s
     except OSError as exc:
         job.finish("failed", f"could not start: {exc}")
         raise
-    store.execute("UPDATE jobs SET pid = ?, command = ?, log_path = ?, message = coalesce(message, ?) "
-                  "WHERE job_id = ?", [proc.pid, shlex.join(argv), str(log_path), "starting", job_id])
+    store.execute("UPDATE jobs SET pid = ?, token = ?, command = ?, log_path = ?, message = coalesce(message, ?) "
+                  "WHERE job_id = ?", [proc.pid, token, shlex.join(argv), str(log_path), "starting", job_id])
     return job_id
 
 
@@ -120,9 +123,11 @@ def _data_source(store: Store, data: str | None) -> str:
 
 @contextlib.contextmanager
 def tracked(store: Store, job_id: str | None, total: int) -> Iterator[ProgressFactory]:
-    """Progress bars for a launched command (`memaudit run`, `memaudit experiment`); with its job id also the `jobs`
-    row its launcher registered: the current step as its message, then done, or failed with the error (which
-    propagates)."""
+    """Progress bars for a launched command (`memaudit run`, `memaudit experiment`), after marking stale running jobs
+    failed; with its job id also the `jobs` row its launcher registered: the current step as its message, then done,
+    or failed with the error (which propagates)."""
+    if store.path.exists():
+        refresh(store)
     if job_id is None:
         yield terminal
         return
@@ -175,30 +180,66 @@ def is_alive(pid: int | None, started_at: datetime | None) -> bool:
                                         or process_start <= started_at + START_SLACK)
 
 
+def _running(store: Store) -> pd.DataFrame:
+    """Every job recorded as running, oldest first (job_id, pid, started_at, token; no token in older files)."""
+    return store.query("SELECT * FROM jobs WHERE status = 'running' ORDER BY started_at, job_id").reindex(
+        columns=["job_id", "pid", "started_at", "token"])
+
+
+def _carries_token(pid: int, token: str) -> bool:
+    """Whether process `pid` was started with `token` as its job token (False where /proc cannot tell)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"{TOKEN_ENV}={token}".encode() in environ.split(b"\0")
+
+
+def _disproof(pid: int | None, started_at: datetime | None, token: str | None) -> str | None:
+    """Why `pid` is not the process of a job started at `started_at` with `token` (gone, a reused pid, or without
+    the token); None when nothing disproves it, which for a row without a token proves nothing."""
+    if not is_alive(pid, started_at):
+        return "process vanished (see its log, if any)"
+    if not pd.isna(token) and not _carries_token(int(pid), token):
+        return f"process {int(pid)} is not this job (it does not carry the job's token)"
+    return None
+
+
 def refresh(store: Store) -> int:
-    """Mark 'failed' every running job whose process is gone (killed, crashed, machine restarted); returns how many."""
-    stale = [job.job_id for job in queries.running_jobs(store).itertuples() if not is_alive(job.pid, job.started_at)]
-    for job_id in stale:
-        Job.attach(store, job_id).finish("failed", "process vanished (see its log, if any)")
+    """Mark 'failed' every running job whose process is gone (killed, crashed, machine restarted) or is not the job
+    (a reused pid, a database from another machine); returns how many."""
+    stale = [(job.job_id, reason) for job in _running(store).itertuples()
+             if (reason := _disproof(job.pid, job.started_at, job.token)) is not None]
+    for job_id, reason in stale:
+        Job.attach(store, job_id).finish("failed", reason)
     return len(stale)
 
 
 def cancel(store: Store, job_id: str) -> bool:
-    """Stop a running job: SIGTERM to its process group, SIGKILL after a grace period, then mark it (and the other
-    running jobs of the same process) 'cancelled'. False when the job is not running."""
-    row = queries.job(store, job_id)
-    if row is None or row["status"] != "running":
+    """Stop a running job whose process proves to be it (alive and carrying the job's token): SIGTERM to its process
+    group, SIGKILL after a grace period, then mark it (and the other running jobs of that process) 'cancelled'.
+    A job whose process cannot prove it is marked 'failed' with the reason and nothing is signalled. False when the
+    job is not running."""
+    running = _running(store)
+    rows = running[running["job_id"].eq(job_id)]
+    if rows.empty:
         return False
-    pid, started_at = None if row["pid"] is None else int(row["pid"]), row["started_at"]
-    if is_alive(pid, started_at):
-        _signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + CANCEL_GRACE_S
-        while is_alive(pid, started_at) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if is_alive(pid, started_at):
-            _signal(pid, signal.SIGKILL)
-    same_process = queries.running_jobs(store)
-    for other in same_process.loc[same_process["pid"].eq(pid) | same_process["job_id"].eq(job_id), "job_id"]:
+    job = rows.iloc[0]
+    pid = None if pd.isna(job.pid) else int(job.pid)
+    reason = _disproof(pid, job.started_at, job.token)
+    if reason is None and pd.isna(job.token):
+        reason = (f"process {pid} was not started from the dashboard (the job has no token), so nothing proves it is "
+                  "this job; stop it where it runs")
+    if reason is not None:
+        Job.attach(store, job_id).finish("failed", f"not signalled: {reason}")
+        return True
+    _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + CANCEL_GRACE_S
+    while _disproof(pid, job.started_at, job.token) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _disproof(pid, job.started_at, job.token) is None:
+        _signal(pid, signal.SIGKILL)
+    for other in running.loc[running["pid"].eq(pid) & running["token"].eq(job.token), "job_id"]:
         Job.attach(store, other).finish("cancelled", "cancelled")
     return True
 
@@ -206,7 +247,7 @@ def cancel(store: Store, job_id: str) -> bool:
 def _signal(pid: int, sig: signal.Signals) -> None:
     """Send `sig` to the process group `pid` leads (a launched job and its workers), else to `pid` alone."""
     if pid == os.getpid():
-        return  # the row of a job being launched still holds the launcher's own pid
+        return  # never this process, whatever a row says
     with contextlib.suppress(ProcessLookupError):
         if os.getpgid(pid) == pid:
             os.killpg(pid, sig)
