@@ -17,11 +17,9 @@ from auditor.export import ExportSummary, export_manifest
 from auditor.manifest import ManifestError
 from auditor.store import Store, StoreBusy
 from auditor.sweep import METHODS, SweepSpec
-from pipelines.experiment_stage import DEFAULT_ARMS, ExperimentSpec, experiment_text, parse_arms, run_experiment
 from pipelines.launcher import tracked
 from pipelines.progress import terminal
-from pipelines.runner import DEFAULT_STAGES, STAGES, format_summary, run_pipeline
-from pipelines.sweep_stage import run_sweep, sweep_text
+from pipelines.stage_names import DEFAULT_ARMS, DEFAULT_STAGES, STAGES, parse_arms
 from pipelines.writer_lock import writer_lock
 
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
@@ -38,6 +36,8 @@ def _executor_overrides(args: argparse.Namespace) -> dict | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from pipelines.runner import format_summary, run_pipeline  # the training stack, only for commands that train
+
     stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
     store = Store(args.db)
     command = f"memaudit run --data {args.data} --stages {args.stages}"
@@ -171,6 +171,8 @@ def _existing(db: str, first: str) -> Store:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pipelines.sweep_stage import run_sweep, sweep_text
+
     store = Store(args.db)
     if not args.show:
         store = _existing(args.db, "ingest a dataset")
@@ -186,6 +188,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_experiment(args: argparse.Namespace) -> int:
+    from pipelines.experiment_stage import ExperimentSpec, experiment_text, run_experiment
+
     store = Store(args.db)
     if not args.show:
         store = _existing(args.db, "audit a dataset")

@@ -132,3 +132,12 @@ def test_the_dashboard_never_loads_the_training_stack(tmp_path):
     assert all(not r["errors"] for r in report), [r for r in report if r["errors"]]
     first = next((r for r in report if r["heavy"]), None)
     assert first is None, f"the dashboard loaded {', '.join(first['heavy'])}, first with {first['page']}"
+
+
+def test_the_cli_loads_the_training_stack_only_to_train():
+    """`memaudit app`, `status` and `export` start without torch, faiss or open_clip (seconds of cold start)."""
+    probe = f"import sys, pipelines.cli; print([m for m in {HEAVY!r} if m in sys.modules])"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
