@@ -17,7 +17,7 @@ import pandas as pd
 
 SHORTLIST = -1  # band of the lowest-ApB shortlist (every point scored)
 BAND_COLUMNS = ["band", "apb_low", "apb_high", "n_points", "n_audit", "audit_memorized", "rate", "rate_low",
-                "rate_high", "role", "n_scored", "memorized", "est_memorized", "est_low", "est_high"]
+                "rate_high", "role", "n_scored", "memorized", "noise_var", "est_memorized", "est_low", "est_high"]
 
 
 def apb_bands(apb: np.ndarray, shortlist: np.ndarray, n_bands: int) -> np.ndarray:
@@ -91,15 +91,19 @@ def estimate_total(bands: pd.DataFrame, flagged: int, level: float = 0.95) -> To
     p = (x + 1/2) / (n + 1), so a band with no hit in its sample still leaves room above zero; it never goes below
     the memorized points actually scored nor above all points that could be.
 
-    `bands` needs band, n_points, n_scored, memorized (among the scored points), n_audit and audit_memorized."""
+    `bands` needs band, n_points, n_scored, memorized (among the scored points), n_audit and audit_memorized; an
+    optional noise_var (band_table) adds the uncertainty of each scored point being above the threshold or not,
+    and then the scored count bounds the interval neither from below nor from above."""
     from scipy import stats
 
     point = certain = most = variance = 0.0
+    noisy = "noise_var" in bands.columns and bands["noise_var"].sum() > 0
     for band in bands.itertuples():
+        variance += band.noise_var if noisy else 0.0
         unscored = int(band.n_points - band.n_scored)
         point += band.memorized
         certain += band.memorized
-        most += band.memorized + unscored
+        most += band.n_points if noisy else band.memorized + unscored
         if unscored <= 0:
             continue
         if band.n_audit <= 0:
@@ -108,19 +112,32 @@ def estimate_total(bands: pd.DataFrame, flagged: int, level: float = 0.95) -> To
         rate = (band.audit_memorized + 0.5) / (band.n_audit + 1)
         variance += band.n_points ** 2 * (1 - band.n_audit / band.n_points) * rate * (1 - rate) / band.n_audit
     half = stats.norm.ppf(0.5 + level / 2) * np.sqrt(variance)
-    low, high = max(point - half, certain), min(point + half, most)
+    low, high = max(point - half, 0.0 if noisy else certain), min(point + half, most)
     recall = flagged / point if point > 0 else float("nan")
     return TotalEstimate(point, low, high, flagged, recall,
                          flagged / high if high > 0 else float("nan"),
                          min(flagged / low, 1.0) if low > 0 else float("nan"))
 
 
+def classification_noise(mem: np.ndarray, low: np.ndarray, high: np.ndarray, threshold: float) -> np.ndarray:
+    """p(1 - p) per point, p = the chance its true mem is at or above the threshold given its estimate and 95%
+    interval (normal approximation): the variance of counting it as memorized or not (0 where not scored)."""
+    from scipy import stats
+
+    se = (np.asarray(high) - np.asarray(low)) / (2 * stats.norm.ppf(0.975))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = stats.norm.cdf((np.asarray(mem) - threshold) / se)
+    p = np.where(se > 0, p, np.asarray(mem) >= threshold)
+    return np.nan_to_num(p * (1 - p))
+
+
 def band_table(apb: np.ndarray, bands: np.ndarray, audit: np.ndarray, scored: np.ndarray, memorized: np.ndarray,
-               extended: int) -> pd.DataFrame:
+               extended: int, noise: np.ndarray | None = None) -> pd.DataFrame:
     """One row per band (the shortlist first) with its ApB range, audit-sample rate (Jeffreys 95% interval), role
     ('shortlist', 'extended', 'audited') and scored and memorized counts; est_* are filled by `band_estimates`.
 
-    scored and memorized are bool per training point; audit the audit sample's indices."""
+    scored and memorized are bool per training point; audit the audit sample's indices; noise (optional) each point's
+    classification_noise, summed per band with the band's weight squared (noise_var) into the count's variance."""
     in_audit = np.zeros(len(apb), bool)
     in_audit[audit] = True
     rows = []
@@ -130,10 +147,13 @@ def band_table(apb: np.ndarray, bands: np.ndarray, audit: np.ndarray, scored: np
         hits = int((members & in_audit & memorized).sum())
         role = ("shortlist" if band == SHORTLIST else "extended" if band < extended
                 else "audited" if n_audit else "scored")
+        n_scored = int((members & scored).sum())
+        weight = 1.0 if n_scored == members.sum() or not n_audit else members.sum() / n_audit
         rows.append({"band": int(band), "apb_low": float(apb[members].min()), "apb_high": float(apb[members].max()),
                      "n_points": int(members.sum()), "n_audit": n_audit, "audit_memorized": hits,
-                     "rate": hits / n_audit if n_audit else float("nan"), "role": role,
-                     "n_scored": int((members & scored).sum()), "memorized": int((members & memorized).sum())})
+                     "rate": hits / n_audit if n_audit else float("nan"), "role": role, "n_scored": n_scored,
+                     "memorized": int((members & memorized).sum()),
+                     "noise_var": 0.0 if noise is None else float(weight ** 2 * noise[members & scored].sum())})
     frame = pd.DataFrame(rows)
     frame["rate_low"], frame["rate_high"] = jeffreys_interval(frame["audit_memorized"], frame["n_audit"])
     return band_estimates(frame)

@@ -122,7 +122,7 @@ CREATE TABLE IF NOT EXISTS memorization_estimates(
 CREATE TABLE IF NOT EXISTS memorization_bands(
     run_id VARCHAR, band INTEGER, apb_low DOUBLE, apb_high DOUBLE, n_points INTEGER, n_audit INTEGER,
     audit_memorized INTEGER, rate DOUBLE, rate_low DOUBLE, rate_high DOUBLE, role VARCHAR, n_scored INTEGER,
-    memorized INTEGER, est_memorized DOUBLE, est_low DOUBLE, est_high DOUBLE);
+    memorized INTEGER, noise_var DOUBLE, est_memorized DOUBLE, est_low DOUBLE, est_high DOUBLE);
 CREATE TABLE IF NOT EXISTS proxy_calibration(
     run_id VARCHAR, proxy VARCHAR, n_scored INTEGER, pearson DOUBLE, pearson_low DOUBLE, pearson_high DOUBLE,
     spearman DOUBLE, spearman_low DOUBLE, spearman_high DOUBLE, top_k INTEGER, top_k_overlap DOUBLE,

@@ -16,7 +16,7 @@ import pandas as pd
 
 from auditor.config import AuditConfig
 from auditor.audit_sample import (SHORTLIST, TotalEstimate, apb_bands, audit_sample, band_table, bands_to_extend,
-                                  estimate_total, stratified_pick)
+                                  classification_noise, estimate_total, stratified_pick)
 from auditor.memorization import (benjamini_hochberg, cross_influence, influence_tests, loo_scores,
                                   memorization_scores, memorization_states)
 from auditor.provenance import fingerprint
@@ -374,8 +374,11 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
     mem = np.full(n, np.nan)
     mem[scores["index"].to_numpy()] = scores["mem"].to_numpy()
     at_threshold = np.nan_to_num(mem, nan=-np.inf) >= mc.threshold
+    noise = np.zeros(n)
+    noise[scores["index"].to_numpy()] = classification_noise(scores["mem"].to_numpy(), scores["mem_low"].to_numpy(),
+                                                             scores["mem_high"].to_numpy(), mc.threshold)
     band_frame = band_table(proxies["apb"].to_numpy(), bands if bands is not None else np.zeros(n, np.int64), audit,
-                            scored, at_threshold, extended)
+                            scored, at_threshold, extended, noise)
     flags = _state_flags(scores, mc.threshold)
     total = estimate_total(band_frame, flagged=int((flags["kind"] == "memorized").sum()))
     calibration = proxy_calibration(proxies, np.nan_to_num(mem), sampling["mem_weight"].to_numpy(), at_threshold,

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from auditor.audit_sample import (SHORTLIST, apb_bands, audit_sample, band_table, bands_to_extend, estimate_total,
-                                  jeffreys_interval, stratified_pick)
+from auditor.audit_sample import (SHORTLIST, apb_bands, audit_sample, band_table, bands_to_extend,
+                                  classification_noise, estimate_total, jeffreys_interval, stratified_pick)
 
 
 def test_bands_cut_the_rest_by_apb_rank_into_equal_counts():
@@ -119,3 +119,20 @@ def test_stratified_pick_covers_every_stratum_and_skips_nan():
     assert len(picked) == 30 and not np.isnan(values[picked]).any()
     assert np.bincount((values[picked] // 20).astype(int)).tolist() == [6, 6, 6, 6, 6]
     assert picked.tolist() == stratified_pick(values, 30, 5, seed=1).tolist()
+
+
+def test_classification_noise_is_largest_at_the_threshold():
+    noise = classification_noise(np.array([0.25, 0.6, -0.2, 0.3, np.nan]), np.array([0.05, 0.4, -0.4, 0.3, np.nan]),
+                                 np.array([0.45, 0.8, 0.0, 0.3, np.nan]), threshold=0.25)
+    assert noise[0] == pytest.approx(0.25)  # on the threshold: a coin flip
+    assert noise[1] < 1e-3 and noise[2] < 1e-3  # far from it: certain
+    assert noise[3] == 0 and noise[4] == 0  # no width (certain) and not scored
+
+
+def test_noise_widens_the_interval_and_lifts_the_floor():
+    bands = _bands([100], [100], [30], [0], [0])
+    exact = estimate_total(bands, flagged=30)
+    noisy = estimate_total(bands.assign(noise_var=9.0), flagged=30)
+    assert (exact.low, exact.high) == (30, 30)
+    assert noisy.total == 30 and noisy.low == pytest.approx(30 - 1.96 * 3, abs=0.01)
+    assert noisy.high == pytest.approx(30 + 1.96 * 3, abs=0.01)

@@ -96,19 +96,19 @@ def test_calibration_weights_make_a_stratified_sample_stand_for_the_whole_set():
 
 
 def test_calibration_null_shuffled_mem_gives_no_correlation():
-    """Null test: with mem shuffled across the scored points no proxy correlates. Over 40 shuffles x 2 proxies about
-    5% of the 95% intervals exclude 0 (at most 9 of 80: P = 0.007 under the null) and no estimate is past 4 standard
+    """Null test: with mem shuffled across the scored points no proxy correlates. Over 20 shuffles x 2 proxies about
+    5% of the 95% intervals exclude 0 (at most 5 of 40: P = 0.014 under the null) and no estimate is past 4 standard
     errors."""
     rng = np.random.default_rng(3)
     pop = _population(1500, rng)
     excluded, estimates = 0, []
-    for _ in range(40):
+    for _ in range(20):
         mem = rng.permutation(pop["mem"].to_numpy())
         report = proxy_calibration(pop, mem, np.ones(1500), mem >= 0.25, k=int((mem >= 0.25).sum()),
                                    seed=int(rng.integers(1 << 30)))
         excluded += int(((report["spearman_low"] > 0) | (report["spearman_high"] < 0)).sum())
         estimates.extend(report["spearman"].tolist())
-    assert excluded <= 9
+    assert excluded <= 5
     assert np.abs(estimates).max() < 4 / np.sqrt(1499)
 
 

@@ -93,10 +93,11 @@ def test_tables_are_filled_and_only_sharded_points_are_scored(audited):
                                                                   counts.get("uncertain", 0))
     assert estimate["n_memorized"] + estimate["n_uncertain"] + estimate["n_not_memorized"] == scored.sum()
     assert estimate["est_low"] <= estimate["est_total"] <= estimate["est_high"] <= n_train
-    assert estimate["est_low"] >= ((scores["mem"] >= 0.25) & scored).sum()  # what was found is certain
+    assert estimate["est_low"] >= 0 and estimate["est_total"] == ((scores["mem"] >= 0.25) * scores["mem_weight"]).sum()
     assert estimate["n_models"] == 12 * len(designs) and estimate["plan"].count("12 shadow models") == len(designs)
     bands = store.query("SELECT * FROM memorization_bands ORDER BY band")
     assert bands["n_points"].sum() == n_train and bands["est_memorized"].sum() == pytest.approx(estimate["est_total"])
+    assert bands["noise_var"].sum() > 0  # 12 models leave many points near the threshold: the interval says so
     calibration = store.query("SELECT * FROM proxy_calibration")
     assert set(calibration["proxy"]) == {"apb", "el2n", "forgetting_events", "confidence", "variability"}
     jobs = store.query("SELECT status, done, total FROM jobs WHERE kind = 'ploo_improved'")
