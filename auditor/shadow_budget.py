@@ -43,11 +43,14 @@ class DesignPlan:
     expected_half_width: float
     seconds_per_model: float | None
 
-    def describe(self) -> str:
-        """One line for the terminal and the run's record."""
+    def describe(self, timed: bool = True) -> str:
+        """One line for the terminal (timed) and the run's record (not timed: a record depends only on its inputs)."""
+        line = (f"{self.phase}: {self.n_models} shadow models, {self.n_sharded} points sharded at r = "
+                f"{self.fraction:g}; expected 95% half-width of mem <= {self.expected_half_width:.3f} "
+                f"(target {self.target_half_width:g})")
+        if not timed:
+            return line
         eta = ("unknown (no shadow model timed on this database yet)" if self.seconds_per_model is None
                else f"~{self.n_models * self.seconds_per_model / 60:.1f} min at "
                     f"{60 / self.seconds_per_model:.0f} models/min measured here")
-        return (f"{self.phase}: {self.n_models} shadow models, {self.n_sharded} points sharded at r = "
-                f"{self.fraction:g}; expected 95% half-width of mem <= {self.expected_half_width:.3f} "
-                f"(target {self.target_half_width:g}); time {eta}")
+        return f"{line}; time {eta}"

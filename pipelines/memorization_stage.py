@@ -341,7 +341,7 @@ def _estimates(run_id: str, cfg: AuditConfig, scores: pd.DataFrame, sampling: pd
         "rate_floor": cfg.memorization.rate_floor, "n_models": sum(p.n_models for p in plans),
         "target_half_width": cfg.memorization.half_width,
         "expected_half_width": max(p.expected_half_width for p in plans),
-        "plan": "\n".join(p.describe() for p in plans), "created_at": now()}])
+        "plan": "\n".join(p.describe(timed=False) for p in plans), "created_at": now()}])
 
 
 def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:

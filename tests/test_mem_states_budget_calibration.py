@@ -52,6 +52,7 @@ def test_plan_describes_models_points_half_width_and_time():
     text = DesignPlan("phase 1", 171, 580, 0.5, 0.15, half_width(171, 0.5), 0.6).describe()
     assert "171 shadow models" in text and "580 points" in text and "0.150" in text and "1.7 min" in text
     assert "unknown" in DesignPlan("phase 1", 6, 10, 0.5, 0.8, 0.7, None).describe()
+    assert "min" not in DesignPlan("phase 1", 171, 580, 0.5, 0.15, 0.15, 0.6).describe(timed=False)  # as recorded
 
 
 def test_weighted_statistics_equal_the_plain_ones_with_equal_weights():
