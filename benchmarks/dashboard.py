@@ -189,6 +189,9 @@ def _frames(path: Path, n: int, seed: int, n_classes: int, train_fraction: float
         "mem_note": np.where(candidate, None, "not a candidate (ApB above cut-off)").astype(object),
         "mem_run_id": MEM_RUN})
     memorized = candidate & (mem >= MEM_THRESHOLD) & (scores["mem_low"].to_numpy() > 0)
+    uncertain = candidate & ~memorized & ~(scores["mem_high"].to_numpy() < MEM_THRESHOLD)
+    scores["mem_state"] = np.select([memorized, uncertain, candidate], ["memorized", "uncertain", "not_memorized"],
+                                    None)
 
     # dynamics: one 'batch' record per training image, seed run and epoch, written in step order (as training does)
     steps = -(-n_train // BATCH)
@@ -341,6 +344,9 @@ def _frames(path: Path, n: int, seed: int, n_classes: int, train_fraction: float
                                  for m, lo, hi, a, b in scores.loc[memorized, ["mem", "mem_low", "mem_high",
                                                                               "mem_n_in", "mem_n_out"]].itertuples(
                                      index=False)],
+                      "run_id": MEM_RUN}),
+        pd.DataFrame({"sample_id": train_ids[uncertain], "kind": "memorized_uncertain", "score": mem[uncertain],
+                      "detail": "the interval straddles the threshold: more shadow models would decide",
                       "run_id": MEM_RUN}),
         pd.concat([*twin_flags, long_tail, mislabeled], ignore_index=True).assign(run_id=DETECT_RUN),
         pd.DataFrame({"sample_id": ids[unreadable], "kind": "unreadable", "score": 1.0,

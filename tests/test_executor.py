@@ -107,6 +107,7 @@ CONFIG = """
 [memorization]
 models = 8
 block = 2
+max_sharded = 0.0
 [executor]
 threads = 1
 """
@@ -117,7 +118,7 @@ def test_memorization_on_ray_survives_a_killed_worker(small_db, tmp_path, ray_he
     sections = {**SMALL_OVERRIDES, "train": {**SMALL_OVERRIDES["train"], "epochs": 150}}  # tasks of seconds
     overrides = "\n".join(f"[{section}]\n" + "\n".join(f"{k} = {v}" for k, v in values.items())
                           for section, values in sections.items())
-    cfg.write_text(CONFIG + overrides + "\n")
+    cfg.write_text(CONFIG + overrides + "\n")  # max_sharded = 0: one design (no extension), tasks of seconds
     on_ray, local = tmp_path / "ray.duckdb", tmp_path / "local.duckdb"
     for target in (on_ray, local):
         shutil.copy(small_db, target)
