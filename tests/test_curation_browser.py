@@ -8,8 +8,9 @@ import re
 from test_browser import _idle, _rerun, app_url, curation_db, page, pytestmark  # noqa: F401 (fixtures, marks)
 
 
-def _page_number(page) -> str:
-    return page.get_by_label(re.compile(r"^Page \(of \d+\)$")).input_value()
+def _page_number(page):
+    """The Review page-number input (assert on it with expect, which waits for the rerun to settle)."""
+    return page.get_by_label(re.compile(r"^Page \(of \d+\)$"))
 
 
 def test_a_link_opens_the_review_view_and_back_returns_to_it(page, app_url):
@@ -19,7 +20,7 @@ def test_a_link_opens_the_review_view_and_back_returns_to_it(page, app_url):
     page.get_by_role("heading", name="Review images", exact=True).wait_for()
     _idle(page)
     page.get_by_text("images flagged long tail", exact=False).first.wait_for()
-    assert _page_number(page) == "2"
+    expect(_page_number(page)).to_have_value("2")
     expect(page.get_by_text(re.compile(r"^Images 13–"))).to_be_visible()
     tile = page.locator("[data-testid='stVerticalBlock']").filter(
         has=page.get_by_role("button", name="Details")).last
@@ -31,7 +32,8 @@ def test_a_link_opens_the_review_view_and_back_returns_to_it(page, app_url):
     page.get_by_role("heading", name="Review images", exact=True).wait_for()
     _idle(page)
     page.get_by_text("images flagged long tail", exact=False).first.wait_for()
-    assert _page_number(page) == "2" and "flag=long_tail" in page.url
+    expect(_page_number(page)).to_have_value("2")
+    assert "flag=long_tail" in page.url
     assert page.locator("[data-testid='stException']").count() == 0
 
 
