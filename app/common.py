@@ -16,6 +16,7 @@ import duckdb
 import streamlit as st
 
 from auditor import queries
+from auditor.flag_kinds import REGISTRY, evidence_style
 from auditor.reviews import default_reviewer
 from auditor.thumbnails import thumbnail as make_thumbnail
 from auditor.store import Store, StoreBusy, StoreCorrupt
@@ -24,14 +25,9 @@ DB_ENV = "MEMAUDIT_DB"
 USAGE = f"start the dashboard with `memaudit app --db PATH` (or `streamlit run app/main.py -- --db PATH`, or {DB_ENV})"
 _TABLES = {"samples", "classes", "problems", "runs", "epochs", "predictions", "scores", "flags"}
 METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact LOO"}
-# Display names and colours of the flag kinds (in queries.FLAG_PRIORITY order); 'none' is an unflagged map point.
-FLAG_NAMES = {"unreadable": "Unreadable", "leaked": "Leaked (train/test)", "mislabeled": "Mislabeled",
-              "memorized": "Memorized", "duplicate": "Duplicate", "long_tail": "Long tail",
-              "memorized_uncertain": "Memorized? (uncertain)", "memorized_candidate": "Memorized candidate",
-              "none": "No flag"}
-FLAG_COLORS = {"unreadable": "#000000", "leaked": "#d62728", "mislabeled": "#ff7f0e", "memorized": "#9467bd",
-               "duplicate": "#1f77b4", "long_tail": "#2ca02c", "memorized_uncertain": "#c5b0d5",
-               "memorized_candidate": "#bcbd22", "none": "#c7c7c7"}
+# Display names and colours of the flag kinds (in the registry's priority order); 'none' is an unflagged map point.
+FLAG_NAMES = {**{kind.name: kind.display for kind in REGISTRY}, "none": "No flag"}
+FLAG_COLORS = {**{kind.name: kind.color for kind in REGISTRY}, "none": "#c7c7c7"}
 _MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~$"})
 
 
@@ -69,12 +65,13 @@ def _number(value: Any, fmt: str = ".3f") -> str:
 def evidence_line(kind: str, detail: str | None, label: str | None = None) -> str:
     """The one-line evidence of a flag as markdown, e.g. 'leaked: twin mnist_0505 (0.975)', 'mislabeled: given 3 →
     suggested 8' or 'long tail: cluster of 2 in class 7'; `label` is the flagged sample's class."""
-    info = parse_detail(detail)
+    info, name = parse_detail(detail), md(kind.replace("_", " "))
     if not isinstance(info, dict):
         text = info if len(info) <= 80 else info[:79] + "…"
-        return f"{md(kind.replace('_', ' '))}: {md(text)}" if text else md(kind.replace("_", " "))
-    if kind in ("leaked", "duplicate"):
-        line = f"{kind}: twin {md(info.get('twin', '–'))} ({_number(info.get('similarity'))})"
+        return f"{name}: {md(text)}" if text else name
+    evidence = evidence_style(kind)
+    if evidence == "twins":
+        line = f"{name}: twin {md(info.get('twin', '–'))} ({_number(info.get('similarity'))})"
         if info.get("exact"):
             line += ", exact copy"
         if info.get("twins", 1) > 1:
@@ -82,15 +79,15 @@ def evidence_line(kind: str, detail: str | None, label: str | None = None) -> st
         if info.get("conflicting") or info.get("conflicting_twins"):
             line += ", :red[**other label**]"
         return line
-    if kind == "mislabeled":
-        return f"mislabeled: given {md(info.get('given', '–'))} → suggested **{md(info.get('suggested', '–'))}**"
-    if kind == "long_tail":
+    if evidence == "labels":
+        return f"{name}: given {md(info.get('given', '–'))} → suggested **{md(info.get('suggested', '–'))}**"
+    if evidence == "cluster":
         where = "" if label is None else f" in class {md(label)}"
-        line = f"long tail: cluster of {info.get('cluster_size', '–')}{where}"
+        line = f"{name}: cluster of {info.get('cluster_size', '–')}{where}"
         return line + (", low density" if "low_density" in info.get("reasons", []) else "")
     if "summary" in info:
-        return f"{md(kind.replace('_', ' '))}: {md(info['summary'])}"
-    return f"{md(kind.replace('_', ' '))}: " + ", ".join(f"{md(k)} {md(v)}" for k, v in list(info.items())[:3])
+        return f"{name}: {md(info['summary'])}"
+    return f"{name}: " + ", ".join(f"{md(k)} {md(v)}" for k, v in list(info.items())[:3])
 
 
 def db_path(argv: list[str] | None = None) -> Path | None:

@@ -3,6 +3,7 @@ that disagree with a label, mem with its interval; shared by the Review and Poin
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
@@ -10,6 +11,7 @@ import streamlit as st
 
 from app.common import flag_name, md, parse_detail, reviewer, thumbnail
 from auditor import queries
+from auditor.flag_kinds import evidence_style
 from auditor.reviews import judge_pair, pair_judgement
 from auditor.store import Store, StoreBusy
 
@@ -19,7 +21,6 @@ TWINS_SHOWN = 6
 CLUSTER_MEMBERS_SHOWN = 8
 NEIGHBORS_SHOWN = 10
 NBSP = "\u00a0"
-MEM_FLAGS = ("memorized", "memorized_uncertain")  # flags whose evidence is the point's mem and its interval
 
 
 def mem_text(row: dict[str, Any]) -> str:
@@ -116,7 +117,7 @@ def _judge_buttons(store: Store, sample_id: str, twin_id: str, kind: str) -> Non
     no.button(f"No, not {what}", key=f"{key}_no", on_click=_judge, args=(store, sample_id, twin_id, False))
 
 
-def cluster_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
+def cluster_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thresholds: dict) -> None:
     """The cluster's size against its class, the rules that fired, and a few other members of the cluster."""
     reasons = {"tiny_cluster": "tiny cluster", "low_density": "low local density"}
     percentile = info.get("density_percentile")
@@ -137,7 +138,7 @@ def cluster_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
             picture(member.path, member.sample_id, STRIP_IMAGE)
 
 
-def label_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
+def label_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thresholds: dict) -> None:
     """Given and suggested label, the model's confidence, and the nearest neighbours with the disagreeing ones red."""
     suggested, voted = label_text(info.get("suggested")), label_text(info.get("knn_label"))
     facts = [f"given **{label_text(info.get('given'))}** → suggested :orange[**{suggested}**] by the model: confident "
@@ -169,26 +170,42 @@ def label_evidence(store: Store, row: dict[str, Any], info: dict) -> None:
             st.markdown(f":red[{text}]" if neighbor.disagrees else text)
 
 
+def detail_evidence(store: Store, row: dict[str, Any], kind: str, info: dict | str, thresholds: dict) -> None:
+    """The flag's own detail: its summary, else its fields, else its text."""
+    if isinstance(info, dict) and "summary" in info:
+        st.markdown(md(info["summary"]))
+    elif isinstance(info, dict):
+        st.json(info, expanded=False)
+    else:
+        st.markdown(md(info) or ":gray[no detail recorded]")
+
+
+def mem_evidence(store: Store, row: dict[str, Any], kind: str, info: dict | str, thresholds: dict) -> None:
+    """mem with its 95% interval and the shadow models in and out, then the flag's summary (its detail when the
+    point has no mem)."""
+    if row.get("mem") is None or pd.isna(row["mem"]):
+        detail_evidence(store, row, kind, info, thresholds)
+        return
+    summary = info.get("summary", "") if isinstance(info, dict) else info
+    st.markdown(f"{mem_text(row)} (95% interval), {models_text(row)}  \n:gray[{md(summary)}]")
+
+
+# The renderer of each evidence style of the flag-kind registry; a structured style needs a JSON detail (a dict).
+EVIDENCE: dict[str, Callable[[Store, dict[str, Any], str, Any, dict], None]] = {
+    "twins": twin_evidence, "cluster": cluster_evidence, "labels": label_evidence, "mem": mem_evidence,
+    "detail": detail_evidence}
+_STRUCTURED = ("twins", "cluster", "labels")
+
+
 def flag_evidence(store: Store, row: dict[str, Any], flags: list[dict[str, Any]]) -> None:
     """Each flag of one image as a heading with its evidence in plain words (twin, cluster, neighbours, mem)."""
     thresholds = queries.detector_thresholds(store).set_index("kind").to_dict("index") \
         if queries.has_detector_schema(store) else {}
     for flag in flags:
         kind, info = flag["kind"], parse_detail(flag["detail"])
-        scored = kind not in (*queries.PAIR_KINDS, *MEM_FLAGS) and not pd.isna(flag["score"])
+        style = evidence_style(kind)
+        scored = style not in ("twins", "mem") and not pd.isna(flag["score"])
         st.markdown(f"#### {flag_name(kind)}" + (f" :gray[(score {flag['score']:.2f})]" if scored else ""))
-        if kind in queries.PAIR_KINDS and isinstance(info, dict):
-            twin_evidence(store, row, kind, info, thresholds)
-        elif kind == "long_tail" and isinstance(info, dict):
-            cluster_evidence(store, row, info)
-        elif kind == "mislabeled" and isinstance(info, dict):
-            label_evidence(store, row, info)
-        elif kind in MEM_FLAGS and row.get("mem") is not None and not pd.isna(row["mem"]):
-            summary = info.get("summary", "") if isinstance(info, dict) else info
-            st.markdown(f"{mem_text(row)} (95% interval), {models_text(row)}  \n:gray[{md(summary)}]")
-        elif isinstance(info, dict) and "summary" in info:
-            st.markdown(md(info["summary"]))
-        elif isinstance(info, dict):
-            st.json(info, expanded=False)
-        else:
-            st.markdown(md(info) or ":gray[no detail recorded]")
+        if style in _STRUCTURED and not isinstance(info, dict):
+            style = "detail"
+        EVIDENCE[style](store, row, kind, info, thresholds)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from auditor.detectors.pair_kinds import DUPLICATE_KINDS, LEAK_KINDS
-from auditor.store import FLAG_PRIORITY, FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, Store
+from auditor.flag_kinds import FLAG_PRIORITY, pair_kinds
+from auditor.store import FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, Store
 
 # The first seed run of the 'apb' run that produced `scores`: its predictions are the ones shown next to ApB.
 _PREDICTION_RUN = """(SELECT r.run_id FROM run_inputs i JOIN runs r ON r.run_id = i.input_run_id
@@ -140,7 +140,7 @@ def jobs(store: Store, limit: int = 20) -> pd.DataFrame:
 
 
 # Pair kinds behind each twin flag ('leaked' pairs have the training image as a_id and the test image as b_id).
-PAIR_KINDS: dict[str, tuple[str, ...]] = {"duplicate": DUPLICATE_KINDS, "leaked": LEAK_KINDS}
+PAIR_KINDS: dict[str, tuple[str, ...]] = pair_kinds()
 # Rank of a flag kind in FLAG_PRIORITY (unknown kinds last); the list always travels as a parameter.
 _PRIORITY = "coalesce(list_position(?, {kind}), 1000)"
 # Tables and the view the detector sections read, absent from files written before the detectors existed.

@@ -17,6 +17,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from auditor.flag_kinds import FLAG_PRIORITY, triage_sql
+
 SCHEMA_VERSION = 2
 
 # The public contract (documented in README.md). Later issues add tables and columns; never drop or rename one.
@@ -159,27 +161,6 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log_path VARCHAR;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS token VARCHAR;
 """
 
-# Flag kinds, most important first: the order of the review filter, the tiles, the findings and the map's colours.
-FLAG_PRIORITY: tuple[str, ...] = ("unreadable", "leaked", "mislabeled", "memorized", "duplicate", "long_tail",
-                                  "memorized_uncertain", "memorized_candidate")
-
-# A triage that reads a sample's flag kinds (the list expression `kinds`) together: memorized + label issue -> likely
-# mislabeled; memorized alone -> likely rare; leaked -> fix the split. NULL for a sample without these flags.
-TRIAGE = """CASE
-        WHEN list_contains({kinds}, 'unreadable') THEN 'unreadable: fix or remove the file'
-        WHEN list_contains({kinds}, 'leaked') THEN 'leaked into the test set: fix the split, do not drop blindly'
-        WHEN list_contains({kinds}, 'memorized') AND list_contains({kinds}, 'mislabeled')
-            THEN 'likely mislabeled: relabel or remove'
-        WHEN list_contains({kinds}, 'mislabeled') THEN 'possible label issue: review'
-        WHEN list_contains({kinds}, 'memorized') AND list_contains({kinds}, 'long_tail')
-            THEN 'rare sub-population: keep (and collect more like it)'
-        WHEN list_contains({kinds}, 'memorized') THEN 'memorized, no label issue found: likely rare, worth keeping'
-        WHEN list_contains({kinds}, 'duplicate') THEN 'duplicate: keep one copy'
-        WHEN list_contains({kinds}, 'long_tail') THEN 'long tail: under-represented, collect more'
-        WHEN list_contains({kinds}, 'memorized_uncertain')
-            THEN 'memorization uncertain: more shadow models would decide'
-    END"""
-
 # The table users query first: one row per sample with its scores, the list of its flags and its triage.
 VIEWS = """
 CREATE OR REPLACE VIEW current_reviews AS
@@ -193,7 +174,7 @@ SELECT s.*, sc.* EXCLUDE (sample_id), coalesce(f.flags, []) AS flags, {triage} A
 FROM samples s
 LEFT JOIN scores sc USING (sample_id)
 LEFT JOIN f USING (sample_id);
-""".format(triage=TRIAGE.format(kinds="f.flags"))
+""".format(triage=triage_sql("f.flags"))
 
 # Summaries of `flags` (and `samples`) that the dashboard reads instead of aggregating a million rows per page:
 # `flag_tallies` (flags and distinct samples per kind, split and class) and `sample_flags` (per flagged sample: its
@@ -210,7 +191,7 @@ _PRIORITY_LIST = "[" + ", ".join(f"'{kind}'" for kind in FLAG_PRIORITY) + "]"
 SAMPLE_FLAGS_LIVE = (
     "SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS kinds, "
     f"       min_by(kind, coalesce(list_position({_PRIORITY_LIST}, kind), 1000)) AS top_flag, "
-    f"       {TRIAGE.format(kinds='list(DISTINCT kind ORDER BY kind)')} AS triage, "
+    f"       {triage_sql('list(DISTINCT kind ORDER BY kind)')} AS triage, "
     "       sample_id IN (SELECT sample_id FROM samples) AS in_samples "
     "FROM flags GROUP BY sample_id")
 FLAG_TALLIES_LIVE = ("SELECT f.kind, s.split, s.label, s.label_index, count(*) AS flags, "

@@ -19,6 +19,7 @@ from auditor.detectors.pixel_match import PIXEL_OUTLIER_C, shift_knn
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
+from auditor.flag_kinds import kinds_of_stage, threshold_kinds
 from auditor.neighbors import graph_frame, knn
 from auditor.provenance import fingerprint
 from auditor.shadow_engine import train_shadow_block
@@ -29,10 +30,9 @@ from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import finish_run, start_run
 from pipelines.stages import StageReport
 
-DETECTOR_KINDS = ("duplicate", "leaked", "long_tail", "mislabeled")
+DETECTOR_KINDS = kinds_of_stage("detectors")
 # The `thresholds` row kind of each thresholded pair kind (the embedding ones keep their flag names).
-THRESHOLD_KINDS = {"near_duplicate": "duplicate", "leak": "leaked", "pixel_duplicate": "pixel_duplicate",
-                   "pixel_leak": "pixel_leak"}
+THRESHOLD_KINDS = threshold_kinds()
 
 
 def _shadow_oof(store: Store, train_ids: np.ndarray) -> np.ndarray | None:
