@@ -21,7 +21,7 @@ from auditor.flag_kinds import FLAG_PRIORITY, triage_sql
 
 SCHEMA_VERSION = 2
 
-# The public contract (documented in README.md). Later issues add tables and columns; never drop or rename one.
+# The public contract (documented in docs/schema.md). Later issues add tables and columns; never drop or rename one.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS samples(

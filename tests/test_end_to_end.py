@@ -17,7 +17,7 @@ from auditor.store import Store
 pytestmark = pytest.mark.slow
 
 MEMAUDIT = [sys.executable, "-m", "pipelines.cli"]
-# The public contract from README.md: every table with (at least) these columns.
+# The public contract from docs/schema.md: every table with (at least) these columns.
 CONTRACT = {
     "samples": ["sample_id", "split", "label", "path", "width", "height", "mode", "file_hash", "pixel_hash"],
     "problems": ["source", "sample_id", "reason"],
