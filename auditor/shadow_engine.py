@@ -141,7 +141,7 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
                        num_classes: int, membership: np.ndarray, seeds: Sequence[int], cfg: AuditConfig, *,
                        batched: bool | None = None, stop_at_train_acc: float | None = None,
                        on_model_done: Callable[[int], None] | None = None, test_curve: bool = False,
-                       amp: bool | None = None) -> ShadowBlock:
+                       amp: bool | None = None, epoch_points: int = 0) -> ShadowBlock:
     """Train model m on x_train[membership[m]] with seed seeds[m], then predict all training and test points.
 
     `batched` (default: whenever the architecture allows) trains all K models as one vmapped stack; the stack runs
@@ -150,7 +150,9 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     `stop_at_train_acc`, a model stops after the first epoch whose running train accuracy on its shard reaches it.
     `on_model_done(m)` is called as each model is evaluated. `test_curve` also measures every model's test accuracy
     after each epoch (`epoch_test_acc`), which leaves training unchanged. `amp` (default: on CUDA) runs forward
-    passes under bfloat16 autocast; losses, gradients and optimizer state stay float32.
+    passes under bfloat16 autocast; losses, gradients and optimizer state stay float32. `epoch_points` > the largest
+    shard makes every epoch draw that many points per model (wrapping around its shard): a reduced training set then
+    trains the same number of SGD steps as one of that size.
     """
     membership = np.asarray(membership, dtype=bool)
     batched = can_batch(cfg.train.arch) if batched is None else batched
@@ -168,7 +170,7 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
         epochs_run=np.zeros(k, np.int64), shard_train_acc=np.zeros(k), test_acc=np.zeros(k), seconds=0.0,
         batched=batched, epoch_test_acc=np.full((k, cfg.train.epochs), np.nan) if test_curve else None)
     trainer = _Trainer(xt, yt, xs, ys, num_classes, cfg, device, block, membership, on_model_done,
-                       device.type == "cuda" if amp is None else amp)
+                       device.type == "cuda" if amp is None else amp, epoch_points)
     started = time.perf_counter()
     for group in ([list(range(k))] if batched else [[m] for m in range(k)]):
         trainer.train(group, [seeds[m] for m in group], batched, stop_at_train_acc)
@@ -181,8 +183,9 @@ class _Trainer:
 
     def __init__(self, xt: torch.Tensor, yt: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, num_classes: int,
                  cfg: AuditConfig, device: torch.device, block: ShadowBlock, membership: np.ndarray,
-                 on_model_done: Callable[[int], None] | None, amp: bool):
+                 on_model_done: Callable[[int], None] | None, amp: bool, epoch_points: int = 0):
         self.xt, self.yt, self.xs, self.ys = xt, yt, xs, ys
+        self.epoch_points = epoch_points
         self.norm = _Normaliser(xt)
         self.num_classes, self.tc = num_classes, cfg.train
         self.device, self.amp = device, amp
@@ -199,7 +202,7 @@ class _Trainer:
         stack, opt = _Stack(modules, vectorised), _Optimizer(tc)
         gens = [torch.Generator().manual_seed(seed) for seed in seeds]
         shards = [torch.from_numpy(np.flatnonzero(self.membership[m])).to(device) for m in models]
-        n = max(len(s) for s in shards)
+        n = max(self.epoch_points, *(len(s) for s in shards))
         steps_per_epoch = math.ceil(n / tc.batch_size)
         total_steps = tc.epochs * steps_per_epoch
         step = 0

@@ -97,6 +97,28 @@ def test_test_curve_leaves_training_unchanged():
     np.testing.assert_allclose(curved.epoch_test_acc[:, -1], curved.test_acc, atol=1e-6)
 
 
+def test_epoch_points_give_a_smaller_shard_the_full_sets_sgd_steps(monkeypatch):
+    import auditor.shadow_engine as engine
+
+    optimizers = []
+
+    class Counting(engine._Optimizer):
+        def __init__(self, tc):
+            super().__init__(tc)
+            optimizers.append(self)
+
+    monkeypatch.setattr(engine, "_Optimizer", Counting)
+    cfg = load_config(overrides={"data": {"image_size": 12}, "train": {"epochs": 3, "width": 4, "batch_size": 16}})
+    rng = np.random.default_rng(0)
+    y = np.arange(64) % 2
+    x = rng.integers(0, 255, (64, 1, 12, 12)).astype(np.uint8)
+    quarter = np.zeros((1, 64), bool)
+    quarter[0, :16] = True                                            # 16 points: 1 step per epoch on its own
+    train_shadow_block(x, y, x[:8], y[:8], 2, quarter, [1], cfg)
+    train_shadow_block(x, y, x[:8], y[:8], 2, quarter, [1], cfg, epoch_points=64)
+    assert [o.steps for o in optimizers] == [3, 3 * 64 // 16]        # the 64-point set's 4 steps per epoch
+
+
 def _copy(db: Path, to: Path) -> Path:
     for suffix in ("", ".wal"):
         if Path(str(db) + suffix).exists():
