@@ -4,7 +4,9 @@ removed from the training set, cost test accuracy? Pure functions: arms, the pap
 An arm is a set of training points removed before retraining. The paper splits the memorized points into a
 leakage bucket (a near or exact copy in the test set), a sub-population bucket (memorized points that help the same
 test points, or that sit in a tiny cluster) and the remainder, and compares each arm's test accuracy with the
-full-data models; a class-matched random removal of the same size separates "these points" from "this many points".
+full-data models; a class-matched random removal of the same size, drawn afresh for every model, separates "these
+points" from "this many points". A second full-data arm trained on a 2x longer schedule checks that the recipe reaches
+its maximum test accuracy (the paper's convergence error).
 """
 
 from __future__ import annotations
@@ -17,8 +19,12 @@ import pandas as pd
 from scipy import stats
 
 from auditor.convergence import has_plateaued
+from auditor.provenance import fingerprint
 
 FULL = "full"
+# The full-data arm trained SCHEDULE_FACTOR x longer: the convergence check of the recipe.
+SCHEDULE_FACTOR = 2
+FULL_LONGER = f"full:{SCHEDULE_FACTOR}x_schedule"
 # Pair kinds joining a training point (a_id) to a test point (b_id): the data-leakage signals.
 LEAK_PAIR_KINDS = ("exact_leak", "leak", "pixel_leak")
 # An arm is reported as not converged when fewer than this share of its models reached a test-accuracy plateau.
@@ -32,12 +38,14 @@ class Arm:
     name: str
     source: str
     ids: tuple[str, ...]
-    control_of: str | None = None   # the arm a random control matches
+    control_of: str | None = None   # the arm a random control matches; its ids are drawn per model (`model_control`)
+    schedule: int = 1               # epochs of the recipe times this
 
 
-def arm_from_ids(name: str, ids: Iterable[str], source: str, control_of: str | None = None) -> Arm:
+def arm_from_ids(name: str, ids: Iterable[str], source: str, control_of: str | None = None,
+                 schedule: int = 1) -> Arm:
     """An arm removing `ids` (duplicates dropped, sorted so that equal sets give equal arms)."""
-    return Arm(name, source, tuple(sorted({str(i) for i in ids})), control_of)
+    return Arm(name, source, tuple(sorted({str(i) for i in ids})), control_of, schedule)
 
 
 def control_name(arm: str) -> str:
@@ -59,6 +67,14 @@ def random_control(ids_to_match: Sequence[str], train_ids: np.ndarray, train_lab
                              f"of {need}; remove fewer points of that class")
         chosen.append(rng.choice(pool, need, replace=False))
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=train_ids.dtype)
+
+
+def model_control(ids_to_match: Sequence[str], train_ids: np.ndarray, train_labels: np.ndarray, seed: int,
+                  arm: str, index: int) -> np.ndarray:
+    """The class-matched random control of model `index` of `arm`'s control: a fresh draw per model (seeded by the
+    experiment's seed, the arm and the index), so the control arm's spread includes the draw of the points."""
+    rng = np.random.default_rng(int(fingerprint(seed, control_name(arm), index), 16))
+    return random_control(ids_to_match, train_ids, train_labels, rng)
 
 
 def leaked_test_points(train_ids: Iterable[str], pairs: pd.DataFrame) -> np.ndarray:
@@ -145,10 +161,59 @@ def difference(full: Sequence[float], arm: Sequence[float], confidence: float = 
     return Difference(float(drop), float(drop - half), float(drop + half), float(p), float(df))
 
 
+def versus_control(control: Sequence[float], arm: Sequence[float], confidence: float = 0.95) -> Difference:
+    """Extra drop of an arm over its per-model random control, mean(control) - mean(arm), tested against the spread
+    of random removals: the arm is one draw of points, so beyond both means' seed noise its interval carries the
+    variance between draws, estimated as the control's variance minus the arm's (seeds only). NaN: < 2 models."""
+    a, c = arm_summary(arm), arm_summary(control)
+    drop = c.mean - a.mean
+    if a.n < 2 or c.n < 2:
+        return Difference(drop, float("nan"), float("nan"), float("nan"), float("nan"))
+    if c.std <= a.std:                  # no spread between draws beyond the seeds': Welch
+        return difference(control, arm, confidence)
+    # var = s_c^2 (1 + 1/n_c) - s_a^2 (1 - 1/n_a), its degrees of freedom by Welch-Satterthwaite
+    terms = (c.std ** 2 * (1 + 1 / c.n), a.std ** 2 * (1 - 1 / a.n))
+    se = np.sqrt(terms[0] - terms[1])
+    df = se ** 4 / (terms[0] ** 2 / (c.n - 1) + terms[1] ** 2 / (a.n - 1))
+    half = stats.t.ppf(0.5 + confidence / 2, df) * se
+    p = 2 * stats.t.sf(abs(drop) / se, df)
+    return Difference(float(drop), float(drop - half), float(drop + half), float(p), float(df))
+
+
 def model_converged(epoch_test_acc: Sequence[float], window: int, tolerance: float) -> bool:
     """Whether one model's per-epoch test accuracy reached a plateau (epochs it did not train are NaN, dropped)."""
     curve = [v for v in epoch_test_acc if not np.isnan(v)]
     return has_plateaued(curve, window, tolerance)
+
+
+@dataclass(frozen=True)
+class ScheduleCheck:
+    """Test accuracy gained by training the full arm SCHEDULE_FACTOR x longer, with its 95% Welch CI. The recipe is
+    `trained_to_max` unless the gain is above `tolerance` and significant (CI above 0); None: too few models."""
+
+    gain: float
+    low: float
+    high: float
+    p_value: float
+    trained_to_max: bool | None
+
+
+def schedule_check(full: Sequence[float], longer: Sequence[float], tolerance: float) -> ScheduleCheck:
+    """Does a longer schedule beat the full arm's test accuracy? (the paper's "trained to maximum test accuracy")"""
+    d = difference(longer, full)
+    if np.isnan(d.low):
+        return ScheduleCheck(d.drop, d.low, d.high, d.p_value, None)
+    return ScheduleCheck(d.drop, d.low, d.high, d.p_value, not (d.low > 0 and d.drop > tolerance))
+
+
+def memorized_share(n_memorized: int, est_total: float | None, est_low: float | None,
+                    est_high: float | None) -> tuple[float, float, float]:
+    """Share of the estimated memorized total that `n_memorized` removed points are, with the interval from the
+    estimate's (low, high) (capped at 1); NaNs without an estimate."""
+    if est_total is None or not est_total > 0 or est_low is None or est_high is None:
+        return float("nan"), float("nan"), float("nan")
+    return (min(1.0, n_memorized / est_total), min(1.0, n_memorized / est_high),
+            min(1.0, n_memorized / est_low) if est_low > 0 else 1.0)
 
 
 def subset_accuracy(correct: np.ndarray, test_ids: np.ndarray, subset: Iterable[str]) -> np.ndarray:
@@ -162,7 +227,8 @@ def subset_accuracy(correct: np.ndarray, test_ids: np.ndarray, subset: Iterable[
 
 def summarize(arms: pd.DataFrame, models: pd.DataFrame, test_ids: np.ndarray) -> pd.DataFrame:
     """The results table, one row per arm (full first): models, mean ± std test accuracy, drop vs full with its 95%
-    CI and p-value, and mean accuracy with drop on the arm's influenced ("subpop"), leaked and remaining test points,
+    CI and p-value, the extra drop over the arm's random control (`versus_control`; NaN without one), and mean
+    accuracy with drop on the arm's influenced ("subpop"), leaked and remaining test points,
     full-data models measured on the same points. `arms`: arm, source, n_removed, control_of, subpop_test_ids,
     leaked_test_ids; `models`: arm, test_acc, converged, test_correct (bool list in `test_ids` order)."""
     rows = []
@@ -177,6 +243,10 @@ def summarize(arms: pd.DataFrame, models: pd.DataFrame, test_ids: np.ndarray) ->
         diff = (Difference(0.0, *[float("nan")] * 4) if arm.arm == FULL
                 else difference(models.loc[models["arm"] == FULL, "test_acc"], mine["test_acc"]))
         row.update(drop=diff.drop, drop_low=diff.low, drop_high=diff.high, p_value=diff.p_value)
+        control = models.loc[models["arm"] == control_name(arm.arm), "test_acc"]
+        extra = versus_control(control, mine["test_acc"])
+        row.update(vs_control=extra.drop, vs_control_low=extra.low, vs_control_high=extra.high,
+                   vs_control_p=extra.p_value)
         subsets = {"subpop": arm.subpop_test_ids, "leaked": arm.leaked_test_ids}
         subsets["rest"] = np.setdiff1d(test_ids, np.union1d(np.asarray(arm.subpop_test_ids, dtype=str),
                                                             np.asarray(arm.leaked_test_ids, dtype=str)))

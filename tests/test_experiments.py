@@ -13,8 +13,8 @@ import pytest
 from auditor.config import load_config
 from auditor.experiment_queries import experiment_results
 from auditor.experiments import (
-    arm_summary, difference, leakage_bucket, memorized_remainder, model_converged, random_control,
-    subpopulation_bucket)
+    arm_summary, difference, leakage_bucket, memorized_remainder, memorized_share, model_control, model_converged,
+    random_control, schedule_check, subpopulation_bucket, versus_control)
 from auditor.reviews import record_decisions
 from auditor.shadow_engine import train_shadow_block
 from auditor.store import Store
@@ -67,6 +67,62 @@ def test_random_control_is_class_matched_and_disjoint():
     assert list(control) == list(again)                               # seeded: deterministic
     with pytest.raises(ValueError, match="too few"):
         random_control(list(ids[labels == 0]), ids, labels, np.random.default_rng(0))
+
+
+def test_model_control_is_a_fresh_class_matched_draw_per_model():
+    ids = np.array([f"s{i:03d}" for i in range(60)])
+    labels = np.arange(60) % 3
+    arm = ["s000", "s003", "s001", "s005"]
+    draws = [model_control(arm, ids, labels, 7, "picked", m) for m in range(4)]
+    by_class = pd.Series(labels, index=ids)
+    for draw in draws:
+        assert len(draw) == 4 and not set(draw) & set(arm) and sorted(by_class[draw]) == sorted(by_class[arm])
+    assert len({tuple(d) for d in draws}) == 4                      # every model removes its own points
+    assert list(model_control(arm, ids, labels, 7, "picked", 2)) == list(draws[2])   # seeded per model
+    assert list(model_control(arm, ids, labels, 8, "picked", 2)) != list(draws[2])
+
+
+def test_null_random_arm_vs_its_per_model_controls_finds_nothing():
+    """Removing one random set of points is compared with per-model random controls. Which points are removed
+    changes accuracy (each point has a value), so a control drawn once per arm, or Welch's test that ignores the
+    spread between draws, calls random sets different; `versus_control` on per-model draws keeps the 5% level."""
+    rng = np.random.default_rng(0)
+    value = rng.normal(0, 1, 500)
+    models, k, runs = 20, 25, 300
+
+    def accs(removed: np.ndarray) -> np.ndarray:
+        return 0.9 - 0.002 * value[removed].sum(1) + rng.normal(0, 0.01, len(removed))
+
+    def draws(n: int) -> np.ndarray:
+        return np.stack([rng.choice(500, k, replace=False) for _ in range(n)])
+
+    hits = {"per_model": 0, "one_draw": 0, "welch": 0, "costly": 0}
+    for _ in range(runs):
+        arm = accs(np.repeat(draws(1), models, axis=0))
+        control = accs(draws(models))
+        hits["per_model"] += versus_control(control, arm).p_value < 0.05
+        hits["one_draw"] += versus_control(accs(np.repeat(draws(1), models, axis=0)), arm).p_value < 0.05
+        hits["welch"] += difference(control, arm).p_value < 0.05
+        costly = versus_control(control, arm - 0.08)                 # truly costs 8 points (8 draw sds) more
+        hits["costly"] += costly.p_value < 0.05 and costly.low > 0
+    rate = {key: n / runs for key, n in hits.items()}
+    assert rate["per_model"] <= 0.06
+    assert rate["one_draw"] > 0.2 and rate["welch"] > 0.2          # the designs this replaces: false findings
+    assert rate["costly"] > 0.9
+    assert np.isnan(versus_control([0.9], arm).low)
+
+
+def test_schedule_check_and_memorized_share():
+    full, same, better = [0.90, 0.91, 0.92, 0.91], [0.905, 0.915, 0.91, 0.92], [0.95, 0.96, 0.955, 0.96]
+    flat = schedule_check(full, same, tolerance=0.005)
+    assert flat.low < 0 < flat.high and flat.trained_to_max
+    gained = schedule_check(full, better, tolerance=0.005)
+    assert gained.gain == pytest.approx(0.9563 - 0.91, abs=1e-3) and gained.low > 0 and not gained.trained_to_max
+    assert schedule_check(full, better, tolerance=0.1).trained_to_max   # significant but within tolerance
+    assert schedule_check([0.9], better, tolerance=0.005).trained_to_max is None
+    assert memorized_share(50, 200.0, 100.0, 400.0) == pytest.approx((0.25, 0.125, 0.5))
+    assert memorized_share(50, 40.0, 30.0, 60.0) == pytest.approx((1.0, 50 / 60, 1.0))
+    assert np.isnan(memorized_share(50, None, None, None)).all()
 
 
 def test_paper_buckets_from_frames():
