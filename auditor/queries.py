@@ -127,18 +127,6 @@ def mem_scatter(store: Store, limit: int = 5000) -> pd.DataFrame:
         "ORDER BY m.sample_id IS NULL, hash(sc.sample_id), sc.sample_id LIMIT ?", [limit])
 
 
-# The columns of `jobs` the dashboard shows.
-JOB_COLUMNS = ["job_id", "kind", "status", "done", "total", "unit", "eta_s", "started_at", "updated_at", "finished_at",
-               "message", "run_id", "pid", "command", "log_path"]
-
-
-def jobs(store: Store, limit: int = 20) -> pd.DataFrame:
-    """The `limit` most recent long-running jobs, running ones first (JOB_COLUMNS; `command` and `log_path`, absent
-    from files written before jobs could be launched from the dashboard, are then empty)."""
-    return store.query("SELECT * FROM jobs ORDER BY status = 'running' DESC, updated_at DESC NULLS LAST, job_id "
-                       "LIMIT ?", [limit]).reindex(columns=JOB_COLUMNS)
-
-
 # Pair kinds behind each twin flag ('leaked' pairs have the training image as a_id and the test image as b_id).
 PAIR_KINDS: dict[str, tuple[str, ...]] = pair_kinds()
 # Rank of a flag kind in FLAG_PRIORITY (unknown kinds last); the list always travels as a parameter.
@@ -387,27 +375,6 @@ def review_page(store: Store, label: str | None = None, flag: str | None = None,
         "FROM pg r LEFT JOIN fl ON fl.sample_id = r.sample_id LEFT JOIN p ON p.sample_id = r.sample_id "
         f"ORDER BY {REVIEW_SORTS[sort]}",
         [*row_params, *params, limit, offset, list(FLAG_PRIORITY)])
-
-
-def job(store: Store, job_id: str) -> dict | None:
-    """One job's state (job_id, kind, status, pid, started_at, message), None when there is no such job."""
-    frame = store.query("SELECT job_id, kind, status, pid, started_at, message FROM jobs WHERE job_id = ?", [job_id])
-    return None if frame.empty else {k: None if pd.isna(v) else v for k, v in frame.iloc[0].items()}
-
-
-def running_jobs(store: Store) -> pd.DataFrame:
-    """Every job recorded as running, oldest first (job_id, pid, started_at)."""
-    return store.query("SELECT job_id, pid, started_at FROM jobs WHERE status = 'running' ORDER BY started_at, job_id")
-
-
-def last_ingest_source(store: Store) -> str | None:
-    """The data source of the latest ingest (`meta.data_source`; in older files its run message, '... problems from
-    SOURCE'); None when nothing was ingested."""
-    source = store.scalar(
-        "SELECT coalesce((SELECT value FROM meta WHERE key = 'data_source'), "
-        "                (SELECT regexp_extract(message, ' problems from (.+)$', 1) FROM runs WHERE kind = 'ingest' "
-        "                 AND status = 'done' ORDER BY finished_at DESC NULLS LAST LIMIT 1))")
-    return source or None
 
 
 def sample_detail(store: Store, sample_id: str) -> dict | None:

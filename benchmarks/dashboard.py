@@ -31,7 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_stages import _table
 
-from auditor import queries
+from auditor import job_queries, queries
 from auditor.config import load_config
 from auditor.export import plan_export
 from auditor.queries import ReviewFilter
@@ -429,7 +429,7 @@ def page_queries(store: Store, point_id: str) -> dict[str, list[tuple[str, Calla
                 ("detector_thresholds", lambda: queries.detector_thresholds(store))]
 
     return {
-        "Overview": [("running_jobs", lambda: queries.running_jobs(store)),
+        "Overview": [("running_jobs", lambda: job_queries.running_jobs(store)),
                      ("dataset_counts", lambda: queries.dataset_counts(store)),
                      ("score_run", lambda: queries.score_run(store)),
                      ("problem_count", lambda: queries.problem_count(store)),

@@ -52,7 +52,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from conftest import CHROMIUM, CHROMIUM_ARGS, IDLE, SMALL_OVERRIDES, dashboard
 from st_client import StClient
 
-from auditor import queries
+from auditor import job_queries, queries
 from auditor.queries import ReviewFilter
 from auditor.reviews import ACTIONS
 from auditor.store import Store
@@ -242,12 +242,12 @@ class Writer:
                 config, profile = _writer_config(self.store, self.models + len(self.jobs), self.folder)
                 job_id = launcher.launch(self.store.path, WRITER_STAGES, profile=profile, config=config)
                 self.jobs[job_id] = "running"
-                row = queries.job(self.store, job_id)
+                row = job_queries.job(self.store, job_id)
                 while launcher.is_alive(row["pid"], row["started_at"]) and not self._stop.wait(0.5):
                     pass
                 if self._stop.is_set():
                     launcher.cancel(self.store, job_id)
-                elif (queries.job(self.store, job_id) or {}).get("status") != "done":
+                elif (job_queries.job(self.store, job_id) or {}).get("status") != "done":
                     return  # a failed job is reported by stop(), not repeated
         except BaseException as exc:  # reported by stop(), which the caller always reaches
             self.error = exc
@@ -259,7 +259,7 @@ class Writer:
         if self.error is not None:
             raise RuntimeError(f"the writer failed: {self.error}") from self.error
         for job_id in self.jobs:
-            row = queries.job(self.store, job_id) or {"status": "missing"}
+            row = job_queries.job(self.store, job_id) or {"status": "missing"}
             self.jobs[job_id] = row["status"] + (f" ({row['message']})" if row["status"] == "failed" else "")
 
 

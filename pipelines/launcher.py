@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from auditor import queries
+from auditor import job_queries
 from auditor.config import load_config
 from auditor.store import Store
 from pipelines.jobs import TOKEN_ENV, Job
@@ -112,7 +112,7 @@ def _data_source(store: Store, data: str | None) -> str:
     """`data` as an absolute path ('default' as it is), else the source of the last ingest recorded in `store`."""
     if data:
         return data if data == "default" else str(Path(data).expanduser().resolve())
-    recorded = queries.last_ingest_source(store)
+    recorded = job_queries.last_ingest_source(store)
     if recorded is None:
         raise ValueError(f"no data given and {store.path} records no earlier ingest; give the data to ingest "
                          "(default, a folder or a manifest)")

@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.common import db_path, flag_name, method_name
-from auditor import queries
+from auditor import job_queries, queries
 from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import Store
 from planted import GHOST, PLANTS, build_planted_db
@@ -242,7 +242,7 @@ def test_mem_scatter_holds_only_scored_points(mem_store):
 
 
 def test_jobs_lists_the_memorization_job(store):
-    jobs = queries.jobs(store)
+    jobs = job_queries.jobs(store)
     run_id = queries.memorization_run(store)["run_id"]
     job = jobs[jobs["run_id"] == run_id].iloc[0]
     assert (job["status"], job["done"], job["total"], job["unit"]) == ("done", job["total"], job["total"], "models")
@@ -270,7 +270,7 @@ def test_queries_on_an_empty_database(empty_db):
     assert queries.review_count(store) == 0 and queries.review_page(store).empty
     assert queries.problem_count(store) == 0 and queries.problems(store).empty
     assert queries.memorization_run(store) is None and queries.has_memorization_schema(store)
-    assert queries.mem_histogram(store).empty and queries.mem_scatter(store).empty and queries.jobs(store).empty
+    assert queries.mem_histogram(store).empty and queries.mem_scatter(store).empty and job_queries.jobs(store).empty
 
 
 def flagged_ids(store: Store, kind: str) -> set[str]:

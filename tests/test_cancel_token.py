@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from auditor import queries
+from auditor import job_queries
 from auditor.store import Store
 from pipelines import launcher
 from pipelines.jobs import TOKEN_ENV, Job
@@ -49,7 +49,7 @@ def running_row(store: Store, job_id: str, pid: int, token: str | None) -> None:
 
 
 def status(store: Store, job_id: str) -> tuple[str, str]:
-    job = queries.job(store, job_id)
+    job = job_queries.job(store, job_id)
     return job["status"], job["message"]
 
 
@@ -96,6 +96,6 @@ def test_a_launch_fails_stale_running_rows_first(store, processes, tmp_path):
     job_id = launcher.launch(store.path, ["ingest"], data=str(tmp_path / "missing.csv"))
     assert status(store, "stale")[0] == "failed" and stranger.poll() is None
     deadline = time.monotonic() + DEADLINE_S
-    while queries.job(store, job_id)["status"] == "running" and time.monotonic() < deadline:
+    while job_queries.job(store, job_id)["status"] == "running" and time.monotonic() < deadline:
         time.sleep(0.2)
     assert status(store, job_id)[0] == "failed"  # the missing manifest, reported by the job itself

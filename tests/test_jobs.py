@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from test_app import run_page
 
-from auditor import queries
+from auditor import job_queries
 from auditor.store import Store
 from pipelines import launcher
 from pipelines.jobs import Job
@@ -67,15 +67,15 @@ def wait_for(store: Store, job_id: str, until: Callable[[dict], bool] = lambda j
     """The job's row once `until` holds for it (polled), failing the test after `deadline_s`."""
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
-        job = queries.job(store, job_id)
+        job = job_queries.job(store, job_id)
         if until(job):
             return job
         time.sleep(0.2)
-    pytest.fail(f"job {job_id} still {queries.job(store, job_id)} after {deadline_s}s")
+    pytest.fail(f"job {job_id} still {job_queries.job(store, job_id)} after {deadline_s}s")
 
 
 def job_row(store: Store, job_id: str) -> dict:
-    frame = queries.jobs(store)
+    frame = job_queries.jobs(store)
     return frame[frame["job_id"] == job_id].iloc[0].to_dict()
 
 
@@ -115,7 +115,7 @@ def test_cancel_stops_a_long_job(launched):
     job = wait_for(store, job_id, lambda job: job["status"] != "running" or str(job["message"]).startswith("train"))
     assert job["status"] == "running", job  # it got past ingest and into training
     assert launcher.cancel(store, job_id)
-    job = queries.job(store, job_id)
+    job = job_queries.job(store, job_id)
     assert (job["status"], job["message"]) == ("cancelled", "cancelled") and gone(int(job["pid"]))
     assert store.scalar("SELECT count(*) FROM samples") == 40  # ingest ran first, whatever the order given
 
@@ -125,9 +125,9 @@ def test_launch_without_data_reingests_the_last_source(launched, tiny_manifest, 
     wait_for(store, first)
     job_id = launcher.launch(store.path, ["ingest"])
     assert f"--data {tiny_manifest}" in job_row(store, job_id)["command"]
-    pid = int(queries.job(store, job_id)["pid"])
+    pid = int(job_queries.job(store, job_id)["pid"])
     assert launcher.cancel(store, job_id) and gone(pid)
-    assert queries.job(store, job_id)["status"] == "cancelled"
+    assert job_queries.job(store, job_id)["status"] == "cancelled"
     with pytest.raises(ValueError, match="no data given"):
         launcher.launch(tmp_path / "fresh.duckdb", ["ingest"])
 
@@ -164,7 +164,7 @@ def test_refresh_fails_jobs_whose_process_vanished(store):
         running_job(store, "reused", stranger.pid, started_ago=timedelta(hours=1))
         running_job(store, "alive", os.getpid())
         assert launcher.refresh(store) == 2
-        status = queries.jobs(store).set_index("job_id")[["status", "message"]]
+        status = job_queries.jobs(store).set_index("job_id")[["status", "message"]]
         assert status.loc["dead"].tolist() == status.loc["reused"].tolist() == \
             ["failed", "process vanished (see its log, if any)"]
         assert status.loc["alive", "status"] == "running" and launcher.refresh(store) == 0
@@ -213,7 +213,7 @@ def test_start_launches_without_waiting_and_cancel_stops_it(store, tiny_manifest
     at = run_page(JOBS_PAGE, monkeypatch, store.path)
     assert not at.exception and any("No jobs yet" in i.value for i in at.info)
     at.button[0].click().run(timeout=60)  # Start with no stage chosen
-    assert any("Choose at least one stage" in w.value for w in at.warning) and queries.jobs(store).empty
+    assert any("Choose at least one stage" in w.value for w in at.warning) and job_queries.jobs(store).empty
     at.multiselect[0].set_value(["ingest"])
     at.text_input[0].input(str(tiny_manifest))
     at.text_input[1].input("quick")
@@ -221,11 +221,11 @@ def test_start_launches_without_waiting_and_cancel_stops_it(store, tiny_manifest
     at.button[0].click().run(timeout=60)
     assert time.monotonic() - t0 < 5, "Start waited for the job"
     assert not at.exception and not at.error
-    job_id = queries.jobs(store).loc[0, "job_id"]
+    job_id = job_queries.jobs(store).loc[0, "job_id"]
     assert any(job_id in s.value for s in at.success)
-    job = queries.job(store, job_id)
+    job = job_queries.job(store, job_id)
     assert job["status"] == "running" and len(at.get("progress")) == 1
     assert "--profile quick" in at.expander[0].caption[0].value
     at.button(key=f"cancel-{job_id}").click().run(timeout=60)
-    assert not at.exception and queries.job(store, job_id)["status"] == "cancelled"
+    assert not at.exception and job_queries.job(store, job_id)["status"] == "cancelled"
     assert gone(int(job["pid"])) and not at.get("progress")

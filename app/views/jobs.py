@@ -8,7 +8,7 @@ import pandas as pd
 import streamlit as st
 
 from app.common import md, method_name, run_page
-from auditor import queries
+from auditor import job_queries
 from auditor.store import Store
 from pipelines import launcher
 from pipelines.stage_names import STAGES
@@ -47,14 +47,14 @@ def _start(store: Store) -> None:
 def _jobs(store: Store) -> None:
     """The jobs, refreshed every few seconds while one is running; the whole page reruns when the last one ends."""
     st.subheader("Jobs")
-    running = not queries.running_jobs(store).empty
+    running = not job_queries.running_jobs(store).empty
     st.fragment(_job_list, run_every=REFRESH_S if running else None)(store, running)
 
 
 def _job_list(store: Store, was_running: bool) -> None:
     """A progress bar and a Cancel button per running job, a table of the recent jobs, and the log of one."""
     launcher.refresh(store)
-    frame = queries.jobs(store)
+    frame = job_queries.jobs(store)
     if was_running and not frame["status"].eq("running").any():
         st.rerun()  # the last job ended: stop refreshing
     if frame.empty:

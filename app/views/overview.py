@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app.common import FLAG_COLORS, flag_name, method_name, run_page
-from auditor import memorization_queries, queries
+from auditor import job_queries, memorization_queries, queries
 from auditor.store import Store
 
 PROBLEM_ROWS = 500
@@ -114,7 +114,7 @@ def _memorization(store: Store) -> None:
     st.subheader("Memorization")
     run = queries.memorization_run(store)
     if run is None:
-        running = not queries.running_jobs(store).empty
+        running = not job_queries.running_jobs(store).empty
         st.info("No memorization scores yet"
                 + (": a shadow-model job is running (see the Jobs page)." if running else
                    f": train the shadow models and score the candidates with "
@@ -359,7 +359,7 @@ def _embedding_map(store: Store) -> None:
 
 def render(store: Store) -> None:
     """The whole overview, or an info message while the database holds no samples."""
-    running = len(queries.running_jobs(store))
+    running = len(job_queries.running_jobs(store))
     if running:
         st.info(f"{running} job{'s' if running > 1 else ''} running — see the Jobs page.", icon=":material/sync:")
     counts = queries.dataset_counts(store)
