@@ -23,6 +23,7 @@ class DataConfig:
     # Added after the first release: defaults here too, so configs stored with older runs still load.
     max_file_mb: int = 100
     max_megapixels: int = 40
+    allow_outside_root: bool = False
 
 
 @dataclass(frozen=True)

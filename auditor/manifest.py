@@ -6,6 +6,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
 
@@ -28,6 +29,7 @@ class Row:
     path: Path         # absolute
     label: str
     split: str
+    given: str = ""    # the path as the manifest (or the folder walk) wrote it, before resolving
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Problem:
     sample_id: str | None
     reason: str
     code: str = "unreadable"  # unreadable|layout|duplicate_id|missing_path|missing_label|unknown_label|bad_split|converted
-    #                           |animated|channels
+    #                           |animated|channels|outside_root
     severity: str = "error"       # error: the row is left out; warning: the row is kept (e.g. converted)
     action: str = "skipped"       # skipped | converted | first_frame | kept
     stage: str = "ingest"
@@ -53,20 +55,55 @@ class Listing:
     root: Path | None = None
 
 
-def list_inputs(data: str | Path) -> Listing:
-    """Dispatch on the DATA argument: a manifest file or an ImageFolder directory with split folders."""
+def list_inputs(data: str | Path, *, allow_outside_root: bool = False) -> Listing:
+    """Dispatch on the DATA argument: a manifest file or an ImageFolder directory with split folders. Files that
+    resolve outside the dataset root (`..`, absolute paths, symlinks) are problem rows unless `allow_outside_root`."""
     path = Path(data).expanduser()
     if path.is_dir():
-        return _list_image_folder(path)
-    if path.suffix.lower() in MANIFEST_SUFFIXES:
+        listing = _list_image_folder(path)
+    elif path.suffix.lower() in MANIFEST_SUFFIXES:
         if not path.exists():
             raise ManifestError(f"manifest {path} does not exist")
-        return _list_manifest(path)
+        listing = _list_manifest(path)
+    else:
+        _raise_not_data(path, data)
+    return listing if allow_outside_root else confine(listing)
+
+
+def _raise_not_data(path: Path, data: str | Path) -> NoReturn:
+    """Refuse a DATA argument that is neither a folder nor a manifest file."""
     if not path.exists():
         raise ManifestError(f"DATA '{data}' is neither 'default', an existing folder, nor a manifest file "
                             f"({', '.join(MANIFEST_SUFFIXES)})")
     raise ManifestError(f"{path} is not a folder and not a manifest; manifests must end in "
                         f"{', '.join(MANIFEST_SUFFIXES)}")
+
+
+def _escape(given: str, resolved: Path) -> str:
+    """How a path that resolves to `resolved` got out of the root: '..', an absolute path or a symlink."""
+    if Path(given).is_absolute():
+        return f"absolute path {given} resolves to {resolved}"
+    if ".." in Path(given).parts:
+        return f"'..' in {given} leads to {resolved}"
+    return f"{given} is (or passes through) a symlink to {resolved}"
+
+
+def confine(listing: Listing) -> Listing:
+    """Keep the rows whose file, every symlink resolved, lies inside `listing.root`; each other row becomes an
+    `outside_root` problem naming the rule (data.allow_outside_root) and the fix."""
+    if listing.root is None:
+        return listing
+    kept = []
+    for row in listing.rows:
+        if row.path.is_relative_to(listing.root):
+            kept.append(row)
+            continue
+        listing.problems.append(Problem(
+            row.source, row.sample_id, f"outside the dataset root {listing.root}: {_escape(row.given, row.path)}; "
+            "only files under the root are read unless data.allow_outside_root = true (set it in a --config file "
+            "if you trust this data), or move the file under the root", code="outside_root"))
+    listing.rows = kept
+    return listing
 
 
 def _list_image_folder(root: Path) -> Listing:
@@ -94,7 +131,7 @@ def _list_image_folder(root: Path) -> Listing:
                     str(entry), rel, f"not directly inside a class folder of {split_dir.name}/; "
                     "move it to <split>/<class>/<file>", code="layout"))
                 continue
-            listing.rows.append(Row(str(entry), rel, entry.resolve(), parts[0], split))
+            listing.rows.append(Row(str(entry), rel, entry.resolve(), parts[0], split, rel))
     return listing
 
 
@@ -189,7 +226,7 @@ def _list_manifest(path: Path) -> Listing:
             continue
         file_path = Path(rel)
         file_path = (file_path if file_path.is_absolute() else root / file_path).resolve()
-        listing.rows.append(Row(source, sample_id, file_path, label, SPLIT_ALIASES[split]))
+        listing.rows.append(Row(source, sample_id, file_path, label, SPLIT_ALIASES[split], rel))
     return listing
 
 

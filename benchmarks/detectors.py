@@ -75,7 +75,7 @@ def quality(profile: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         manifest, truth = plant(Path(tmp))
         store = Store(Path(tmp) / "planted.duckdb")
-        cfg = load_config(profile=profile)
+        cfg = load_config(profile=profile, overrides={"data": {"allow_outside_root": True}})  # absolute paths
         t0 = time.perf_counter()
         reports = run_pipeline(store, str(manifest), cfg)
         seconds = time.perf_counter() - t0

@@ -78,6 +78,7 @@ def training_fingerprint(cfg: AuditConfig, data_hash: str) -> str:
     for key in ("profile", "candidates", "convergence", "memorization", "embeddings", "detectors", "executor"):
         spec.pop(key)
     spec["train"] = {k: v for k, v in spec["train"].items() if k != "seeds"}
-    # Ingest-only keys (decoding threads, caps on what is read) never change what a model trains on.
-    spec["data"] = {k: v for k, v in spec["data"].items() if k not in ("workers", "max_file_mb", "max_megapixels")}
+    # Ingest-only keys (decoding threads, caps and confinement of what is read) never change what a model trains on.
+    spec["data"] = {k: v for k, v in spec["data"].items() if k not in ("workers", "max_file_mb", "max_megapixels",
+                                                                  "allow_outside_root")}
     return fingerprint(spec, data_hash)

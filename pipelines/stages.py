@@ -53,7 +53,7 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
     t0 = time.perf_counter()
     store.init()
     source = resolve_data(data)
-    listing = list_inputs(source)
+    listing = list_inputs(source, allow_outside_root=cfg.data.allow_outside_root)
     # Named by what it ingests, like every run: a re-run (after a kill) replaces the attempt's 'running' row.
     run_id = f"ingest-{fingerprint(str(source.resolve()), cfg.data.limit_per_class)}"
     start_run(store, run_id, "ingest", cfg)

@@ -68,6 +68,8 @@ def build_planted_db(default_manifest: Path, root: Path) -> tuple[Path, dict[str
 
     manifest, sources = plant_manifest(default_manifest, root)
     path = root / "audit.duckdb"
-    cfg = load_config(profile="quick", overrides={**SMALL_OVERRIDES, "data": {"limit_per_class": 0}})
+    # The manifest names the default dataset's files by absolute path, outside its own folder.
+    cfg = load_config(profile="quick", overrides={**SMALL_OVERRIDES,
+                                                  "data": {"limit_per_class": 0, "allow_outside_root": True}})
     run_pipeline(Store(path), str(manifest), cfg, stages=STAGES)
     return path, {plant: (sources[plant], copy) for plant, (_, copy) in PLANTS.items()}

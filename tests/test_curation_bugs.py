@@ -44,7 +44,8 @@ def edited_db(tmp_path_factory, default_manifest) -> Path:
     manifest = root / "manifest.csv"
     pd.concat(rows, ignore_index=True)[["sample_id", "path", "label", "split"]].to_csv(manifest, index=False)
     path = root / "audit.duckdb"
-    run_pipeline(Store(path), str(manifest), load_config(profile="quick", overrides=SMALL_OVERRIDES))
+    data = {**SMALL_OVERRIDES["data"], "allow_outside_root": True}  # absolute paths into the default dataset
+    run_pipeline(Store(path), str(manifest), load_config(profile="quick", overrides={**SMALL_OVERRIDES, "data": data}))
     return path
 
 

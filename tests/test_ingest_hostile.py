@@ -71,13 +71,14 @@ def _problem(result: IngestResult, needle: str) -> pd.Series:
 
 
 def _ingest_within_limit(data: Path, **kwargs) -> IngestResult:
-    """Ingest `data` in a thread and fail (not hang) when it does not finish within HANG_LIMIT_S."""
+    """Ingest `data` in a thread and fail (not hang) when it does not finish within HANG_LIMIT_S. Rows outside the
+    dataset root are allowed, so that the reader behind the confinement (tests/test_paths_confined.py) is tested."""
     out: list[IngestResult] = []
     errors: list[BaseException] = []
 
     def work() -> None:
         try:
-            out.append(ingest(list_inputs(data), **kwargs))
+            out.append(ingest(list_inputs(data, allow_outside_root=True), **kwargs))
         except BaseException as exc:  # re-raised in the test's thread
             errors.append(exc)
 
@@ -177,7 +178,7 @@ def test_symlinked_class_folder_is_walked_and_a_loop_reported(tmp_path):
     (root / "train" / "c").symlink_to(elsewhere / "train" / "c", target_is_directory=True)
     (root / "test" / "c").symlink_to(elsewhere / "test" / "c", target_is_directory=True)
     (root / "train" / "a" / "loop").symlink_to(root / "train" / "a", target_is_directory=True)
-    result = ingest(list_inputs(root))
+    result = ingest(list_inputs(root, allow_outside_root=True))  # by default reported: test_paths_confined.py
     assert result.classes["label"].tolist() == ["a", "b", "c"]
     assert result.classes["n_train"].tolist() == [3, 3, 3]
     assert "test/c/t.png" in set(result.samples["sample_id"])
