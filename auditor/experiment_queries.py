@@ -6,13 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from auditor.experiments import summarize
+from auditor.experiments import FULL, summarize
 from auditor.store import Store
+
+# Per-arm design columns shown next to the results (added after the first schema: absent in old files' rows = NULL).
+ARM_COLUMNS = ("epochs", "per_model_control", "n_memorized_removed", "mem_share", "mem_share_low", "mem_share_high")
 
 
 def experiment_results(store: Store, experiment_id: str) -> pd.DataFrame:
     """Per arm: n_removed, models, test accuracy mean ± std, drop vs full with 95% CI and p, accuracy and drop on the
-    influenced / leaked / remaining test points, converged share (and `not_converged`), newly flagged on re-audit."""
+    influenced / leaked / remaining test points, converged share (and `not_converged`), newly flagged on re-audit,
+    epochs, whether its control is drawn per model, and the memorized points it removes (count, share of the
+    estimated memorized total with its interval)."""
     arms = store.query("SELECT * FROM experiment_arms WHERE experiment_id = ? ORDER BY position", [experiment_id])
     if arms.empty:
         known = store.query("SELECT experiment_id FROM experiments ORDER BY created_at")["experiment_id"].tolist()
@@ -23,4 +28,33 @@ def experiment_results(store: Store, experiment_id: str) -> pd.DataFrame:
     table = summarize(arms, models, test_ids)
     newly = store.query("SELECT arm, count(*) FILTER (WHERE newly_flagged) AS newly_flagged FROM experiment_reaudit "
                         "WHERE experiment_id = ? GROUP BY arm", [experiment_id])
-    return table.merge(newly, on="arm", how="left")
+    design = arms.reindex(columns=["arm", *ARM_COLUMNS])
+    return table.merge(newly, on="arm", how="left").merge(design, on="arm", how="left")
+
+
+def schedule_check_row(store: Store, experiment_id: str) -> dict:
+    """The convergence check of one experiment (full arm vs its longer schedule: gain with CI, p, trained_to_max)
+    and the estimated memorized total it was designed against; values are None where not measured."""
+    row = store.query("SELECT * FROM experiments WHERE experiment_id = ?", [experiment_id])
+    keys = ("check_gain", "check_low", "check_high", "check_p", "trained_to_max", "est_memorized",
+            "est_memorized_low", "est_memorized_high")
+    values = row.reindex(columns=list(keys)).iloc[0] if len(row) else pd.Series(index=keys, dtype=object)
+    return {k: None if pd.isna(v) else v.item() if hasattr(v, "item") else v for k, v in values.items()}
+
+
+def control_models(store: Store, experiment_id: str) -> pd.DataFrame:
+    """Each model of each random control: its own draw (count of ids removed), test accuracy and its drop against
+    the mean of the full-data models; empty for experiments whose controls were drawn once per arm."""
+    frame = store.query("SELECT m.* FROM experiment_models m JOIN experiment_arms a USING (experiment_id, arm) "
+                        "WHERE m.experiment_id = ? AND a.control_of IS NOT NULL ORDER BY a.position, m.model_index",
+                        [experiment_id])
+    if frame.empty or "removed_ids" not in frame.columns or frame["removed_ids"].isna().all():
+        return pd.DataFrame(columns=["arm", "model_index", "n_removed", "distinct_from_model_0", "test_acc",
+                                     "drop_vs_full_mean"])
+    full = store.scalar("SELECT avg(test_acc) FROM experiment_models WHERE experiment_id = ? AND arm = ?",
+                        [experiment_id, FULL])
+    first = frame.groupby("arm")["removed_ids"].transform("first")
+    return pd.DataFrame({
+        "arm": frame["arm"], "model_index": frame["model_index"], "n_removed": frame["removed_ids"].map(len),
+        "distinct_from_model_0": [len(set(a) - set(b)) for a, b in zip(frame["removed_ids"], first)],
+        "test_acc": frame["test_acc"], "drop_vs_full_mean": full - frame["test_acc"]})

@@ -159,6 +159,22 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_weight DOUBLE;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command VARCHAR;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log_path VARCHAR;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS token VARCHAR;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS est_memorized DOUBLE;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS est_memorized_low DOUBLE;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS est_memorized_high DOUBLE;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS check_gain DOUBLE;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS check_low DOUBLE;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS check_high DOUBLE;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS check_p DOUBLE;
+ALTER TABLE experiments ADD COLUMN IF NOT EXISTS trained_to_max BOOLEAN;
+ALTER TABLE experiment_arms ADD COLUMN IF NOT EXISTS epochs INTEGER;
+ALTER TABLE experiment_arms ADD COLUMN IF NOT EXISTS per_model_control BOOLEAN;
+ALTER TABLE experiment_arms ADD COLUMN IF NOT EXISTS n_memorized_removed INTEGER;
+ALTER TABLE experiment_arms ADD COLUMN IF NOT EXISTS mem_share DOUBLE;
+ALTER TABLE experiment_arms ADD COLUMN IF NOT EXISTS mem_share_low DOUBLE;
+ALTER TABLE experiment_arms ADD COLUMN IF NOT EXISTS mem_share_high DOUBLE;
+ALTER TABLE experiment_models ADD COLUMN IF NOT EXISTS sgd_steps BIGINT;
+ALTER TABLE experiment_models ADD COLUMN IF NOT EXISTS removed_ids VARCHAR[];
 """
 
 # The table users query first: one row per sample with its scores, the list of its flags and its triage.

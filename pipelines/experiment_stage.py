@@ -1,5 +1,10 @@
 """Marginal-utility experiments: retrain the audit recipe without each arm's points and measure what it costs.
 
+Every model of every arm trains the same number of SGD steps as a full-data model (a reduced training set wraps
+around within each epoch), so an arm differs from the full data only in its points. Every model of a random control
+removes its own class-matched draw. The full arm is also trained on a 2x longer schedule: if that gains test
+accuracy, the recipe was not trained to its maximum and every drop is suspect (stored in `experiments.trained_to_max`).
+
 The experiment's identity hashes its resolved arms, model count, seed, the training recipe and the data, so re-running
 the same spec finds it. Its design (arms and their removed ids) is stored first; models are then trained in blocks
 (memorization.block models of one arm at a time, arms interleaved) and each block is committed in one short
@@ -9,8 +14,9 @@ transaction, so a killed experiment re-run with the same spec trains only the mi
 from __future__ import annotations
 
 import json
+import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +25,13 @@ import pandas as pd
 from auditor.config import AuditConfig
 from auditor.dynamics_scores import dynamics_scores
 from auditor.executor import BlockTask, make_executor
-from auditor.experiment_queries import experiment_results
+from auditor.experiment_queries import experiment_results, schedule_check_row
 from auditor.experiments import (
-    FULL, Arm, arm_from_ids, control_name, format_results, influenced_test_points, leakage_bucket, leaked_test_points,
-    memorized_remainder, model_converged, random_control, subpopulation_bucket, subset_accuracy)
+    FULL, FULL_LONGER, SCHEDULE_FACTOR, Arm, arm_from_ids, control_name, format_results, influenced_test_points,
+    leakage_bucket, leaked_test_points, memorized_remainder, memorized_share, model_control, model_converged,
+    schedule_check, subpopulation_bucket, subset_accuracy)
 from auditor.flags import memorized_candidates
+from auditor.memorization_queries import estimate
 from auditor.provenance import fingerprint
 from auditor.store import Store
 from auditor.training import train_model
@@ -47,9 +55,22 @@ class ExperimentSpec:
     reaudit: bool = False
 
 
+# How the design trains: bumped when a change makes earlier experiments' models incomparable (part of the id).
+DESIGN = "per-model controls, equal SGD steps, 2x schedule check"
+
+
+def audit_memorized(store: Store) -> np.ndarray:
+    """The audit's memorized set: training points the memorization stage put in state 'memorized'."""
+    if "mem_state" not in set(store.query("SELECT * FROM scores LIMIT 0").columns):
+        return np.array([], dtype=str)
+    return store.query("SELECT sample_id FROM scores WHERE mem_state = 'memorized' ORDER BY sample_id")[
+        "sample_id"].to_numpy().astype(str)
+
+
 def paper_buckets(store: Store, small_cluster_size: int) -> dict[str, np.ndarray]:
-    """The memorized points and the paper's three buckets of them, from flags, pairs, influence and clusters."""
-    memorized = store.query("SELECT DISTINCT sample_id FROM flags WHERE kind = 'memorized'")["sample_id"].to_numpy()
+    """The audit's memorized set (scores.mem_state) and the paper's three buckets of it, from pairs, influence and
+    clusters."""
+    memorized = audit_memorized(store)
     leakage = leakage_bucket(memorized, store.query("SELECT a_id, b_id, kind FROM pairs"))
     subpop = subpopulation_bucket(memorized, store.query("SELECT train_id, test_id, score FROM influence"),
                                   store.query("SELECT sample_id, cluster_size FROM clusters"), small_cluster_size)
@@ -57,7 +78,7 @@ def paper_buckets(store: Store, small_cluster_size: int) -> dict[str, np.ndarray
             "memorized_remainder": memorized_remainder(memorized, leakage, subpop)}
 
 
-_BUCKET_SOURCES = {"memorized": "flag memorized",
+_BUCKET_SOURCES = {"memorized": "the audit's memorized set (scores.mem_state = 'memorized')",
                    "leakage": "memorized with a copy in the test set (leak pairs)",
                    "subpopulation": "memorized sharing influenced test points, or in a cluster of <= {size}",
                    "memorized_remainder": "memorized minus leakage and subpopulation"}
@@ -80,11 +101,13 @@ def _ids_file(path: str, train_ids: np.ndarray, all_ids: set[str]) -> list[str]:
 
 
 def resolve_arms(store: Store, spec: ExperimentSpec, data: TrainingArrays) -> list[Arm]:
-    """The full-data arm, each requested arm (training ids only) and, for each non-empty one, its class-matched
-    random control (seeded by spec.seed and the arm's name)."""
+    """The full-data arm, its longer-schedule twin, each requested arm (training ids only) and, for each non-empty
+    one, its class-matched random control (drawn per model, see `model_control`)."""
     buckets = paper_buckets(store, spec.small_cluster_size)
     train = set(data.train_ids)
-    arms = [arm_from_ids(FULL, [], "all training points")]
+    arms = [arm_from_ids(FULL, [], "all training points"),
+            arm_from_ids(FULL_LONGER, [], f"all training points, {SCHEDULE_FACTOR}x the epochs (convergence check)",
+                         schedule=SCHEDULE_FACTOR)]
     for name in spec.arms:
         kind, _, arg = name.partition(":")
         if kind == "ids":
@@ -104,9 +127,9 @@ def resolve_arms(store: Store, spec: ExperimentSpec, data: TrainingArrays) -> li
         arm = arm_from_ids(name, [i for i in ids if i in train], source)
         arms.append(arm)
         if arm.ids:
-            rng = np.random.default_rng(int(fingerprint(spec.seed, name), 16))
-            control = random_control(list(arm.ids), data.train_ids, data.y_train, rng)
-            arms.append(arm_from_ids(control_name(name), control, f"random, class-matched to {name}", name))
+            model_control(arm.ids, data.train_ids, data.y_train, spec.seed, name, 0)  # fails early if impossible
+            arms.append(arm_from_ids(control_name(name), [], f"random, class-matched to {name}, drawn per model",
+                                     name))
     if not any(a.ids for a in arms):
         raise ValueError(f"every requested arm is empty ({', '.join(spec.arms)}): nothing to remove; run the "
                          "memorization and detectors stages first, or choose other arms")
@@ -115,8 +138,9 @@ def resolve_arms(store: Store, spec: ExperimentSpec, data: TrainingArrays) -> li
 
 def experiment_id_for(spec: ExperimentSpec, arms: list[Arm], data: TrainingArrays, cfg: AuditConfig) -> str:
     """Identity of an experiment's models: resolved arms, models, seed, recipe, convergence rule and data."""
-    return "exp-" + fingerprint(training_fingerprint(cfg, data.data_hash), [(a.name, a.ids) for a in arms],
-                                spec.models, spec.seed, asdict(cfg.convergence))
+    return "exp-" + fingerprint(training_fingerprint(cfg, data.data_hash),
+                                [(a.name, a.ids, a.control_of, a.schedule) for a in arms], spec.models, spec.seed,
+                                asdict(cfg.convergence), DESIGN)
 
 
 def _model_seed(seed: int, arm: str, index: int) -> int:
@@ -132,6 +156,44 @@ def _test_sets(store: Store, arms: list[Arm]) -> dict[str, tuple[np.ndarray, np.
     return {a.name: own[a.control_of or a.name] for a in arms}
 
 
+def _removed(arm: Arm, arms: dict[str, Arm], data: TrainingArrays, seed: int, index: int) -> np.ndarray:
+    """The training ids model `index` of `arm` trains without: the arm's own, or for a control its own fresh draw."""
+    if arm.control_of is None:
+        return np.asarray(arm.ids, dtype=str)
+    return model_control(arms[arm.control_of].ids, data.train_ids, data.y_train, seed, arm.control_of, index)
+
+
+def _arm_cfg(cfg: AuditConfig, arm: Arm) -> AuditConfig:
+    """The recipe of one arm: the audit's, with `arm.schedule` times the epochs."""
+    return replace(cfg, train=replace(cfg.train, epochs=cfg.train.epochs * arm.schedule))
+
+
+def sgd_steps(cfg: AuditConfig, n_train: int, epochs: int) -> int:
+    """SGD steps of a model trained `epochs` epochs of `n_train` points each (every arm draws the full set's
+    count per epoch, see train_arms)."""
+    return epochs * math.ceil(n_train / cfg.train.batch_size)
+
+
+def _memorized_columns(store: Store, arms: list[Arm]) -> tuple[dict, list[dict]]:
+    """The estimate of the memorized total (memorization_estimates) and, per arm, how many of the audit's memorized
+    points it removes and what share of the estimated total that is (a control's varies per model: NULL)."""
+    row = estimate(store) or {}
+    est = {k: row.get(v) for k, v in (("est_memorized", "est_total"), ("est_memorized_low", "est_low"),
+                                       ("est_memorized_high", "est_high"))}
+    memorized = set(audit_memorized(store))
+    per_arm = []
+    for a in arms:
+        if a.control_of is not None:
+            per_arm.append({"n_memorized_removed": None, "mem_share": None, "mem_share_low": None,
+                            "mem_share_high": None})
+            continue
+        n = len(memorized.intersection(a.ids))
+        share = memorized_share(n, est["est_memorized"], est["est_memorized_low"], est["est_memorized_high"])
+        per_arm.append({"n_memorized_removed": n, **dict(zip(("mem_share", "mem_share_low", "mem_share_high"),
+                                                             share))})
+    return est, per_arm
+
+
 def _save_design(store: Store, experiment_id: str, spec: ExperimentSpec, arms: list[Arm], data: TrainingArrays,
                  cfg: AuditConfig, run_id: str, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Record the experiment and its arms once (a re-run only marks it running again)."""
@@ -141,39 +203,50 @@ def _save_design(store: Store, experiment_id: str, spec: ExperimentSpec, arms: l
         return
     spec_json = json.dumps({"arms": list(spec.arms), "models": spec.models, "seed": spec.seed,
                             "small_cluster_size": spec.small_cluster_size, "data_hash": data.data_hash,
-                            "train": asdict(cfg.train), "convergence": asdict(cfg.convergence)}, sort_keys=True)
+                            "train": asdict(cfg.train), "convergence": asdict(cfg.convergence), "design": DESIGN},
+                           sort_keys=True)
+    est, per_arm = _memorized_columns(store, arms)
     head = pd.DataFrame([{"experiment_id": experiment_id, "spec_json": spec_json, "status": "running",
                           "created_at": now(), "finished_at": None, "run_id": run_id,
-                          "test_ids": list(data.test_ids)}])
+                          "test_ids": list(data.test_ids), **est}])
+    by_name = {a.name: a for a in arms}
     rows = pd.DataFrame([{"experiment_id": experiment_id, "position": i, "arm": a.name, "source": a.source,
-                          "control_of": a.control_of, "n_removed": len(a.ids), "removed_ids": list(a.ids),
-                          "subpop_test_ids": list(sets[a.name][0]), "leaked_test_ids": list(sets[a.name][1])}
-                         for i, a in enumerate(arms)])
+                          "control_of": a.control_of, "n_removed": len(by_name[a.control_of or a.name].ids),
+                          "removed_ids": list(a.ids), "subpop_test_ids": list(sets[a.name][0]),
+                          "leaked_test_ids": list(sets[a.name][1]), "epochs": cfg.train.epochs * a.schedule,
+                          "per_model_control": a.control_of is not None, **mem}
+                         for i, (a, mem) in enumerate(zip(arms, per_arm))])
     store.write([("experiments", head), ("experiment_arms", rows)])
 
 
-def _model_rows(experiment_id: str, arm: Arm, models: list[int], seeds: list[int], result, data: TrainingArrays,
-                sets: tuple[np.ndarray, np.ndarray], cfg: AuditConfig) -> pd.DataFrame:
-    """One experiment_models row per trained model: overall, influenced, leaked and remaining test accuracy."""
+def _model_rows(experiment_id: str, arm: Arm, task: BlockTask, result, data: TrainingArrays,
+                sets: tuple[np.ndarray, np.ndarray], cfg: AuditConfig, removed: list[np.ndarray]) -> pd.DataFrame:
+    """One experiment_models row per trained model: overall, influenced, leaked and remaining test accuracy, SGD
+    steps and, for a control's model, the ids it removed."""
     correct = result.test_pred == data.y_test[None, :]
     rest = np.setdiff1d(data.test_ids, np.union1d(*sets))
     cc = cfg.convergence
+    models = list(task.models)
     return pd.DataFrame({
-        "experiment_id": experiment_id, "arm": arm.name, "model_index": models, "seed": seeds,
+        "experiment_id": experiment_id, "arm": arm.name, "model_index": models, "seed": list(task.seeds),
         "test_acc": result.test_acc, "subpop_acc": subset_accuracy(correct, data.test_ids, sets[0]),
         "leaked_acc": subset_accuracy(correct, data.test_ids, sets[1]),
         "rest_acc": subset_accuracy(correct, data.test_ids, rest), "epochs_run": result.epochs_run,
         "converged": [model_converged(c, cc.window, cc.tolerance) for c in result.epoch_test_acc],
         "test_curve": list(result.epoch_test_acc), "test_correct": list(correct),
+        "sgd_steps": [sgd_steps(cfg, max(task.epoch_points, len(data.train_ids)), int(e)) for e in result.epochs_run],
+        "removed_ids": [list(r) if arm.control_of else None for r in removed],
         "seconds": result.seconds / len(models), "finished_at": now()})
 
 
 def train_arms(store: Store, experiment_id: str, spec: ExperimentSpec, arms: list[Arm], data: TrainingArrays,
                cfg: AuditConfig, run_id: str, sets: dict[str, tuple[np.ndarray, np.ndarray]],
                progress: ProgressFactory = silent) -> tuple[int, int]:
-    """Train every model not yet committed (arms with nothing removed, but the full arm, are skipped); returns
-    (trained now, reused)."""
-    trainable = [a for a in arms if a.ids or a.name == FULL]
+    """Train every model not yet committed (arms with nothing removed, but the full arms and controls, are skipped);
+    every model draws the full training set's count of points per epoch, so all arms train the same SGD steps as
+    the full arm on their schedule. Returns (trained now, reused)."""
+    by_name = {a.name: a for a in arms}
+    trainable = [a for a in arms if a.ids or a.schedule != 1 or a.name == FULL or a.control_of is not None]
     done = set(store.query("SELECT arm, model_index FROM experiment_models WHERE experiment_id = ?",
                            [experiment_id]).itertuples(index=False, name=None))
     total = len(trainable) * spec.models
@@ -182,30 +255,35 @@ def train_arms(store: Store, experiment_id: str, spec: ExperimentSpec, arms: lis
     bar.update(len(done))
     job.update(len(done))
     position = pd.Series(np.arange(len(data.train_ids)), index=data.train_ids)
-    arm_of, block, tasks = {}, cfg.memorization.block, []
+    arm_of, block, tasks = {}, cfg.memorization.block, {}
     for start in range(0, spec.models, block):
         for arm in trainable:
             models = tuple(m for m in range(start, min(start + block, spec.models)) if (arm.name, m) not in done)
             if not models:
                 continue
+            removed = [_removed(arm, by_name, data, spec.seed, m) for m in models]
             membership = np.ones((len(models), len(data.train_ids)), bool)
-            membership[:, position[list(arm.ids)].to_numpy()] = False
+            for row, ids in enumerate(removed):
+                membership[row, position[list(ids)].to_numpy()] = False
             seeds = tuple(_model_seed(spec.seed, arm.name, m) for m in models)
-            tasks.append(BlockTask(f"{experiment_id}-{arm.name}-m{models[0]:05d}", models, seeds, membership,
-                                   test_curve=True))
-            arm_of[tasks[-1].key] = arm
+            task = BlockTask(f"{experiment_id}-{arm.name}-m{models[0]:05d}", models, seeds, membership,
+                             test_curve=True, epoch_points=len(data.train_ids))
+            tasks.setdefault(arm.schedule, []).append(task)
+            arm_of[task.key] = arm, removed
     trained = 0
-    for task, result in make_executor(cfg.executor).run(data.shadow_data(), tasks, cfg):
-        arm, models = arm_of[task.key], list(task.models)
-        marks = ", ".join("?" * len(models))
-        store.write([("experiment_models", _model_rows(experiment_id, arm, models, list(task.seeds), result, data,
-                                                       sets[arm.name], cfg))],
-                    deletes=[("DELETE FROM experiment_models WHERE experiment_id = ? AND arm = ? AND model_index "
-                              f"IN ({marks})", [experiment_id, arm.name, *models])])
-        done.update((arm.name, m) for m in models)
-        trained += len(models)
-        bar.update(len(models))
-        job.update(len(done))
+    for group in tasks.values():
+        arm_cfg = _arm_cfg(cfg, arm_of[group[0].key][0])
+        for task, result in make_executor(cfg.executor).run(data.shadow_data(), group, arm_cfg):
+            (arm, removed), models = arm_of[task.key], list(task.models)
+            marks = ", ".join("?" * len(models))
+            store.write([("experiment_models", _model_rows(experiment_id, arm, task, result, data, sets[arm.name],
+                                                           arm_cfg, removed))],
+                        deletes=[("DELETE FROM experiment_models WHERE experiment_id = ? AND arm = ? AND model_index "
+                                  f"IN ({marks})", [experiment_id, arm.name, *models])])
+            done.update((arm.name, m) for m in models)
+            trained += len(models)
+            bar.update(len(models))
+            job.update(len(done))
     bar.close()
     job.finish()
     return trained, total - trained
@@ -221,18 +299,21 @@ def _reaudit_log(data: TrainingArrays, keep: np.ndarray, cfg: AuditConfig, run_p
     return pd.concat(logs, ignore_index=True)
 
 
-def reaudit(store: Store, experiment_id: str, arms: list[Arm], data: TrainingArrays, cfg: AuditConfig,
+def reaudit(store: Store, experiment_id: str, arms: list[Arm], data: TrainingArrays, cfg: AuditConfig, seed: int,
             progress: ProgressFactory = silent) -> int:
-    """Re-run ApB (cfg.train.seeds audit models with dynamics) on each arm's reduced training set and store its
-    memorized candidates, marking those not flagged before; arms already re-audited are skipped. Returns arms done."""
+    """Re-run ApB (cfg.train.seeds audit models with dynamics) on each arm's reduced training set (a control's: its
+    model 0's draw) and store its memorized candidates, marking those not flagged before; arms already re-audited
+    are skipped. Returns arms done."""
     before = set(store.query("SELECT sample_id FROM flags WHERE kind = 'memorized_candidate'")["sample_id"])
     stored = set(store.query("SELECT DISTINCT arm FROM experiment_reaudit WHERE experiment_id = ?",
                              [experiment_id])["arm"])
-    todo = [a for a in arms if a.ids and a.name not in stored]
+    by_name = {a.name: a for a in arms}
+    todo = [a for a in arms if (a.ids or a.control_of) and a.name not in stored]
     bar = progress("re-audit", len(todo), "arm")
     phase = "batch" if "batch" in cfg.dynamics.record else "epoch_end"
     for arm in todo:
-        log = _reaudit_log(data, ~np.isin(data.train_ids, arm.ids), cfg, f"{experiment_id}-{arm.name}")
+        removed = _removed(arm, by_name, data, seed, 0)
+        log = _reaudit_log(data, ~np.isin(data.train_ids, removed), cfg, f"{experiment_id}-{arm.name}")
         candidates = memorized_candidates(dynamics_scores(log[log["phase"] == phase], cfg.dynamics.el2n_epoch),
                                           cfg.candidates)
         rows = pd.DataFrame({"experiment_id": experiment_id, "arm": arm.name, "sample_id": candidates["sample_id"],
@@ -261,14 +342,21 @@ def run_experiment(store: Store, spec: ExperimentSpec, cfg: AuditConfig,
     _save_design(store, experiment_id, spec, arms, data, cfg, run_id, sets)
     try:
         trained, reused = train_arms(store, experiment_id, spec, arms, data, cfg, run_id, sets, progress)
-        reaudited = reaudit(store, experiment_id, arms, data, cfg, progress) if spec.reaudit else 0
+        reaudited = reaudit(store, experiment_id, arms, data, cfg, spec.seed, progress) if spec.reaudit else 0
     except BaseException:
         store.execute("UPDATE experiments SET status = 'failed' WHERE experiment_id = ?", [experiment_id])
         finish_run(store, run_id, status="failed", seconds=time.perf_counter() - t0)
         raise
     seconds = time.perf_counter() - t0
-    store.execute("UPDATE experiments SET status = 'done', finished_at = ? WHERE experiment_id = ?",
-                  [now(), experiment_id])
+    accs = store.query("SELECT arm, test_acc FROM experiment_models WHERE experiment_id = ? AND arm IN (?, ?)",
+                       [experiment_id, FULL, FULL_LONGER])
+    check = schedule_check(accs.loc[accs["arm"] == FULL, "test_acc"], accs.loc[accs["arm"] == FULL_LONGER, "test_acc"],
+                           cfg.convergence.tolerance)
+    store.execute("UPDATE experiments SET status = 'done', finished_at = ?, check_gain = ?, check_low = ?, "
+                  "check_high = ?, check_p = ?, trained_to_max = ? WHERE experiment_id = ?",
+                  [now(), *(None if np.isnan(v) else float(v) for v in (check.gain, check.low, check.high,
+                                                                        check.p_value)),
+                   check.trained_to_max, experiment_id])
     full_acc = store.scalar("SELECT avg(test_acc) FROM experiment_models WHERE experiment_id = ? AND arm = ?",
                             [experiment_id, FULL])
     finish_run(store, run_id, seconds=seconds, test_acc=full_acc,
@@ -277,12 +365,28 @@ def run_experiment(store: Store, spec: ExperimentSpec, cfg: AuditConfig,
                                                "trained": trained, "reused": reused, "reaudited_arms": reaudited})
 
 
+def schedule_line(check: dict) -> str:
+    """The convergence check in one line: what a 2x longer schedule gains on the full arm, and the verdict."""
+    if check["trained_to_max"] is None:
+        return "convergence check (full arm vs a 2x longer schedule): not measured (too few models, or not finished)"
+    verdict = ("trained to maximum test accuracy" if check["trained_to_max"] else
+               "NOT trained to maximum test accuracy: the longer schedule is significantly better, drops are suspect")
+    p = "-" if check["check_p"] is None else f"{check['check_p']:.3g}"
+    return (f"convergence check: a 2x longer schedule changes full-data test accuracy by {check['check_gain']:+.2%} "
+            f"[{check['check_low']:+.2%}, {check['check_high']:+.2%}] (p {p}): {verdict}")
+
+
 def experiment_text(store: Store, experiment_id: str) -> str:
     """The `memaudit experiment` report: the experiment's id and status, then its results table."""
     table = experiment_results(store, experiment_id)
     status = store.scalar("SELECT status FROM experiments WHERE experiment_id = ?", [experiment_id])
     lines = [f"experiment {experiment_id} ({status}); drop = full-data accuracy minus the arm's, positive = worse",
-             format_results(table)]
+             format_results(table), schedule_line(schedule_check_row(store, experiment_id))]
+    share = table[table["mem_share"].notna() & (table["n_memorized_removed"] > 0)]
+    if len(share):
+        lines.append("memorized points removed, share of the estimated memorized total: " + ", ".join(
+            f"{r.arm} {int(r.n_memorized_removed)} = {r.mem_share:.0%} [{r.mem_share_low:.0%}, {r.mem_share_high:.0%}]"
+            for r in share.itertuples()))
     if table["newly_flagged"].notna().any():
         lines.append("re-audit, newly flagged memorized candidates: " + ", ".join(
             f"{r.arm} {int(r.newly_flagged)}" for r in table.itertuples() if pd.notna(r.newly_flagged)))

@@ -35,6 +35,7 @@ block = 3
 window = 1
 """
 MODELS = 3
+ARMS = ["full", "full:2x_schedule", "memorized", "memorized:random", "ids:picked", "ids:picked:random"]
 
 
 def test_welch_difference_matches_hand_computation():
@@ -193,17 +194,21 @@ def test_arms_from_flags_and_decisions(small_db, tmp_path):
     cfg = load_config(profile="quick", overrides={"data": {"limit_per_class": 24}})
     data = load_training_arrays(store, cfg)
     arms = {a.name: a for a in resolve_arms(store, ExperimentSpec(("decisions", "flag:long_tail")), data)}
-    assert list(arms) == ["full", "decisions", "decisions:random", "flag:long_tail", "flag:long_tail:random"]
+    assert list(arms) == ["full", "full:2x_schedule", "decisions", "decisions:random", "flag:long_tail",
+                          "flag:long_tail:random"]
     assert arms["decisions"].ids == (train[0], train[2], train[3])   # training points decided 'remove' only
     long_tail = store.query("SELECT sample_id FROM flags WHERE kind = 'long_tail'")["sample_id"]
     assert set(arms["flag:long_tail"].ids) == set(long_tail) and arms["full"].ids == ()
-    labels = pd.Series(data.y_train, index=data.train_ids)
-    for name in ("decisions", "flag:long_tail"):
-        control = arms[f"{name}:random"]
-        assert control.control_of == name and not set(control.ids) & set(arms[name].ids)
-        assert sorted(labels[list(control.ids)]) == sorted(labels[list(arms[name].ids)])
+    assert arms["full:2x_schedule"].ids == () and arms["full:2x_schedule"].schedule == 2
+    for name in ("decisions", "flag:long_tail"):                      # drawn per model when trained
+        assert arms[f"{name}:random"].control_of == name and arms[f"{name}:random"].ids == ()
     with pytest.raises(ValueError, match="every requested arm is empty"):
         resolve_arms(store, ExperimentSpec(("flag:no_such_kind",)), data)
+
+
+def _listed(value) -> list | None:
+    """A list cell as a plain list (None stays None)."""
+    return list(value) if isinstance(value, (list, np.ndarray)) else None
 
 
 def _cli(db: Path, cfg: Path, arms: str, *extra: str, background: bool = False):
@@ -232,28 +237,56 @@ def test_cli_experiment_end_to_end(experiment, capsys):
     store = Store(db)
     experiment_id = store.scalar("SELECT experiment_id FROM experiments")
     assert store.scalar("SELECT status FROM experiments") == "done"
-    arms = store.query("SELECT arm, n_removed, control_of FROM experiment_arms ORDER BY position")
-    assert list(arms["arm"]) == ["full", "memorized", "memorized:random", "ids:picked", "ids:picked:random"]
+    arms = store.query("SELECT * FROM experiment_arms ORDER BY position")
+    assert list(arms["arm"]) == ARMS
     memorized = store.scalar("SELECT count(*) FROM flags WHERE kind = 'memorized'")
-    assert memorized > 0 and list(arms["n_removed"]) == [0, memorized, memorized, 6, 6]
+    assert memorized > 0 and list(arms["n_removed"]) == [0, 0, memorized, memorized, 6, 6]
+    assert list(arms["epochs"]) == [3, 6, 3, 3, 3, 3]
+    assert list(arms["per_model_control"]) == [False, False, False, True, False, True]
     models = store.query("SELECT * FROM experiment_models ORDER BY arm, model_index")
-    assert len(models) == 5 * MODELS and not models.duplicated(["arm", "model_index"]).any()
-    assert models["test_acc"].between(0, 1).all() and (models["epochs_run"] == 3).all()
-    assert models["test_curve"].map(len).eq(3).all()
+    assert len(models) == 6 * MODELS and not models.duplicated(["arm", "model_index"]).any()
+    longer = models["arm"] == "full:2x_schedule"
+    assert models["test_acc"].between(0, 1).all() and (models["epochs_run"] == np.where(longer, 6, 3)).all()
+    assert models["test_curve"].map(len).eq(np.where(longer, 6, 3)).all()
+    # every arm trains the full set's SGD steps per epoch, whatever it removed
+    steps = models.groupby("arm")["sgd_steps"].unique().map(list)
+    assert steps["full:2x_schedule"] == [2 * steps["full"][0]] and len(steps["full"]) == 1
+    assert all(steps[a] == steps["full"] for a in ARMS if a != "full:2x_schedule")
+    # every model of a control removes its own class-matched draw, disjoint from its arm's points
+    labels = store.query("SELECT sample_id, label_index FROM samples").set_index("sample_id")["label_index"]
+    own = arms.set_index("arm")["removed_ids"].map(list)
+    for arm in ("memorized", "ids:picked"):
+        draws = models.loc[models["arm"] == f"{arm}:random", "removed_ids"].map(list).to_list()
+        assert len({tuple(d) for d in draws}) == MODELS and not own[f"{arm}:random"]
+        assert all(sorted(labels[d]) == sorted(labels[own[arm]]) and not set(d) & set(own[arm]) for d in draws)
+    assert models.loc[~models["arm"].str.endswith(":random"), "removed_ids"].isna().all()
+    head = store.query("SELECT * FROM experiments").iloc[0]
+    assert head["check_low"] <= head["check_gain"] <= head["check_high"] and head["trained_to_max"] is not None
+    estimate = store.query("SELECT est_total, est_low, est_high FROM memorization_estimates").iloc[0]
+    assert (head["est_memorized"], head["est_memorized_low"], head["est_memorized_high"]) == tuple(estimate)
+    mem_arm = arms.set_index("arm").loc["memorized"]
+    assert mem_arm["n_memorized_removed"] == memorized
+    assert mem_arm["mem_share"] == pytest.approx(min(1, memorized / estimate["est_total"]))
+    assert mem_arm["mem_share_low"] <= mem_arm["mem_share"] <= mem_arm["mem_share_high"] <= 1
     results = experiment_results(store, experiment_id)
     assert list(results["arm"]) == list(arms["arm"]) and (results["models"] == MODELS).all()
     mem = results.set_index("arm").loc["memorized"]
     full = models[models["arm"] == "full"]["test_acc"].mean()
     ours = models[models["arm"] == "memorized"]["test_acc"].mean()
     assert mem["drop"] == pytest.approx(full - ours) and mem["drop_low"] < mem["drop"] < mem["drop_high"]
+    # null: six arbitrary points cost no more than a random removal of six (the interval covers 0)
+    picked = results.set_index("arm").loc["ids:picked"]
+    assert picked["vs_control_low"] <= 0 <= picked["vs_control_high"]
     reaudit = store.query("SELECT DISTINCT arm FROM experiment_reaudit")
     assert set(reaudit["arm"]) == {"memorized", "memorized:random", "ids:picked", "ids:picked:random"}
     assert "drop vs full" in proc.stdout and "ids:picked:random" in proc.stdout and "re-audit" in proc.stdout
+    assert "convergence check: a 2x longer schedule" in proc.stdout
+    assert f"memorized {memorized} = " in proc.stdout                 # share of the estimated memorized total
     run = store.query("SELECT status, config_json FROM runs WHERE run_id = ?", [experiment_id]).iloc[0]
     assert run["status"] == "done" and '"epochs": 3' in run["config_json"]
     assert main(["experiment", "--db", str(db), "--show", experiment_id]) == 0
     assert capsys.readouterr().out == proc.stdout
-    assert f"experiments: {experiment_id} done ({5 * MODELS} models)" in status_text(store)
+    assert f"experiments: {experiment_id} done ({6 * MODELS} models)" in status_text(store)
     assert main(["experiment", "--db", str(db), "--show", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no experiment 'nope'" in err
@@ -265,19 +298,22 @@ def test_sigkill_then_resume_trains_only_missing_models(experiment, small_db):
     root, cfg, ids, clean, _ = experiment
     killed = _copy(small_db, root / "killed.duckdb")
     proc = _cli(killed, cfg, f"memorized,ids:{ids}", background=True)
-    kill_when_progress(proc, rb"experiment models:[^\r\n]*\| ([3-9]|1[0-2])/15")  # one block of 3 per arm at a time
+    kill_when_progress(proc, rb"experiment models:[^\r\n]*\| ([3-9]|1[0-5])/18")  # one block of 3 per arm at a time
     store = Store(killed)
     partial = store.scalar("SELECT count(*) FROM experiment_models")
-    assert 0 < partial < 15
+    assert 0 < partial < 18
     cfg_obj = load_config(cfg, "quick")
     report = run_experiment(store, ExperimentSpec(("memorized", f"ids:{ids}"), MODELS, cfg_obj.seed), cfg_obj)
-    assert (report.facts["trained"], report.facts["reused"]) == (15 - partial, partial)
-    columns = "arm, model_index, seed, test_acc, subpop_acc, leaked_acc, rest_acc, converged, test_correct"
+    assert (report.facts["trained"], report.facts["reused"]) == (18 - partial, partial)
+    columns = ("arm, model_index, seed, test_acc, subpop_acc, leaked_acc, rest_acc, converged, sgd_steps, "
+               "removed_ids, test_correct")
     query = f"SELECT {columns} FROM experiment_models ORDER BY arm, model_index"
     resumed, uninterrupted = store.query(query), Store(clean).query(query)
-    assert len(resumed) == 15 and not resumed.duplicated(["arm", "model_index"]).any()
-    pd.testing.assert_frame_equal(resumed.drop(columns="test_correct"), uninterrupted.drop(columns="test_correct"))
-    assert resumed["test_correct"].map(list).equals(uninterrupted["test_correct"].map(list))
+    assert len(resumed) == 18 and not resumed.duplicated(["arm", "model_index"]).any()
+    lists = ["removed_ids", "test_correct"]
+    pd.testing.assert_frame_equal(resumed.drop(columns=lists), uninterrupted.drop(columns=lists))
+    for column in lists:
+        assert resumed[column].map(_listed).equals(uninterrupted[column].map(_listed))
     assert store.scalar("SELECT experiment_id FROM experiments") == Store(clean).scalar("SELECT experiment_id FROM "
                                                                                           "experiments")
 
@@ -295,7 +331,7 @@ def test_experiments_page_shows_results_and_starts_in_the_background(experiment,
     at.run(timeout=120)
     assert not at.exception and not at.error
     table = at.dataframe[0].value
-    assert list(table["arm"]) == ["full", "memorized", "memorized:random", "ids:picked", "ids:picked:random"]
+    assert list(table["arm"]) == ARMS
     assert len(at.get("vega_lite_chart")) >= 1
     at.multiselect(key="experiment_arms").set_value(["leakage", "decisions"])
     at.number_input(key="experiment_models").set_value(4)
