@@ -31,7 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_stages import _table
 
-from auditor import job_queries, queries
+from auditor import job_queries, point_queries, queries
 from auditor.config import load_config
 from auditor.export import plan_export
 from auditor.queries import ReviewFilter
@@ -449,11 +449,11 @@ def page_queries(store: Store, point_id: str) -> dict[str, list[tuple[str, Calla
         "Review flag=mislabeled": review(ReviewFilter(flag="mislabeled"), "score_desc", 0),
         "Review page 100": review(ReviewFilter(), "apb_asc", 99 * 24),
         "Point detail": [("sample_detail", lambda: queries.sample_detail(store, point_id)),
-                         ("sample_loo", lambda: queries.sample_loo(store, point_id)),
+                         ("sample_loo", lambda: point_queries.sample_loo(store, point_id)),
                          ("class_labels", lambda: queries.class_labels(store)),
                          ("decision_history", lambda: decision_history(store, point_id)),
-                         ("sample_dynamics", lambda: queries.sample_dynamics(store, point_id)),
-                         ("influenced_tests", lambda: queries.influenced_tests(store, point_id)),
+                         ("sample_dynamics", lambda: point_queries.sample_dynamics(store, point_id)),
+                         ("influenced_tests", lambda: point_queries.influenced_tests(store, point_id)),
                          ("sample_neighbors", lambda: queries.sample_neighbors(store, point_id)),
                          ("detector_thresholds", lambda: queries.detector_thresholds(store)),
                          ("cluster_members", lambda: queries.cluster_members(store, point_id))],

@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.common import db_path, flag_name, method_name
-from auditor import job_queries, queries
+from auditor import job_queries, point_queries, queries
 from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import Store
 from planted import GHOST, PLANTS, build_planted_db
@@ -455,14 +455,14 @@ def _flag_reads(store: Store) -> dict[str, object]:
 
 def test_sample_dynamics_are_the_seed_runs_rows_of_one_sample_read_through_an_index(store):
     sample = store.scalar("SELECT sample_id FROM scores ORDER BY apb, sample_id LIMIT 1")
-    curve = queries.sample_dynamics(store, sample)
+    curve = point_queries.sample_dynamics(store, sample)
     direct = store.query(
         "SELECT r.seed, d.step, d.epoch, d.phase, d.correct, d.p_label, d.loss FROM dynamics d "
         "JOIN runs r USING (run_id) WHERE d.sample_id = ? AND d.run_id IN (SELECT input_run_id FROM run_inputs "
         "WHERE run_id = (SELECT min(run_id) FROM scores)) ORDER BY r.seed, d.step", [sample])
     assert len(curve) > 0 and curve["seed"].nunique() == store.scalar("SELECT max(n_seeds) FROM scores")
     pd.testing.assert_frame_equal(curve, direct)
-    assert queries.sample_dynamics(store, MALICIOUS).empty
+    assert point_queries.sample_dynamics(store, MALICIOUS).empty
     assert store.scalar("SELECT count(*) FROM duckdb_indexes() WHERE index_name = 'dynamics_sample'") == 1
 
 

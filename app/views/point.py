@@ -10,7 +10,7 @@ import streamlit as st
 from app.common import md, method_name, parse_detail, run_page
 from app.evidence import (STRIP_IMAGE, flag_evidence, label_text, mem_text, models_text, picture)
 from app.decide import decide, decision_badge, show_decision_error
-from auditor import queries
+from auditor import point_queries, queries
 from auditor.reviews import ACTIONS, decision_history
 from auditor.store import Store
 
@@ -25,7 +25,7 @@ def _chosen(store: Store) -> str | None:
     typed = st.text_input("Sample id", value=wanted or "", key="point_search",
                           help="Type an id (or its beginning) to open another image")
     if typed and typed != wanted:
-        matches = queries.sample_ids_like(store, typed)
+        matches = point_queries.sample_ids_like(store, typed)
         if typed in matches or not matches:
             wanted = typed
         else:
@@ -58,7 +58,7 @@ def _scores(row: dict) -> None:
 
 def _loo(store: Store, sample_id: str) -> None:
     """The exact leave-one-out score, when one was computed for this point."""
-    loo = queries.sample_loo(store, sample_id)
+    loo = point_queries.sample_loo(store, sample_id)
     if loo is not None:
         st.markdown(f"exact LOO mem **{loo['mem']:.2f}** [{loo['mem_low']:.2f}, {loo['mem_high']:.2f}] from "
                     f"{int(loo['mem_n_in'])} models with it and {int(loo['mem_n_out'])} without (run `{loo['run_id']}`)")
@@ -66,7 +66,7 @@ def _loo(store: Store, sample_id: str) -> None:
 
 def _dynamics(store: Store, sample_id: str) -> None:
     """p(label) over training steps per seed, with the steps where it was classified correctly marked."""
-    frame = queries.sample_dynamics(store, sample_id)
+    frame = point_queries.sample_dynamics(store, sample_id)
     st.markdown("**Training dynamics**")
     if frame.empty:
         st.caption("No training dynamics recorded for this image (test images and unscored files have none).")
@@ -93,7 +93,7 @@ def _strip(frame: pd.DataFrame, id_column: str, caption: callable) -> None:
 
 def _influence(store: Store, sample_id: str) -> None:
     """The test points this training point influences most, with the sign and size of the influence."""
-    frame = queries.influenced_tests(store, sample_id, INFLUENCED_SHOWN)
+    frame = point_queries.influenced_tests(store, sample_id, INFLUENCED_SHOWN)
     if frame.empty:
         return
     st.markdown("**Test points it influences most** (accuracy on the test point with it in training minus without)")
