@@ -15,9 +15,9 @@ from typing import Any
 import duckdb
 import streamlit as st
 
+from app.reviewer import reviewer_box
 from auditor import queries
 from auditor.flag_kinds import REGISTRY, evidence_style
-from auditor.reviews import default_reviewer
 from auditor.thumbnails import thumbnail as make_thumbnail
 from auditor.store import Store, StoreBusy, StoreCorrupt
 
@@ -123,19 +123,10 @@ def open_store() -> Store:
     return store
 
 
-def reviewer() -> str:
-    """The reviewer named in the sidebar (default: the OS user), recorded with every decision."""
-    if not str(st.session_state.get("reviewer") or "").strip():
-        st.session_state["reviewer"] = default_reviewer()
-    return st.session_state["reviewer"].strip()
-
-
 def run_page(title: str, render: Callable[[Store], None]) -> None:
     """Render one page against the database, turning a locked or unreadable file into an error message; the
-    sidebar names the reviewer. Re-assigning the name before its widget keeps it across pages (streamlit drops a
-    keyed widget's value on the run after a page change, before the new page creates the widget again)."""
-    st.session_state["reviewer"] = reviewer()
-    st.sidebar.text_input("Reviewer", key="reviewer", help="Recorded with every decision you make")
+    sidebar names the reviewer (app.reviewer)."""
+    reviewer_box()
     st.title(title)
     try:
         store = open_store()

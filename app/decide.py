@@ -6,7 +6,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from app.common import md, reviewer
+from app.common import md
+from app.reviewer import reviewer
 from auditor.reviews import record_decisions, undo
 from auditor.store import Store, StoreBusy
 
@@ -46,7 +47,12 @@ def decision_badge(action: str | None, new_label: str | None) -> str:
 
 def decide(store: Store, ids: list[str], action: str, new_label: str | None, note: str | None) -> bool:
     """Record one decision for every id (one transaction), or undo their current ones ('undo'); a busy database or
-    a bad decision shows an error and keeps the picks, so nothing is silently lost. True when stored."""
+    a bad decision shows an error and keeps the picks, so nothing is silently lost; nothing is recorded until the
+    reviewer has named themselves. True when stored."""
+    if not reviewer():
+        st.session_state["decision_error"] = ("Not saved: type your name in the sidebar (Reviewer) first; every "
+                                              "decision is signed with it. Your picks are kept.")
+        return False
     try:
         if action == "undo":
             n = undo(store, ids, reviewer=reviewer())

@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app.common import flag_name, md, parse_detail, reviewer, thumbnail
+from app.common import flag_name, md, parse_detail, thumbnail
+from app.reviewer import reviewer
 from auditor import queries
 from auditor.flag_kinds import evidence_style
 from auditor.reviews import judge_pair, pair_judgement

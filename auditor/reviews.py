@@ -3,7 +3,6 @@ row, never an update, so the history of every sample stays readable; `current_re
 
 from __future__ import annotations
 
-import getpass
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -18,14 +17,6 @@ DECISION_COLUMNS = ["sample_id", "split", "label", "action", "new_label", "note"
 HISTORY_COLUMNS = ["decision_id", "sample_id", "action", "new_label", "note", "reviewer", "decided_at", "undoes"]
 # How many unknown ids an error message names before it abbreviates.
 _SHOWN_IDS = 10
-
-
-def default_reviewer() -> str:
-    """The OS user, recorded with each decision when the reviewer does not name themselves."""
-    try:
-        return getpass.getuser() or "reviewer"
-    except (OSError, KeyError):  # no login name known (e.g. a container user without a passwd entry)
-        return "reviewer"
 
 
 def _has_reviews(con: duckdb.DuckDBPyConnection) -> bool:

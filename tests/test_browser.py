@@ -24,6 +24,7 @@ MIN_MISLABELED = 3
 EXPORT_NAME = "curated"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_MS = 30_000
+REVIEWER = "tester"
 
 # Counts the script runs that ended (the app root's data-test-script-state leaving 'running'), so a test can wait
 # for the rerun that its own action triggered, not just for the app to look idle before that rerun has begun.
@@ -129,6 +130,14 @@ def _go(page, title: str, heading: str) -> None:
     with _rerun(page):
         page.get_by_role("link", name=title, exact=True).click()
     page.get_by_role("heading", name=heading, exact=True, level=1).wait_for()
+
+
+def _sign(page, name: str) -> None:
+    """Type the reviewer's name in the sidebar (nothing is recorded before) and wait for the rerun."""
+    box = page.get_by_test_id("stSidebar").get_by_label("Reviewer", exact=True)
+    box.fill(name)
+    with _rerun(page):
+        box.press("Enter")
 
 
 def _choose(page, label: str, option: str | re.Pattern) -> None:
@@ -248,6 +257,7 @@ def test_curation_flow(page, app_url, curation_db, screenshot_dir):
 
     # 1. Review, only the images flagged mislabeled
     _go(page, "Review", "Review images")
+    _sign(page, REVIEWER)
     _choose(page, "Flag", re.compile(r"^Mislabeled \(\d+\)$"))
     page.get_by_text("images flagged mislabeled", exact=False).first.wait_for()
     keys = page.locator("[class*='st-key-pick_']:has([data-testid='stCheckbox'])").evaluate_all(
@@ -337,6 +347,7 @@ def test_curation_flow(page, app_url, curation_db, screenshot_dir):
     assert decision_history(store, removed)["action"].tolist() == ["remove"]
     assert decision_history(store, relabeled)["action"].tolist() == ["relabel"]
     assert decision_history(store, undone)["action"].tolist() == ["remove", "undo"]
+    assert set(decision_history(store, undone)["reviewer"]) == {REVIEWER}
 
     # 4. a screenshot of every page
     assert [shot.name for shot in shots] == [f"{n}.png" for n in

@@ -31,9 +31,9 @@ def db(small_db, tmp_path, monkeypatch) -> Path:
 
 
 def page(name: str, **state) -> AppTest:
-    """One page run with `state` put in its session first."""
+    """One page run with `state` put in its session first (by default a reviewer named 'tester', who signs)."""
     at = AppTest.from_file(str(PAGES / f"{name}.py"))
-    for key, value in state.items():
+    for key, value in {"reviewer": "tester", **state}.items():
         at.session_state[key] = value
     return at.run(timeout=60)
 

@@ -115,13 +115,3 @@ def test_file_written_before_reviews_existed(store):
     assert undo(store, [sample], reviewer="ana") == 0
     record_decisions(store, [sample], "remove", reviewer="ana")
     assert current_decisions(store)["sample_id"].tolist() == [sample]
-
-
-def test_default_reviewer_falls_back_without_a_login_name(monkeypatch):
-    assert reviews.default_reviewer()
-
-    def no_user() -> str:
-        raise OSError("no login name")
-
-    monkeypatch.setattr(reviews.getpass, "getuser", no_user)
-    assert reviews.default_reviewer() == "reviewer"

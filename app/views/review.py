@@ -13,6 +13,7 @@ import streamlit as st
 from app.common import evidence_line, flag_name, run_page, thumbnail
 from app.decide import decide, decision_badge, pick_box, picked, set_picks, show_decision_error
 from app.evidence import label_text, mem_text, models_text, picture, flag_evidence
+from app.reviewer import KEY as REVIEWER_KEY, reviewer
 from auditor import queries
 from auditor.queries import ReviewFilter
 from auditor.reviews import ACTIONS, current_decisions
@@ -61,9 +62,12 @@ def _restore_view(options: dict[str, list[str]]) -> None:
 
 
 def _save_view() -> None:
-    """The view into the URL (Back and a shared link reopen it) and into the session (for the way back)."""
+    """The view into the URL (Back and a shared link reopen it) and into the session (for the way back); the
+    reviewer's name stays in the URL too."""
     view = {key: str(st.session_state[key]) for key in VIEW_KEYS if st.session_state.get(key) is not None}
     st.session_state[VIEW_KEY] = view
+    if reviewer():
+        view = {**view, REVIEWER_KEY: reviewer()}
     if st.query_params.to_dict() != view:
         st.query_params.from_dict(view)
 
