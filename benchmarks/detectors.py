@@ -34,19 +34,19 @@ from pipelines.runner import run_pipeline
 SEED = 7
 
 
-def plant(root: Path) -> tuple[Path, dict[str, set[str]]]:
-    """Write a manifest of the default dataset with planted flips, leaks and duplicates; return it and the truth."""
+def default_frame() -> pd.DataFrame:
+    """The default dataset's manifest rows with absolute paths (to be rewritten elsewhere with planted changes)."""
     manifest = materialise_default()
     frame = pd.read_csv(manifest, dtype=str)
     frame["path"] = [str((manifest.parent / p).resolve()) for p in frame["path"]]
-    rng = np.random.default_rng(SEED)
-    train = frame.index[frame["split"] == "train"].to_numpy()
-    test = frame.index[frame["split"] == "test"].to_numpy()
-    flip = rng.choice(train, size=int(0.05 * len(train)), replace=False)
-    frame.loc[flip, "label"] = [str((int(v) + rng.integers(1, 10)) % 10) for v in frame.loc[flip, "label"]]
-    leak_rows = rng.choice(test, size=int(0.02 * len(test)), replace=False)
-    sources = rng.choice(np.setdiff1d(train, flip), size=len(leak_rows), replace=False)
-    for row, src in zip(leak_rows, sources):
+    return frame
+
+
+def plant_leaks(frame: pd.DataFrame, rows: np.ndarray, sources: np.ndarray, root: Path,
+                rng: np.random.Generator) -> None:
+    """Replace the test rows `rows` (in place) by lightly augmented copies of the training rows `sources` (1-2 px
+    shift, +-10% brightness, mild noise) written under `root`, with the sources' labels."""
+    for row, src in zip(rows, sources):
         pixels = np.asarray(Image.open(frame.at[src, "path"]), dtype=np.float32)
         dy, dx = rng.integers(-2, 3, size=2)
         pixels = np.roll(pixels, (int(dy), int(dx)), axis=(0, 1)) * rng.uniform(0.9, 1.1)
@@ -54,6 +54,19 @@ def plant(root: Path) -> tuple[Path, dict[str, set[str]]]:
         path = root / f"leak_{frame.at[row, 'sample_id']}.png"
         Image.fromarray(pixels).save(path)
         frame.loc[row, ["path", "label"]] = [str(path), frame.at[src, "label"]]
+
+
+def plant(root: Path) -> tuple[Path, dict[str, set[str]]]:
+    """Write a manifest of the default dataset with planted flips, leaks and duplicates; return it and the truth."""
+    frame = default_frame()
+    rng = np.random.default_rng(SEED)
+    train = frame.index[frame["split"] == "train"].to_numpy()
+    test = frame.index[frame["split"] == "test"].to_numpy()
+    flip = rng.choice(train, size=int(0.05 * len(train)), replace=False)
+    frame.loc[flip, "label"] = [str((int(v) + rng.integers(1, 10)) % 10) for v in frame.loc[flip, "label"]]
+    leak_rows = rng.choice(test, size=int(0.02 * len(test)), replace=False)
+    sources = rng.choice(np.setdiff1d(train, flip), size=len(leak_rows), replace=False)
+    plant_leaks(frame, leak_rows, sources, root, rng)
     dup_src = rng.choice(np.setdiff1d(train, flip), size=5, replace=False)
     dups = frame.loc[dup_src].assign(sample_id=[f"dup_{i}" for i in range(5)])
     out = root / "planted.csv"
