@@ -42,6 +42,17 @@ def schedule_check_row(store: Store, experiment_id: str) -> dict:
     return {k: None if pd.isna(v) else v.item() if hasattr(v, "item") else v for k, v in values.items()}
 
 
+def schedule_line(check: dict) -> str:
+    """The convergence check in one line: what a 2x longer schedule gains on the full arm, and the verdict."""
+    if check["trained_to_max"] is None:
+        return "convergence check (full arm vs a 2x longer schedule): not measured (too few models, or not finished)"
+    verdict = ("trained to maximum test accuracy" if check["trained_to_max"] else
+               "NOT trained to maximum test accuracy: the longer schedule is significantly better, drops are suspect")
+    p = "-" if check["check_p"] is None else f"{check['check_p']:.3g}"
+    return (f"convergence check: a 2x longer schedule changes full-data test accuracy by {check['check_gain']:+.2%} "
+            f"[{check['check_low']:+.2%}, {check['check_high']:+.2%}] (p {p}): {verdict}")
+
+
 def control_models(store: Store, experiment_id: str) -> pd.DataFrame:
     """Each model of each random control: its own draw (count of ids removed), test accuracy and its drop against
     the mean of the full-data models; empty for experiments whose controls were drawn once per arm."""

@@ -25,7 +25,7 @@ import pandas as pd
 from auditor.config import AuditConfig
 from auditor.dynamics_scores import dynamics_scores
 from auditor.executor import BlockTask, make_executor
-from auditor.experiment_queries import experiment_results, schedule_check_row
+from auditor.experiment_queries import experiment_results, schedule_check_row, schedule_line
 from auditor.experiments import (
     FULL, FULL_LONGER, SCHEDULE_FACTOR, Arm, arm_from_ids, control_name, format_results, influenced_test_points,
     leakage_bucket, leaked_test_points, memorized_remainder, memorized_share, model_control, model_converged,
@@ -363,17 +363,6 @@ def run_experiment(store: Store, spec: ExperimentSpec, cfg: AuditConfig,
                message=f"{len(arms)} arms x {spec.models} models ({trained} trained, {reused} reused)")
     return StageReport("experiment", seconds, {"experiment_id": experiment_id, "arms": len(arms),
                                                "trained": trained, "reused": reused, "reaudited_arms": reaudited})
-
-
-def schedule_line(check: dict) -> str:
-    """The convergence check in one line: what a 2x longer schedule gains on the full arm, and the verdict."""
-    if check["trained_to_max"] is None:
-        return "convergence check (full arm vs a 2x longer schedule): not measured (too few models, or not finished)"
-    verdict = ("trained to maximum test accuracy" if check["trained_to_max"] else
-               "NOT trained to maximum test accuracy: the longer schedule is significantly better, drops are suspect")
-    p = "-" if check["check_p"] is None else f"{check['check_p']:.3g}"
-    return (f"convergence check: a 2x longer schedule changes full-data test accuracy by {check['check_gain']:+.2%} "
-            f"[{check['check_low']:+.2%}, {check['check_high']:+.2%}] (p {p}): {verdict}")
 
 
 def experiment_text(store: Store, experiment_id: str) -> str:
