@@ -1,5 +1,6 @@
-"""What the Overview page and `memaudit status` read about the memorization audit: the estimated total of memorized
-images with the recall of the flags, the per-band audit and the proxy-calibration report (no SQL in pages)."""
+"""What the Overview page and `memaudit status` read about the memorization audit: the run, the mem histogram and
+scatter, the estimated total of memorized images with the recall of the flags, the per-band audit and the
+proxy-calibration report (no SQL in pages)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,46 @@ def estimate_lines(store: Store) -> list[str]:
 def _percent(value: float | None) -> str:
     """0.83 -> '83%'; '–' when unknown."""
     return "–" if value is None or pd.isna(value) else f"{value:.0%}"
+
+
+def memorization_run(store: Store) -> dict | None:
+    """The memorization run behind `scores.mem`: method, shadow models, points scored, memorized count and
+    threshold; None when no memorization run has written scores yet."""
+    # The audit's run (its first design) when the stage recorded an estimate, else the only run behind the scores.
+    first = ("coalesce((SELECT min(run_id) FROM memorization_estimates), min(mem_run_id))"
+             if "memorization_estimates" in store.tables() else "min(mem_run_id)")
+    frame = store.query(
+        f"WITH m AS (SELECT {first} AS run_id, min(mem_method) AS method, count(mem) AS n_scored "
+        "           FROM scores HAVING min(mem_run_id) IS NOT NULL) "
+        "SELECT m.run_id, coalesce(d.method, m.method) AS method, m.n_scored, d.design_id, d.n_models, d.n_points, "
+        "       d.n_candidates, d.fraction, "
+        "       (SELECT count(*) FROM shadow_models sm WHERE sm.design_id = d.design_id) AS n_trained, "
+        "       (SELECT avg(sm.test_acc) FROM shadow_models sm WHERE sm.design_id = d.design_id) AS shadow_test_acc, "
+        "       (SELECT count(DISTINCT sample_id) FROM flags WHERE kind = 'memorized') AS n_memorized, "
+        "       TRY_CAST(r.config_json->>'$.memorization.threshold' AS DOUBLE) AS threshold, "
+        "       r.status, r.finished_at, r.seconds "
+        "FROM m LEFT JOIN runs r ON r.run_id = m.run_id LEFT JOIN shadow_designs d ON d.run_id = m.run_id "
+        "ORDER BY d.created_at DESC NULLS LAST LIMIT 1")
+    return None if frame.empty else {k: None if pd.isna(v) else v for k, v in frame.iloc[0].items()}
+
+
+def mem_histogram(store: Store, bins: int = 20) -> pd.DataFrame:
+    """mem of the scored points counted in `bins` equal bins over [-1, 1] (columns start, end, n)."""
+    return store.query(
+        "SELECT -1 + b * 2 / ? AS start, -1 + (b + 1) * 2 / ? AS end, count(*) AS n "
+        "FROM (SELECT greatest(least(floor((mem + 1) / 2 * ?), ? - 1), 0)::DOUBLE AS b FROM scores "
+        "      WHERE mem IS NOT NULL) "
+        "GROUP BY b ORDER BY b", [bins, bins, bins, bins])
+
+
+def mem_scatter(store: Store, limit: int = 5000) -> pd.DataFrame:
+    """ApB and mem (with its interval) of up to `limit` scored points, memorized ones first, then a fixed
+    pseudo-random sample (sample_id, label, apb, mem, mem_low, mem_high, interval, mem_n_in, mem_n_out, flag)."""
+    return store.query(
+        "SELECT sc.sample_id, s.label, sc.apb, sc.mem, sc.mem_low, sc.mem_high, "
+        "       printf('[%.2f, %.2f]', sc.mem_low, sc.mem_high) AS interval, sc.mem_n_in, sc.mem_n_out, "
+        "       CASE WHEN m.sample_id IS NULL THEN 'not flagged' ELSE 'memorized' END AS flag "
+        "FROM scores sc JOIN samples s USING (sample_id) "
+        "LEFT JOIN (SELECT DISTINCT sample_id FROM flags WHERE kind = 'memorized') m USING (sample_id) "
+        "WHERE sc.mem IS NOT NULL "
+        "ORDER BY m.sample_id IS NULL, hash(sc.sample_id), sc.sample_id LIMIT ?", [limit])

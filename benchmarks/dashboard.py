@@ -31,7 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_stages import _table
 
-from auditor import job_queries, point_queries, queries
+from auditor import job_queries, memorization_queries, point_queries, queries
 from auditor.config import load_config
 from auditor.export import plan_export
 from auditor.queries import ReviewFilter
@@ -436,9 +436,9 @@ def page_queries(store: Store, point_id: str) -> dict[str, list[tuple[str, Calla
                      ("problems", lambda: queries.problems(store, 500)),
                      ("accuracy_curves", lambda: queries.accuracy_curves(store)),
                      ("apb_histogram", lambda: queries.apb_histogram(store)),
-                     ("memorization_run", lambda: queries.memorization_run(store)),
-                     ("mem_histogram", lambda: queries.mem_histogram(store)),
-                     ("mem_scatter", lambda: queries.mem_scatter(store, 5000)),
+                     ("memorization_run", lambda: memorization_queries.memorization_run(store)),
+                     ("mem_histogram", lambda: memorization_queries.mem_histogram(store)),
+                     ("mem_scatter", lambda: memorization_queries.mem_scatter(store, 5000)),
                      ("flag_counts", lambda: queries.flag_counts(store)),
                      ("flag_class_counts", lambda: queries.flag_class_counts(store)),
                      ("triage_counts", lambda: queries.triage_counts(store)),

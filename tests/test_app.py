@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.common import db_path, flag_name, method_name
-from auditor import job_queries, point_queries, queries
+from auditor import job_queries, memorization_queries, point_queries, queries
 from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import Store
 from planted import GHOST, PLANTS, build_planted_db
@@ -211,7 +211,7 @@ def test_review_sort_is_a_whitelist(store, sort):
 
 
 def test_memorization_run_describes_the_shadow_models(store):
-    run = queries.memorization_run(store)
+    run = memorization_queries.memorization_run(store)
     design = store.query("SELECT * FROM shadow_designs WHERE run_id = ?", [run["run_id"]]).iloc[0]
     assert run["method"] == design["method"] == "ploo_improved"
     assert run["n_models"] == design["n_models"] == run["n_trained"] > 0
@@ -224,7 +224,7 @@ def test_memorization_run_describes_the_shadow_models(store):
 
 
 def test_mem_histogram_counts_every_scored_point(store):
-    histogram = queries.mem_histogram(store, bins=20)
+    histogram = memorization_queries.mem_histogram(store, bins=20)
     assert histogram["n"].sum() == store.scalar("SELECT count(mem) FROM scores") > 0
     assert histogram["start"].between(-1, 0.9 + 1e-9).all()
     assert (histogram["end"] - histogram["start"]).round(9).eq(0.1).all()
@@ -232,18 +232,18 @@ def test_mem_histogram_counts_every_scored_point(store):
 
 def test_mem_scatter_holds_only_scored_points(mem_store):
     store = mem_store
-    points = queries.mem_scatter(store)
+    points = memorization_queries.mem_scatter(store)
     scored = set(store.query("SELECT sample_id FROM scores WHERE mem IS NOT NULL")["sample_id"])
     assert set(points["sample_id"]) == scored and len(points) == len(scored)
     assert points["mem"].notna().all() and points["apb"].notna().all()
     assert set(points.loc[points["flag"] == "memorized", "sample_id"]) == memorized_ids(store)
     assert points["interval"].str.fullmatch(r"\[-?\d\.\d\d, -?\d\.\d\d\]").all()
-    assert queries.mem_scatter(store, limit=1)["flag"].tolist() == ["memorized"]  # memorized points first
+    assert memorization_queries.mem_scatter(store, limit=1)["flag"].tolist() == ["memorized"]  # memorized points first
 
 
 def test_jobs_lists_the_memorization_job(store):
     jobs = job_queries.jobs(store)
-    run_id = queries.memorization_run(store)["run_id"]
+    run_id = memorization_queries.memorization_run(store)["run_id"]
     job = jobs[jobs["run_id"] == run_id].iloc[0]
     assert (job["status"], job["done"], job["total"], job["unit"]) == ("done", job["total"], job["total"], "models")
 
@@ -269,8 +269,8 @@ def test_queries_on_an_empty_database(empty_db):
     assert queries.accuracy_curves(store).empty and queries.apb_histogram(store).empty
     assert queries.review_count(store) == 0 and queries.review_page(store).empty
     assert queries.problem_count(store) == 0 and queries.problems(store).empty
-    assert queries.memorization_run(store) is None and queries.has_memorization_schema(store)
-    assert queries.mem_histogram(store).empty and queries.mem_scatter(store).empty and job_queries.jobs(store).empty
+    assert memorization_queries.memorization_run(store) is None and queries.has_memorization_schema(store)
+    assert memorization_queries.mem_histogram(store).empty and memorization_queries.mem_scatter(store).empty and job_queries.jobs(store).empty
 
 
 def flagged_ids(store: Store, kind: str) -> set[str]:
@@ -565,7 +565,7 @@ def test_overview_memorization_section(mem_db, mem_store, monkeypatch):
     at = run_page(OVERVIEW, monkeypatch, mem_db)
     assert not at.exception
     assert "Memorization" in [h.value for h in at.subheader]
-    run = queries.memorization_run(store)
+    run = memorization_queries.memorization_run(store)
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Method"] == method_name(run["method"]) == "pLOO-improved"
     assert metrics["Shadow models"] == str(store.scalar("SELECT sum(n_models) FROM shadow_designs"))

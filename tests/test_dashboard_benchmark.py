@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor import queries
+from auditor import memorization_queries, queries
 from auditor.store import Store
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "dashboard.py"
@@ -40,7 +40,7 @@ def test_the_synthetic_database_has_every_signal(synthetic):
     kinds = set(queries.flag_kinds(store))
     assert kinds == set(queries.FLAG_PRIORITY)
     assert queries.score_run(store)["n_scored"] == 1600
-    assert queries.memorization_run(store)["threshold"] == 0.25
+    assert memorization_queries.memorization_run(store)["threshold"] == 0.25
     assert not queries.accuracy_curves(store).empty
     assert store.scalar(f"SELECT count(*) FROM predictions WHERE run_id = {queries._PREDICTION_RUN}") == 2000
     assert store.scalar("SELECT count(*) FROM reviews WHERE action = 'undo'") > 0

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from auditor import queries
+from auditor import memorization_queries, queries
 from auditor.queries import ReviewFilter
 from auditor.reviews import current_decisions, judge_pair, pair_judgement, record_decisions
 from auditor.store import Store
@@ -149,7 +149,7 @@ def test_overview_brush_button_stores_the_points_inside_the_rectangle(db):
     at = page("overview")
     assert not errors(at)
     assert any(c.value.startswith("Drag a rectangle") for c in at.caption)
-    points = queries.mem_scatter(store)
+    points = memorization_queries.mem_scatter(store)
     # a rectangle that splits the points on both axes; x is ApB plus a jitter of at most +-0.02, so its edge sits
     # in a gap between ApB values wider than that
     x_cut, mem_cut = _cut(points["apb"], 0.021), _cut(points["mem"], 0.0)

@@ -112,7 +112,7 @@ def _histogram(histogram: pd.DataFrame, title: str, domain: tuple[float, float])
 def _memorization(store: Store) -> None:
     """Method, shadow models, points scored and memorized; the distribution of mem and ApB against mem."""
     st.subheader("Memorization")
-    run = queries.memorization_run(store)
+    run = memorization_queries.memorization_run(store)
     if run is None:
         running = not job_queries.running_jobs(store).empty
         st.info("No memorization scores yet"
@@ -152,7 +152,7 @@ def _memorization(store: Store) -> None:
     left, right = st.columns(2)
     with left:
         st.markdown("**mem of the scored points**")
-        histogram = queries.mem_histogram(store)
+        histogram = memorization_queries.mem_histogram(store)
         if histogram.empty:
             st.info("No point has a mem score.")
         else:
@@ -160,7 +160,7 @@ def _memorization(store: Store) -> None:
                             + _threshold_rule(threshold, "x"), width="stretch")
     with right:
         st.markdown("**ApB against mem** (bars: 95% interval)")
-        points = _jittered(queries.mem_scatter(store, SCATTER_POINTS))
+        points = _jittered(memorization_queries.mem_scatter(store, SCATTER_POINTS))
         if points.empty:
             st.info("No point has a mem score.")
         else:
@@ -302,7 +302,7 @@ def _findings(store: Store) -> None:
         else:
             st.dataframe(triage, hide_index=True, width="stretch")
     thresholds = queries.detector_thresholds(store)
-    run = queries.memorization_run(store)
+    run = memorization_queries.memorization_run(store)
     rows = [{"threshold": f"{kind} similarity", "value": value, "method": method}
             for kind, value, method in thresholds[["kind", "value", "method"]].itertuples(index=False)]
     if run is not None and run["threshold"] is not None:
