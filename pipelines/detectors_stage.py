@@ -14,8 +14,8 @@ import pandas as pd
 
 from auditor.config import AuditConfig
 from auditor.detectors.duplicates import (
-    duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
-from auditor.detectors.pixel_match import PIXEL_OUTLIER_C, shift_knn
+    copy_pairs, duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
+from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
@@ -75,36 +75,40 @@ def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactor
     return probs, f"{k}-fold"
 
 
-def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, pair_kind: str,
-               c: float = 4.0) -> Threshold:
-    """A configured value, else reviewer judgements of this kind's pairs (when both answers exist), else the
-    distribution of nearest-neighbour similarities."""
-    if fixed > 0:
-        return Threshold(fixed, "configured", {})
+def _judged(store: Store, pair_kind: str) -> Threshold | None:
+    """The threshold reviewer judgements of this kind's pairs give, when both answers exist."""
     judged = store.query("SELECT p.similarity, j.is_duplicate FROM pair_judgements j JOIN pairs p "
                          "ON p.a_id = j.a_id AND p.b_id = j.b_id AND p.kind = ? "
                          "QUALIFY row_number() OVER (PARTITION BY j.a_id, j.b_id ORDER BY j.decided_at DESC) = 1",
                          [pair_kind])
-    if judged["is_duplicate"].nunique() == 2:
-        return calibrate_from_labels(judged["similarity"].to_numpy(), judged["is_duplicate"].to_numpy(bool))
-    return calibrate_from_distribution(nn_similarities[np.isfinite(nn_similarities)], c=c)
+    if judged["is_duplicate"].nunique() < 2:
+        return None
+    return calibrate_from_labels(judged["similarity"].to_numpy(), judged["is_duplicate"].to_numpy(bool))
+
+
+def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, pair_kind: str) -> Threshold:
+    """A configured value, else reviewer judgements of this kind's pairs, else the distribution of
+    nearest-neighbour similarities."""
+    if fixed > 0:
+        return Threshold(fixed, "configured", {})
+    return _judged(store, pair_kind) or calibrate_from_distribution(nn_similarities[np.isfinite(nn_similarities)])
 
 
 def pixel_pairs(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[pd.DataFrame, dict[str, Threshold]]:
-    """Duplicate and leak pairs by shift-tolerant pixel matching (pixel_match.py), with their thresholds."""
+    """Duplicate and leak pairs of the edit-robust copy matcher (copies.py), with their thresholds: reviewer
+    judgements where both answers exist, else calibrated on synthetic copies of the training images."""
     dc = cfg.detectors
-    self_graph = shift_knn(data.x_train, dc.k, max_shift=dc.pixel_max_shift, exact_below=dc.exact_below,
-                           index=dc.index)
-    to_train = shift_knn(data.x_train, dc.k, query=data.x_test, max_shift=dc.pixel_max_shift,
-                         exact_below=dc.exact_below, index=dc.index)
-    thresholds = {"pixel_duplicate": _threshold(store, 0.0, self_graph.similarities[:, 0], "pixel_duplicate",
-                                                PIXEL_OUTLIER_C),
-                  "pixel_leak": _threshold(store, 0.0, to_train.similarities[:, 0], "pixel_leak", PIXEL_OUTLIER_C)}
+    k = max(dc.k, 2 * REFERENCE_RANK)
+    index = CopyIndex(data.x_train, k, exact_below=dc.exact_below, index=dc.index)
+    self_graph, self_matches = index.search(data.x_train, k, own_rows=np.arange(len(data.x_train)))
+    to_train, test_matches = index.search(data.x_test, k)
+    calibrated = calibrate_copies(index, data.x_train, seed=cfg.seed)
+    thresholds = {kind: _judged(store, kind) or calibrated for kind in ("pixel_duplicate", "pixel_leak")}
     pairs = pd.concat([
-        near_duplicate_pairs(self_graph, data.train_ids, data.y_train, thresholds["pixel_duplicate"],
-                             "pixel_duplicate"),
-        leak_pairs(to_train, data.test_ids, data.train_ids, data.y_test, data.y_train, thresholds["pixel_leak"],
-                   "pixel_leak")], ignore_index=True)
+        copy_pairs(self_graph, self_matches, data.train_ids, data.train_ids, data.y_train, data.y_train,
+                   thresholds["pixel_duplicate"], "pixel_duplicate"),
+        copy_pairs(to_train, test_matches, data.test_ids, data.train_ids, data.y_test, data.y_train,
+                   thresholds["pixel_leak"], "pixel_leak")], ignore_index=True)
     return pairs, thresholds
 
 
@@ -156,6 +160,7 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     pixel, pixel_thresholds = pixel_pairs(store, data, cfg) if data is not None else (None, {})
     thresholds.update(pixel_thresholds)
     pairs = pd.concat([exact.drop(columns=["same_file"]), near, leaks, pixel], ignore_index=True)
+    evidence_columns = [c for c in ("match", "cut") if c in pairs]
 
     clusters = class_clusters(x_train, y_train, seed=cfg.seed)
     density = local_density(graph)
@@ -182,7 +187,8 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
                                 "method": t.method, "detail": json.dumps(t.detail, default=float)}
                                for kind, t in ((THRESHOLD_KINDS[k], t) for k, t in thresholds.items())])
     marks = ", ".join("?" * len(DETECTOR_KINDS))
-    store.write([("flags", flags), ("pairs", pairs.assign(embedder_id=embedder_id, run_id=run_id)),
+    store.write([("flags", flags), ("pairs", pairs.drop(columns=evidence_columns).assign(embedder_id=embedder_id,
+                                                                                         run_id=run_id)),
                  ("thresholds", threshold_rows), ("clusters", cluster_frame), ("neighbors", neighbors),
                  ("subpopulations", subpops.assign(run_id=run_id))],
                 deletes=[(f"DELETE FROM flags WHERE kind IN ({marks})", list(DETECTOR_KINDS)),

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
+from auditor.detectors.copies import copy_scores, cosine_cuts, match_name
 from auditor.detectors.pair_kinds import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.detectors.thresholds import Threshold
 from auditor.flags import FLAG_COLUMNS
@@ -46,20 +47,26 @@ def exact_duplicate_pairs(ids: np.ndarray, splits: np.ndarray, labels: np.ndarra
 
 
 def _graph_pairs(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query row, base row, similarity) of every graph edge at or above the threshold.
+    """(query row, base row, similarity) of every graph edge at or above the threshold (_hit_edges)."""
+    rows, ranks = _hit_edges(graph, threshold)
+    return rows, graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
+
+
+def _hit_edges(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.ndarray]:
+    """(query row, rank) of every graph edge at or above the threshold: its copy score (copies.py) for a threshold
+    calibrated on synthetic copies, else its similarity.
 
     With a distribution-calibrated threshold, a nearest neighbour also counts when it is above the distribution's
     isolation floor (its 90th percentile) and ISOLATION_RATIO times closer (in cosine distance) than the second
     neighbour: a lightly edited copy stands apart from everything else even where the global tail cut is strict and
     copies are more common than the tail cut allows (Lowe's ratio test)."""
     sims = graph.similarities
-    hit = sims >= threshold.value
+    hit = (copy_scores(graph) if threshold.method == "synthetic_copies" else sims) >= threshold.value
     floor = threshold.detail.get("isolation_floor") if threshold.method == "nn_distribution" else None
     if floor is not None and sims.shape[1] >= 2:
         gap1, gap2 = 1.0 - sims[:, 0], 1.0 - sims[:, 1]
         hit[:, 0] |= (sims[:, 0] >= floor) & (gap1 <= ISOLATION_RATIO * np.nan_to_num(gap2, nan=1.0))
-    rows, ranks = np.nonzero(hit)
-    return rows, graph.indices[rows, ranks], sims[rows, ranks].astype(np.float64)
+    return np.nonzero(hit & (graph.indices >= 0))
 
 
 def near_duplicate_pairs(graph_self: KnnGraph, ids: np.ndarray, labels: np.ndarray, threshold: Threshold,
@@ -86,6 +93,28 @@ def leak_pairs(graph_test_to_train: KnnGraph, test_ids: np.ndarray, train_ids: n
                         columns=PAIR_COLUMNS)
 
 
+def copy_pairs(graph: KnnGraph, matches: np.ndarray, query_ids: np.ndarray, base_ids: np.ndarray,
+               query_labels: np.ndarray, base_labels: np.ndarray, threshold: Threshold, kind: str) -> pd.DataFrame:
+    """Pairs of the copy matcher (copies.py) at or above the threshold, a_id the base side, with how the copy
+    matched (`match`) and the cosine this query's edge needed (`cut`); a self-graph (query_ids is base_ids) keeps
+    each unordered pair once, under its better match."""
+    rows, ranks = _hit_edges(graph, threshold)
+    cols, sims = graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
+    cut = (cosine_cuts(graph, threshold.value)[rows] if threshold.method == "synthetic_copies"
+           else np.full(len(rows), threshold.value))
+    frame = pd.DataFrame({"a": cols, "b": rows, "similarity": sims, "match": [match_name(m) for m in
+                                                                              matches[rows, ranks]], "cut": cut})
+    if query_ids is base_ids:
+        frame[["a", "b"]] = np.sort(frame[["a", "b"]].to_numpy(), axis=1)
+        frame = frame.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
+    a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
+    return pd.DataFrame({"a_id": np.asarray(base_ids)[a], "b_id": np.asarray(query_ids)[b], "kind": kind,
+                         "similarity": frame["similarity"].to_numpy(),
+                         "conflicting": np.asarray(base_labels)[a] != np.asarray(query_labels)[b],
+                         "match": frame["match"].to_numpy(), "cut": frame["cut"].to_numpy()},
+                        columns=[*PAIR_COLUMNS, "match", "cut"])
+
+
 Thresholds = Threshold | Mapping[str, Threshold] | None
 
 
@@ -99,14 +128,16 @@ def _threshold_of(thresholds: Thresholds, pair_kind: str) -> Threshold | None:
 def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, thresholds: Thresholds,
                 roles: tuple[str, str] | None) -> pd.DataFrame:
     """One flag per sample in the `kinds` pairs: its best twin (exact first, then most similar), score = that
-    similarity, with the pair kind (signal), its threshold, the number of twins and how many carry another label;
-    roles name the a and b sides."""
+    similarity, with the pair kind (signal), its threshold (the pair's own cosine cut where it has one), how a copy
+    matched, the number of twins and how many carry another label; roles name the a and b sides."""
     chosen = pairs[pairs["kind"].isin(kinds)]
     exact = chosen["kind"].isin(_EXACT_KINDS).to_numpy()
     sides = [pd.DataFrame({"sample_id": chosen[me].to_numpy(), "twin": chosen[other].to_numpy(),
                            "similarity": chosen["similarity"].to_numpy(dtype=np.float64), "exact": exact,
                            "pair_kind": chosen["kind"].to_numpy(),
-                           "conflicting": chosen["conflicting"].to_numpy(dtype=bool), "role": role})
+                           "conflicting": chosen["conflicting"].to_numpy(dtype=bool), "role": role,
+                           "match": chosen.get("match", pd.Series(None, index=chosen.index)).to_numpy(),
+                           "cut": chosen.get("cut", pd.Series(np.nan, index=chosen.index)).to_numpy(dtype=float)})
              for me, other, role in zip(("a_id", "b_id"), ("b_id", "a_id"), roles or (None, None))]
     twins = (pd.concat(sides, ignore_index=True)
              .sort_values(["sample_id", "exact", "similarity", "twin"], ascending=[True, False, False, True])
@@ -116,12 +147,14 @@ def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, thr
     details = []
     for row in best.itertuples(index=False):
         threshold = _threshold_of(thresholds, row.pair_kind)
+        cut = None if threshold is None else row.cut if np.isfinite(row.cut) else threshold.value
         details.append(json.dumps({**({"role": row.role} if roles else {}), "twin": str(row.twin),
                                    "pair_kind": row.pair_kind, "similarity": round(row.similarity, 6),
                                    "exact": bool(row.exact), "conflicting": bool(row.conflicting),
                                    "twins": int(row.twins), "conflicting_twins": int(row.conflicting_twins),
-                                   "threshold": None if threshold is None else round(threshold.value, 6),
-                                   "threshold_method": None if threshold is None else threshold.method}))
+                                   "threshold": None if cut is None else round(float(cut), 6),
+                                   "threshold_method": None if threshold is None else threshold.method,
+                                   **({"match": row.match} if isinstance(row.match, str) else {})}))
     return pd.DataFrame({"sample_id": best["sample_id"].to_numpy(), "kind": flag_kind,
                          "score": best["similarity"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
 

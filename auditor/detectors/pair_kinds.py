@@ -3,6 +3,6 @@ without importing the detectors (and with them faiss)."""
 
 from __future__ import annotations
 
-# Pair kinds by signal: file/pixel hashes, the embedding graph, shift-tolerant pixel matching (pixel_match.py).
+# Pair kinds by signal: file/pixel hashes, the embedding graph, the edit-robust copy matcher (copies.py).
 DUPLICATE_KINDS = ("exact_duplicate", "near_duplicate", "pixel_duplicate")
 LEAK_KINDS = ("exact_leak", "leak", "pixel_leak")

@@ -1,0 +1,203 @@
+"""Edit-robust copy matching: finds a training image behind a test image (or another training image) after shifts,
+crops, flips, small rotations, contrast, blur, noise and re-encoding, for the `pixel_leak` and `pixel_duplicate` pairs.
+
+Each image is put in a canonical frame by its moments (Hu's normalisation): the foreground (pixels far from the
+border's median grey, above a noise floor) is moved to the centre by its centre of mass and scaled to a fixed radius
+of gyration, then lightly blurred and resampled to SIZE x SIZE. A shift, or a crop that keeps the object, moves the
+centre of mass and changes the radius exactly as it moves and scales the object, so both drop out. A query is also
+looked at mirrored and rotated by +-ROTATION degrees (VIEWS); the similarity of a pair is the best cosine of the
+mean-centred frames over the views, and the view that won is the match's evidence. Contrast and brightness cancel
+in the centred cosine; blur, noise and JPEG only lower it a little.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+
+from auditor.audit_sample import jeffreys_interval
+from auditor.detectors.edits import CALIBRATION_EDITS, edit_images
+from auditor.detectors.thresholds import IDENTICAL_GAP, Threshold
+from auditor.neighbors import KnnGraph, NeighborIndex
+
+SIZE = 20
+ROTATION = 9.0
+# (mirrored, degrees) of each query view; the base is always seen in view 0.
+VIEWS: tuple[tuple[bool, float], ...] = tuple((m, a) for m in (False, True) for a in (0.0, -ROTATION, ROTATION))
+# Extra blur of the base's frames (pixels of a 28-px side): a blurred copy matches its source blurred alike.
+BASE_BLURS = (0.0, 1.0)
+# Every (base blur, query view) pair searched, in the order of a match's index.
+MATCHES: tuple[tuple[float, int], ...] = tuple((b, v) for b in BASE_BLURS for v in range(len(VIEWS)))
+# The neighbour (0-based rank) whose distance a copy score is relative to: below it, up to this many copies of one
+# image can sit without raising the reference.
+REFERENCE_RANK = 5
+# The foreground's radius of gyration in the canonical frame, as a fraction of SIZE.
+_RADIUS = 0.2
+# Foreground: deviation from the border grey above this fraction of the image's 99th-percentile deviation.
+_FLOOR = 0.25
+_BLUR = 0.5
+_MOMENT_BLUR = 1.0
+
+
+def match_name(match: int) -> str:
+    """How a copy matched its source: 'aligned', 'mirrored', 'rotated +9', 'blurred, mirrored, rotated -9'."""
+    blur, view = MATCHES[match]
+    mirrored, angle = VIEWS[view]
+    parts = (["blurred"] if blur else []) + (["mirrored"] if mirrored else []) + (
+        [f"rotated {angle:+g}"] if angle else [])
+    return ", ".join(parts) or "aligned"
+
+
+def _grey(images: np.ndarray) -> np.ndarray:
+    """(N, H, W) float32: the channel mean of (N, C, H, W) or (N, H, W) images."""
+    images = np.asarray(images, dtype=np.float32)
+    return images.mean(axis=1) if images.ndim == 4 else images
+
+
+def frames(images: np.ndarray, views: tuple[int, ...] = (0,), blur: float = 0.0) -> np.ndarray:
+    """(len(views), N, SIZE * SIZE) float32 mean-centred canonical frames of the images (module docstring), blurred
+    by `blur` more (in pixels of a 28-px side)."""
+    grey = _grey(images)
+    n, h, w = grey.shape
+    side = max(h, w)
+    out = np.zeros((len(views), n, SIZE * SIZE), dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    sigma = np.hypot(_BLUR * side / SIZE, blur * side / 28)
+    half = (SIZE - 1) / 2
+    for i, img in enumerate(grey):
+        background = float(np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])))
+        dev = np.abs(ndimage.gaussian_filter(img, _MOMENT_BLUR * side / 28, mode="nearest") - background)
+        weight = np.maximum(dev - _FLOOR * np.quantile(dev, 0.99), 0)
+        total = weight.sum()
+        cy, cx, radius = (h - 1) / 2, (w - 1) / 2, _RADIUS * SIZE * side / SIZE
+        if total > 0:
+            cy, cx = (weight * yy).sum() / total, (weight * xx).sum() / total
+            radius = np.sqrt((weight * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / total)
+        scale = float(np.clip(radius / (_RADIUS * SIZE), 0.25 * side / SIZE, 2 * side / SIZE))
+        smooth = ndimage.gaussian_filter(img, sigma, mode="nearest")
+        for v, view in enumerate(views):
+            mirrored, angle = VIEWS[view]
+            t = np.deg2rad(angle)
+            rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+            matrix = scale * rot @ np.diag([1.0, -1.0 if mirrored else 1.0])
+            offset = np.array([cy, cx]) - matrix @ np.array([half, half])
+            frame = ndimage.affine_transform(smooth, matrix, offset, output_shape=(SIZE, SIZE), order=1,
+                                             mode="constant", cval=background).ravel()
+            out[v, i] = frame - frame.mean()
+    return out
+
+
+def _merge(parts: list[KnnGraph], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k best distinct base rows per query over all views: indices, similarities and the winning view."""
+    n = len(parts[0].indices)
+    frame = pd.DataFrame({"q": np.concatenate([np.repeat(np.arange(n), p.indices.shape[1]) for p in parts]),
+                          "b": np.concatenate([p.indices.ravel() for p in parts]),
+                          "s": np.concatenate([p.similarities.ravel() for p in parts]),
+                          "v": np.concatenate([np.full(p.indices.size, v) for v, p in enumerate(parts)])})
+    frame = frame[frame["b"].to_numpy() >= 0]
+    frame = (frame.sort_values(["q", "s", "b", "v"], ascending=[True, False, True, True], kind="stable")
+             .drop_duplicates(["q", "b"]))
+    rank = frame.groupby("q").cumcount().to_numpy()
+    frame, rank = frame[rank < k], rank[rank < k]
+    indices = np.full((n, k), -1, dtype=np.int64)
+    sims = np.full((n, k), np.nan, dtype=np.float32)
+    views = np.full((n, k), -1, dtype=np.int8)
+    q = frame["q"].to_numpy()
+    indices[q, rank], sims[q, rank], views[q, rank] = frame["b"], frame["s"], frame["v"]
+    return indices, sims, views
+
+
+class CopyIndex:
+    """The canonical frames of a base set of images, at each of BASE_BLURS, searched with every view of queries."""
+
+    def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000, index: str = "hnsw") -> None:
+        self.shape = np.shape(base)[1:]
+        self.indices = [NeighborIndex(frames(base, blur=b)[0], k, exact_below=exact_below, index=index)
+                        for b in BASE_BLURS]
+
+    def search(self, query: np.ndarray, k: int, *, own_rows: np.ndarray | None = None
+               ) -> tuple[KnnGraph, np.ndarray]:
+        """The k most similar base images of each query under its best view, and that view per neighbour (an index
+        into MATCHES); own_rows[q] (a base row) is left out of query q's (the self-graph: the query is the base)."""
+        queries = np.asarray(query)
+        if queries.shape[1:] != self.shape:
+            raise ValueError(f"query images {queries.shape[1:]} must have the base images' shape {self.shape}")
+        own = None if own_rows is None else np.asarray(own_rows)
+        first = self.indices[0]
+        k = min(k, len(first.base) - (0 if own is None else 1))
+        views = frames(queries, tuple(range(len(VIEWS))))
+        parts = [built.search(views[v], k, own_rows=own) for built in self.indices for v in range(len(VIEWS))]
+        indices, sims, won = _merge(parts, k)
+        return KnnGraph(indices=indices, similarities=sims, exact=first.exact,
+                        index_kind=f"{first.kind},copy matches={len(MATCHES)}"), won
+
+
+def copy_knn(base: np.ndarray, k: int, *, query: np.ndarray | None = None, exact_below: int = 200_000,
+             index: str = "hnsw") -> tuple[KnnGraph, np.ndarray]:
+    """The k best copy matches per query image (query=None: the base against itself, own rows left out) and the
+    match (MATCHES) of each."""
+    built = CopyIndex(base, k, exact_below=exact_below, index=index)
+    if query is None:
+        return built.search(base, k, own_rows=np.arange(len(base)))
+    return built.search(query, k)
+
+
+def copy_scores(graph: KnnGraph) -> np.ndarray:
+    """Each edge's copy score, log((1 - s_ref) / (1 - s)): how many times closer (in cosine distance) the neighbour
+    is than the query's REFERENCE_RANK-th neighbour, so a look-alike in a dense class (a 1 among 1s) needs more."""
+    sims = np.asarray(graph.similarities, dtype=np.float64)
+    ref = sims[:, min(REFERENCE_RANK, sims.shape[1] - 1)]
+    ref_gap = np.where(np.isfinite(ref), np.maximum(1.0 - ref, IDENTICAL_GAP), 1.0)
+    return np.log(ref_gap[:, None] / np.maximum(1.0 - sims, IDENTICAL_GAP))
+
+
+def cosine_cuts(graph: KnnGraph, score: float) -> np.ndarray:
+    """Per query, the cosine at which an edge reaches copy score `score` (compare with its similarity)."""
+    ref = np.asarray(graph.similarities, dtype=np.float64)[:, min(REFERENCE_RANK, graph.similarities.shape[1] - 1)]
+    ref_gap = np.where(np.isfinite(ref), np.maximum(1.0 - ref, IDENTICAL_GAP), 1.0)
+    return 1.0 - ref_gap * np.exp(-score)
+
+
+def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, alpha: float = 0.005,
+                     seed: int = 0, edits: tuple[str, ...] = CALIBRATION_EDITS) -> Threshold:
+    """The copy-score threshold from synthetic copies of the user's own images: `sample` base images are edited
+    (`edits` in turn) and searched against the base; the cut is set so at most a fraction alpha of the unedited
+    images' nearest non-copies (the best other neighbour below a typical copy's score: real twins are left out) reach it;
+    detail records the false-positive rate and each edit's recall at the cut, with 95 % Jeffreys intervals."""
+    if not 0 < alpha < 1 or sample < 2:
+        raise ValueError(f"need 0 < alpha < 1 and sample >= 2, got alpha={alpha}, sample={sample}")
+    base = np.asarray(base)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(base), min(sample, len(base)), replace=False))
+    names = np.asarray(edits)[rng.permutation(len(rows)) % len(edits)]
+    copies = edit_images(base[rows], list(names), seed)
+    k = max(2 * REFERENCE_RANK, 2)
+    graph, _ = index.search(copies, k)
+    scores = copy_scores(graph)
+    source = graph.indices == rows[:, None]
+    copy_score = np.where(source.any(axis=1), np.where(source, scores, -np.inf).max(axis=1), -np.inf)
+    typical = float(np.median(copy_score))
+    own, _ = index.search(base[rows], k, own_rows=rows)
+    own_scores = copy_scores(own)
+    twin = (own_scores >= typical) | (own.indices < 0)
+    impostor = np.where(twin, -np.inf, own_scores).max(axis=1)
+    allowed = int(np.floor(alpha * len(rows)))
+    ranked = np.sort(impostor)[::-1]
+    value = float(np.nextafter(ranked[allowed], np.inf)) if np.isfinite(ranked[allowed]) else typical
+    false_pos = int(np.sum(impostor >= value))
+    fp_low, fp_high = jeffreys_interval(false_pos, len(rows))
+    recall = {}
+    for name in edits:
+        mine = names == name
+        hits = int(np.sum(copy_score[mine] >= value))
+        low, high = jeffreys_interval(hits, int(mine.sum()))
+        recall[name] = {"n": int(mine.sum()), "found": hits, "recall": hits / max(int(mine.sum()), 1),
+                        "interval": [float(low), float(high)]}
+    return Threshold(value=value, method="synthetic_copies", detail={
+        "alpha": alpha, "sample": len(rows), "seed": seed, "edits": list(edits), "reference_rank": REFERENCE_RANK,
+        "matches": [match_name(m) for m in range(len(MATCHES))], "twins_excluded": int(np.sum(twin & (own.indices >= 0))),
+        "false_positives": false_pos, "false_positive_rate": false_pos / len(rows),
+        "false_positive_interval": [float(fp_low), float(fp_high)], "recall": recall,
+        "copy_score_quantiles": np.quantile(copy_score[np.isfinite(copy_score)], [0.05, 0.25, 0.5]).tolist(),
+        "impostor_quantiles": np.quantile(impostor[np.isfinite(impostor)], [0.5, 0.9, 0.99]).tolist()})
