@@ -4,6 +4,8 @@ names, colours and one-line evidence of the flag kinds."""
 from __future__ import annotations
 
 import argparse
+import contextvars
+import io
 import json
 import math
 import os
@@ -14,11 +16,12 @@ from typing import Any
 
 import duckdb
 import streamlit as st
+from PIL import Image, ImageDraw, ImageFont
 
 from app.reviewer import reviewer_box
 from auditor import queries
 from auditor.flag_kinds import REGISTRY, evidence_style
-from auditor.thumbnails import thumbnail as make_thumbnail
+from auditor.thumbnails import FileChanged, thumbnail as make_thumbnail
 from auditor.store import Store, StoreBusy, StoreCorrupt
 
 DB_ENV = "MEMAUDIT_DB"
@@ -29,6 +32,10 @@ METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact 
 FLAG_NAMES = {**{kind.name: kind.display for kind in REGISTRY}, "none": "No flag"}
 FLAG_COLORS = {**{kind.name: kind.color for kind in REGISTRY}, "none": "#c7c7c7"}
 _MARKDOWN_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]<>#|~$"})
+UNREADABLE = "image unreadable"
+CHANGED = "file changed since the audit: not shown (re-run ingest to audit it as it is now)"
+# The Store of the page being rendered in this thread (run_page), whose shared connection image checks reuse.
+_PAGE_STORE: contextvars.ContextVar[Store | None] = contextvars.ContextVar("page_store", default=None)
 
 
 def method_name(method: str | None) -> str:
@@ -132,17 +139,55 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
         store = open_store()
         st.caption(f"Audit database: `{store.path}`")
         with store.reading():  # one read-only connection for the whole render, released when it ends
-            render(store)
+            token = _PAGE_STORE.set(store)
+            try:
+                render(store)
+            finally:
+                _PAGE_STORE.reset(token)
     except (StoreBusy, StoreCorrupt, duckdb.Error) as exc:
         st.error(f"Could not read the audit database: {exc}")
 
 
-@st.cache_data(max_entries=2048, show_spinner=False)
-def thumbnail(path: str | None, size: int = 112) -> bytes | None:
-    """PNG bytes of the image at `path` fitted into size x size, from the disk cache beside the audit database
-    (`<db>.artifacts/thumbs/`); None if unreadable or when there is no path (a sample missing from `samples`).
-    Paths only ever come from `samples`, never from the browser."""
-    if not path or not isinstance(path, str):
-        return None
+def shown_image(path: str | None, size: int = 112) -> tuple[bytes | None, str]:
+    """What to show for the image at `path`, fitted into size x size: (PNG bytes, '') when its bytes still hash to
+    the `file_hash` recorded at ingest; (a placeholder saying so, CHANGED) when the file changed since the audit;
+    (None, UNREADABLE) when it cannot be read or `samples` has no such path. Paths only ever come from `samples`."""
     db = db_path()
-    return make_thumbnail(path, size, None if db is None else db.with_name(db.name + ".artifacts") / "thumbs")
+    if not path or not isinstance(path, str) or db is None:
+        return None, UNREADABLE
+    recorded = queries.recorded_file_hash(_PAGE_STORE.get() or Store(db, timeout_s=10.0), path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None, UNREADABLE
+    if recorded is None:
+        return None, UNREADABLE
+    return _checked_image(path, size, recorded, (stat.st_size, stat.st_mtime_ns))
+
+
+@st.cache_data(max_entries=2048, show_spinner=False)
+def _checked_image(path: str, size: int, file_hash: str, stamp: tuple[int, int]) -> tuple[bytes | None, str]:
+    """shown_image of a recorded path, cached in memory until the file's size or mtime (`stamp`) or its recorded
+    hash changes; thumbnails are kept on disk beside the audit database (`<db>.artifacts/thumbs/`)."""
+    db = db_path()
+    try:
+        image = make_thumbnail(path, size, db.with_name(db.name + ".artifacts") / "thumbs", file_hash)
+    except FileChanged:
+        return _changed_placeholder(size), CHANGED
+    return image, "" if image is not None else UNREADABLE
+
+
+def _changed_placeholder(size: int) -> bytes:
+    """A size x size PNG that says, in red on grey, that the file changed since the audit."""
+    img = Image.new("RGB", (size, size), (235, 235, 235))
+    font = ImageFont.load_default(size=max(8, size // 9))
+    ImageDraw.Draw(img).multiline_text((size // 2, size // 2), "file changed\nsince the audit\n(not shown)",
+                                       fill=(200, 0, 0), font=font, anchor="mm", align="center")
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
+
+
+def thumbnail(path: str | None, size: int = 112) -> bytes | None:
+    """The image part of shown_image: PNG bytes (a placeholder for a file changed since the audit), or None."""
+    return shown_image(path, size)[0]

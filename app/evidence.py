@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from app.common import flag_name, md, parse_detail, thumbnail
+from app.common import flag_name, md, parse_detail, shown_image
 from app.reviewer import reviewer
 from auditor import queries
 from auditor.flag_kinds import evidence_style
@@ -48,12 +48,13 @@ def label_text(value: Any) -> str:
 
 def picture(path: str | None, caption: str, size: int = EVIDENCE_IMAGE) -> None:
     """An image from a path recorded in `samples` (`size` pixels wide, or as wide as its column for a strip of small
-    ones), or a note when it cannot be shown."""
-    image = thumbnail(path, size)
+    ones), or a note when it cannot be shown (unreadable, or changed since the audit: then a placeholder)."""
+    image, note = shown_image(path, size)
     if image is None:
-        st.caption(f"{caption} (image unreadable)")
+        st.caption(f"{caption} ({note})")
     else:
-        st.image(image, caption=caption, width="stretch" if size <= STRIP_IMAGE else size)
+        st.image(image, caption=f"{caption} ({note})" if note else caption,
+                 width="stretch" if size <= STRIP_IMAGE else size)
 
 
 def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thresholds: dict) -> None:

@@ -380,3 +380,8 @@ def experiments(store: Store) -> pd.DataFrame:
         "       (SELECT count(*) FROM experiment_arms a WHERE a.experiment_id = e.experiment_id) AS arms, "
         "       (SELECT count(*) FROM experiment_models m WHERE m.experiment_id = e.experiment_id) AS models "
         "FROM experiments e ORDER BY e.created_at DESC, e.experiment_id")
+
+
+def recorded_file_hash(store: Store, path: str) -> str | None:
+    """The `file_hash` ingest recorded for the image at `path`; None when no sample has that path."""
+    return store.scalar("SELECT any_value(file_hash) FROM samples WHERE path = ?", [path])

@@ -6,9 +6,11 @@ import io
 import os
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from auditor import thumbnails
+from auditor.images import decode_image
 
 
 def _png(path, value: int) -> str:
@@ -46,3 +48,24 @@ def test_unreadable_or_missing_images_give_none_and_cache_nothing(tmp_path):
 
 def test_without_a_cache_dir_the_thumbnail_is_still_made(tmp_path):
     assert thumbnails.thumbnail(_png(tmp_path / "a.png", 5), 8, None)
+
+
+def test_a_file_that_no_longer_hashes_to_the_recorded_file_hash_is_refused(tmp_path):
+    image, cache = _png(tmp_path / "a.png", 200), tmp_path / "thumbs"
+    recorded = decode_image(image).file_hash
+    audited = thumbnails.thumbnail(image, 40, cache, recorded)
+    assert audited == thumbnails.thumbnail(image, 40, None)
+    _png(tmp_path / "a.png", 10)  # replaced after the audit
+    os.utime(image, ns=(1, 1))
+    with pytest.raises(thumbnails.FileChanged, match="changed since the audit.*re-run ingest"):
+        thumbnails.thumbnail(image, 40, cache, recorded)
+    assert [p.read_bytes() for p in cache.glob("*.png")] == [audited]  # nothing cached for the changed file
+    _png(tmp_path / "a.png", 200)  # the audited bytes are back: shown again
+    assert thumbnails.thumbnail(image, 40, cache, recorded) == audited
+
+
+def test_a_thumbnail_cached_unchecked_is_not_served_as_checked(tmp_path):
+    image, cache = _png(tmp_path / "a.png", 200), tmp_path / "thumbs"
+    assert thumbnails.thumbnail(image, 40, cache) is not None  # cached without a hash to check
+    with pytest.raises(thumbnails.FileChanged):
+        thumbnails.thumbnail(image, 40, cache, "0" * 32)
