@@ -69,3 +69,16 @@ def control_models(store: Store, experiment_id: str) -> pd.DataFrame:
         "arm": frame["arm"], "model_index": frame["model_index"], "n_removed": frame["removed_ids"].map(len),
         "distinct_from_model_0": [len(set(a) - set(b)) for a, b in zip(frame["removed_ids"], first)],
         "test_acc": frame["test_acc"], "drop_vs_full_mean": full - frame["test_acc"]})
+
+
+def control_spread(store: Store, experiment_id: str) -> pd.DataFrame:
+    """Per random control: its models, the points each removes, the mean count of ids not in model 0's draw, and
+    the mean and standard deviation of its models' drops against the full-data mean (empty as `control_models`)."""
+    models = control_models(store, experiment_id)
+    columns = ["arm", "models", "n_removed", "new_ids_vs_model_0", "drop_mean", "drop_std"]
+    if models.empty:
+        return pd.DataFrame(columns=columns)
+    return models.groupby("arm", sort=False).agg(
+        models=("model_index", "size"), n_removed=("n_removed", "first"),
+        new_ids_vs_model_0=("distinct_from_model_0", "mean"), drop_mean=("drop_vs_full_mean", "mean"),
+        drop_std=("drop_vs_full_mean", "std")).reset_index()[columns]

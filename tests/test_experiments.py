@@ -333,6 +333,13 @@ def test_experiments_page_shows_results_and_starts_in_the_background(experiment,
     table = at.dataframe[0].value
     assert list(table["arm"]) == ARMS
     assert len(at.get("vega_lite_chart")) >= 1
+    notes = [m.value for m in [*at.success, *at.warning, *at.info]]
+    assert any(n.startswith("convergence check: a 2x longer schedule") for n in notes)
+    spread = at.dataframe[1].value                                  # per-model controls, one row per control
+    assert list(spread["arm"]) == ["memorized:random", "ids:picked:random"] and (spread["models"] == MODELS).all()
+    assert (spread["new_ids_vs_model_0"] > 0).all()
+    every = at.dataframe[2].value
+    assert len(every) == 2 * MODELS and every["n_removed"].tolist()[-MODELS:] == [6] * MODELS
     at.multiselect(key="experiment_arms").set_value(["leakage", "decisions"])
     at.number_input(key="experiment_models").set_value(4)
     at.button[0].click().run(timeout=120)

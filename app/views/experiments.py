@@ -10,7 +10,8 @@ import streamlit as st
 
 from app.common import flag_name, run_page
 from auditor import queries, sweep_queries
-from auditor.experiment_queries import experiment_results
+from auditor.experiment_queries import (
+    control_models, control_spread, experiment_results, schedule_check_row, schedule_line)
 from auditor.store import Store
 from pipelines.launcher import launch_experiment
 from pipelines.stage_names import BUCKETS
@@ -19,6 +20,9 @@ BUCKET_NAMES = {"memorized": "all memorized points", "leakage": "leakage bucket 
                 "subpopulation": "sub-population bucket (shared influenced test points or a tiny cluster)",
                 "memorized_remainder": "memorized remainder", "decisions": "images decided 'remove'"}
 PROFILES = ("standard", "quick")
+# Results columns shown in % (besides *_acc, *_drop, *_std)
+PERCENT = ("drop", "drop_low", "drop_high", "vs_control", "vs_control_low", "vs_control_high", "mem_share",
+           "mem_share_low", "mem_share_high")
 
 
 def _start(store: Store) -> None:
@@ -44,9 +48,11 @@ def _start(store: Store) -> None:
             st.error(f"Not started: {exc}")
         else:
             st.success(f"Started job `{job_id}`: follow it on the Jobs page; results appear below when it ends.")
-    st.caption("Every arm trains the same recipe with different seeds; the full-data arm and a random control of the "
-               "same size, matched per class, are always added. Convergence is checked per arm: an arm whose models "
-               "had not plateaued is marked, since that alone inflates the drop.")
+    st.caption("Every arm trains the same recipe with different seeds and the same number of SGD steps as the "
+               "full-data arm; the full-data arm, the same trained 2x longer (the convergence check) and a random "
+               "control of the same size, matched per class and drawn afresh for every model, are always added. "
+               "Convergence is also checked per arm: an arm whose models had not plateaued is marked, since that "
+               "alone inflates the drop.")
 
 
 def _drop_chart(table: pd.DataFrame) -> alt.Chart:
@@ -77,19 +83,52 @@ def _results(store: Store) -> None:
                           format_func=lambda e: f"{e} ({listing.set_index('experiment_id').at[e, 'status']}, "
                                                 f"{listing.set_index('experiment_id').at[e, 'models']} models)")
     table = experiment_results(store, chosen)
+    _convergence(store, chosen)
     if table["not_converged"].any():
         st.warning("Arms marked not converged: " + ", ".join(table.loc[table["not_converged"], "arm"])
                    + ". Their drop is inflated by training too short; re-run with more epochs.")
-    shown = table.assign(**{c: 100 * table[c] for c in table.columns
-                            if c.endswith(("_acc", "_drop", "_std")) or c in ("drop", "drop_low", "drop_high")})
+    percent = [c for c in table.columns if c.endswith(("_acc", "_drop", "_std")) or c in PERCENT]
+    shown = table.assign(**{c: 100 * table[c] for c in percent})
     st.dataframe(shown, hide_index=True, width="stretch", column_config={
-        c: st.column_config.NumberColumn(format="%.2f") for c in shown.columns
-        if c.endswith(("_acc", "_drop", "_std")) or c in ("drop", "drop_low", "drop_high")} | {
-        "p_value": st.column_config.NumberColumn(format="%.4f")})
+        c: st.column_config.NumberColumn(format="%.2f") for c in percent} | {
+        c: st.column_config.NumberColumn(format="%.4f") for c in ("p_value", "vs_control_p")})
     st.caption("Accuracies and drops in %; drop = full-data accuracy minus the arm's (positive: removing the points "
-               "hurts), with a Welch 95% CI and p-value; subpop / leaked / rest: the test points the removed points "
-               "influenced, those that have a copy in the removed points, and all others.")
+               "hurts), with a Welch 95% CI and p-value; vs_control = the arm's drop beyond its random control's, "
+               "its interval widened by the spread between random draws; subpop / leaked / rest: the test points "
+               "the removed points influenced, those that have a copy in the removed points, and all others; "
+               "mem_share: the memorized points an arm removes over the audit's estimated memorized total.")
     st.altair_chart(_drop_chart(table), width="stretch")
+    _controls(store, chosen)
+
+
+def _convergence(store: Store, experiment_id: str) -> None:
+    """The 2x-schedule convergence check of the full arm, as a success or a warning."""
+    check = schedule_check_row(store, experiment_id)
+    line = schedule_line(check)
+    if check["trained_to_max"] is False:
+        st.warning(line)
+    elif check["trained_to_max"]:
+        st.success(line)
+    else:
+        st.info(line)
+
+
+def _controls(store: Store, experiment_id: str) -> None:
+    """Per-model random controls: a summary per control, and every model's own draw and drop."""
+    st.markdown("**Random controls, drawn per model**")
+    spread = control_spread(store, experiment_id)
+    if spread.empty:
+        st.info("This experiment drew each random control once per arm (older design) or has no control.")
+        return
+    st.dataframe(spread.assign(drop_mean=100 * spread["drop_mean"], drop_std=100 * spread["drop_std"]),
+                 hide_index=True, width="stretch", column_config={
+                     c: st.column_config.NumberColumn(format="%.2f") for c in ("drop_mean", "drop_std",
+                                                                               "new_ids_vs_model_0")})
+    st.caption("Each model of a control removes its own class-matched random draw, so the control's interval "
+               "covers which points were drawn, not one draw; new_ids_vs_model_0: ids a model removes that model 0 "
+               "does not (mean); drops in % of the full-data mean.")
+    with st.expander("Every control model"):
+        st.dataframe(control_models(store, experiment_id), hide_index=True, width="stretch")
 
 
 def _sweeps(store: Store) -> None:
