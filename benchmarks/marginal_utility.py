@@ -2,19 +2,24 @@
 cost much less test accuracy than removing the leakage and sub-population buckets, as "memorization is not
 necessary" (Table 2) found?
 
-The script audits the embedded default dataset with the standard pipeline (ingest, train, scores, memorization,
-embeddings, detectors) into a database, then runs one experiment: full data, the arms memorized, leakage,
-subpopulation and memorized_remainder, and a class-matched random removal of the same size for every non-empty arm,
-`--models` models per arm (trained on the CPU, seeds fixed by the experiment). It prints the bucket sizes, the
-results table (test accuracy mean ± std, drop vs full with its 95% Welch CI and p, the drop on each arm's influenced /
-leaked / remaining test points, converged share), each arm against its own random control, the wall time and
-models per minute, and a verdict computed from the numbers. Empty buckets are reported, not trained.
+The script plants `--plant-leaks` train->test leaks in the embedded default dataset (test images replaced by lightly
+augmented copies of training images, as `benchmarks/detectors.py` plants them; the sources are the training images
+farthest from their class's mean image, the atypical ones a model has to memorize, so that the leakage bucket is
+exercised), audits it with the standard pipeline (ingest, train, scores, memorization, embeddings, detectors) into a
+database, then runs one experiment: full data, the same on a 2x longer schedule (the convergence check), the arms
+memorized, leakage, subpopulation and memorized_remainder, and a class-matched random control for every non-empty
+arm, drawn afresh for each model; every model trains the full arm's SGD steps. `--models` models per arm (seeds fixed
+by the experiment). It prints the bucket sizes, the results table (test accuracy mean ± std, drop vs full with its 95%
+Welch CI and p, the drop on each arm's influenced / leaked / remaining test points, converged share), the convergence
+check, the memorized arm's share of the estimated memorized total, each arm against its own per-model controls (with
+the spread between draws in the interval), the wall time and models per minute, and a verdict computed from the
+numbers. Empty buckets are reported, not trained.
 
 Paper reference (CIFAR-10, hundreds of models): Feldman & Zhang's memorized points 2.54 ± 0.20% drop; trained to
 convergence 1.78 ± 0.32%; Leakage + Shift bucket 1.25 ± 0.32%; the memorized remainder 0.54 ± 0.29%.
 
 Usage: python benchmarks/marginal_utility.py [--profile standard] [--models 50] [--db PATH] [--seed 0]
-       [--small-cluster-size 3]
+       [--small-cluster-size 3] [--plant-leaks 20]
   --db PATH keeps the database; an existing one that already has scores, flags and detector clusters is not
   re-audited, and an experiment with the same spec resumes (only missing models are trained).
 """
@@ -30,11 +35,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from detectors import default_frame, plant_leaks
+from PIL import Image
 from pipeline_stages import _table
 
 from auditor.config import load_config
-from auditor.experiment_queries import experiment_results
-from auditor.experiments import FULL, control_name, difference
+from auditor.experiment_queries import control_spread, experiment_results, schedule_check_row, schedule_line
+from auditor.experiments import FULL, LEAK_PAIR_KINDS, control_name, difference, versus_control
 from auditor.store import Store
 from pipelines.experiment_stage import (
     BUCKETS,
@@ -59,15 +66,35 @@ def _audited(store: Store) -> bool:
     return all(store.scalar(f"SELECT count(*) FROM {t}") for t in ("scores", "flags", "clusters"))
 
 
-def audit(store: Store, profile: str) -> float:
-    """Run the default stages on the default dataset unless the store already holds an audit; returns seconds."""
+def plant_atypical_leaks(root: Path, n: int, seed: int) -> tuple[str, list[str]]:
+    """A manifest of the default dataset in which `n` random test images are replaced by copies of the `n` training
+    images farthest (pixel L2) from their class's mean image; returns it and the copied training ids."""
+    frame = default_frame()
+    train = frame.index[frame["split"] == "train"].to_numpy()
+    pixels = np.stack([np.asarray(Image.open(p), dtype=np.float32).ravel() for p in frame.loc[train, "path"]])
+    labels = frame.loc[train, "label"].to_numpy()
+    means = {label: pixels[labels == label].mean(0) for label in np.unique(labels)}
+    distance = np.linalg.norm(pixels - np.stack([means[label] for label in labels]), axis=1)
+    sources = train[np.argsort(-distance, kind="stable")[:n]]
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(frame.index[frame["split"] == "test"].to_numpy(), size=n, replace=False)
+    plant_leaks(frame, rows, sources, root, rng)
+    out = root / "leaks.csv"
+    frame.to_csv(out, index=False)
+    return str(out), sorted(frame.loc[sources, "sample_id"])
+
+
+def audit(store: Store, profile: str, data: str) -> float:
+    """Run the default stages on `data` unless the store already holds an audit; returns seconds."""
     if _audited(store):
         print(f"audit: reusing {store.path} (it already has scores, flags and clusters)")
         return 0.0
     t0 = time.perf_counter()
-    reports = run_pipeline(store, "default", load_config(profile=profile), progress=silent)
+    # the planted manifest lives outside the default dataset's folder and names its images by absolute path
+    cfg = load_config(profile=profile, overrides={"data": {"allow_outside_root": True}})
+    reports = run_pipeline(store, data, cfg, progress=silent)
     seconds = time.perf_counter() - t0
-    _table(f"audit of the default dataset, profile {profile} (seconds)", ["stage", "seconds"],
+    _table(f"audit of {data}, profile {profile} (seconds)", ["stage", "seconds"],
            [[r.stage, f"{r.seconds:.1f}"] for r in reports] + [["total", f"{seconds:.1f}"]])
     return seconds
 
@@ -105,13 +132,14 @@ def arm_accs(store: Store, experiment_id: str) -> dict[str, np.ndarray]:
 
 
 def versus_controls(accs: dict[str, np.ndarray]) -> tuple[list[list[str]], dict]:
-    """Each bucket against its class-matched random control: extra drop = control's accuracy minus the arm's."""
+    """Each bucket against its per-model random controls: extra drop = controls' accuracy minus the arm's, its
+    interval widened by the spread between random draws (`versus_control`)."""
     rows, out = [], {}
     for name in BUCKETS:
         if name not in accs or control_name(name) not in accs:
             rows.append([name, "-", "-", "-", "no models: empty bucket, or none stored yet"])
             continue
-        d = difference(accs[control_name(name)], accs[name])
+        d = versus_control(accs[control_name(name)], accs[name])
         out[name] = d
         sig = d.p_value < ALPHA if not np.isnan(d.p_value) else False
         rows.append([name, f"{_pct(d.drop)} [{_pct(d.low)}, {_pct(d.high)}]", f"{d.p_value:.3g}",
@@ -182,9 +210,25 @@ def report(store: Store, experiment_id: str) -> None:
     _table(f"results, experiment {experiment_id} ({status}): drop = full-data accuracy minus the arm's, positive = "
            "worse; 95% Welch CI", ["arm", "removed", "models", "test acc (mean ± std)", "drop vs full [95% CI]", "p",
                                    "subpop drop", "leaked drop", "rest drop", "converged"], results_rows(table))
+    print("\n" + schedule_line(schedule_check_row(store, experiment_id)))
+    design = store.query("SELECT arm, epochs, min(sgd_steps) AS lo, max(sgd_steps) AS hi FROM experiment_models "
+                         "JOIN experiment_arms USING (experiment_id, arm) WHERE experiment_id = ? "
+                         "GROUP BY arm, epochs, position ORDER BY position", [experiment_id])
+    print("SGD steps per model: " + ", ".join(f"{r.arm} {r.lo}" + ("" if r.lo == r.hi else f"-{r.hi}") +
+                                              f" ({r.epochs} epochs)" for r in design.itertuples()))
+    for r in table[table["n_memorized_removed"].fillna(0) > 0].itertuples():
+        print(f"{r.arm} removes {int(r.n_memorized_removed)} of the audit's memorized points = {_pct(r.mem_share)} "
+              f"[{_pct(r.mem_share_low)}, {_pct(r.mem_share_high)}] of the estimated memorized total")
+    spread = control_spread(store, experiment_id)
+    if len(spread):
+        _table("per-model random controls: each model its own draw (mean ids not in model 0's draw; mean and sd of "
+               "the models' drops vs the full-data mean)", ["control", "models", "removed", "new ids vs model 0",
+                                                           "drop mean", "drop sd"],
+               [[r.arm, r.models, r.n_removed, f"{r.new_ids_vs_model_0:.1f}", _pct(r.drop_mean), _pct(r.drop_std)]
+                for r in spread.itertuples()])
     accs = arm_accs(store, experiment_id)
     rows, vs_control = versus_controls(accs)
-    _table("each bucket vs its class-matched random control: extra drop = control accuracy minus arm accuracy",
+    _table("each bucket vs its per-model random controls: extra drop = control accuracy minus arm accuracy",
            ["arm", "extra drop [95% CI]", "p", f"p < {ALPHA}", "reading"], rows)
     print("\nverdict")
     for line in verdict(table, accs, vs_control):
@@ -222,6 +266,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--small-cluster-size", type=int, default=3)
     parser.add_argument("--db", help="keep the database here (reused: audit skipped, experiment resumed)")
+    parser.add_argument("--plant-leaks", type=int, default=20,
+                        help="train->test leaks planted from atypical training images (default 20 = 2%% of the test "
+                             "set; 0 audits the clean default dataset)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing: report the newest stored experiment in --db with these arms and --models "
                              "(e.g. one stopped part-way; its arms then hold fewer models than asked)")
@@ -236,8 +283,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(args.db) if args.db else Path(tmp) / "mu.duckdb")
         t_all = time.perf_counter()
-        audit_s = audit(store, args.profile)
+        data = "default"
+        if args.plant_leaks:
+            data, sources = plant_atypical_leaks(Path(args.db).parent if args.db else Path(tmp), args.plant_leaks,
+                                                 args.seed)
+            print(f"planted {len(sources)} train->test leaks from atypical training images: {', '.join(sources)}")
+        audit_s = audit(store, args.profile, data)
         bucket_sizes(store, args.small_cluster_size)
+        if args.plant_leaks:
+            leakage = set(paper_buckets(store, args.small_cluster_size)["leakage"])
+            pairs = store.query("SELECT a_id, kind FROM pairs")
+            found = set(pairs.loc[pairs["kind"].isin(LEAK_PAIR_KINDS), "a_id"])
+            print(f"planted leak sources: {len(found & set(sources))} of {len(sources)} found by the "
+                  f"leak detector, {len(leakage & set(sources))} in the leakage bucket (memorized), "
+                  f"{len(leakage - set(sources))} other leakage-bucket points")
         cfg = load_config(profile=args.profile)
         spec = ExperimentSpec(BUCKETS, args.models, args.seed, args.small_cluster_size)
         t0 = time.perf_counter()
