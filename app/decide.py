@@ -1,14 +1,19 @@
 """Recording review decisions from any page: one call per button press, the picks kept when the database is busy,
-and the badge that shows a decision on a tile."""
+the label a flag suggests (for one image or each of many), and the badge that shows a decision on a tile."""
 
 from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from app.common import md
+from app.common import md, parse_detail
 from app.reviewer import reviewer
-from auditor.reviews import record_decisions, undo
+from auditor import queries
+from auditor.queries import ReviewFilter
+from auditor.reviews import current_decisions, record_decisions, undo
 from auditor.store import Store, StoreBusy
 
 DECISION_BADGES = {"keep": ":green-badge[keep]", "remove": ":red-badge[remove]", "relabel": ":blue-badge[relabel]"}
@@ -80,3 +85,54 @@ def show_decision_error() -> None:
     done = st.session_state.pop("decision_done", None)
     if done:
         st.success(done)
+
+
+def suggested_label(row: dict[str, Any]) -> str | None:
+    """The label to offer for a relabel: the mislabeled flag's suggestion, else the prediction where it differs from
+    the label; None when nothing suggests another label."""
+    for flag in row["flags"] if row["flags"] is not None else []:
+        info = parse_detail(flag["detail"])
+        if flag["kind"] == "mislabeled" and isinstance(info, dict) and info.get("suggested") is not None:
+            return str(info["suggested"])
+    predicted = row["pred_label"]
+    return None if predicted is None or pd.isna(predicted) or predicted == row["label"] else str(predicted)
+
+
+def suggestions(store: Store, ids: list[str]) -> dict[str, str]:
+    """The suggested label of each of `ids` that has one (picked on any page, flagged or not)."""
+    found: dict[str, str] = {}
+    for where in (ReviewFilter(sample_ids=tuple(ids)), ReviewFilter(flag="any", sample_ids=tuple(ids))):
+        missing = [i for i in ids if i not in found]
+        if not missing:
+            break
+        rows = queries.review_page(store, limit=len(ids), where=where).to_dict("records")
+        found |= {row["sample_id"]: label for row in rows if (label := suggested_label(row)) is not None}
+    return found
+
+
+def accept_suggestions(store: Store, ids: list[str], replace: bool) -> bool:
+    """Relabel each of `ids` to its own suggested label (one decision per label), leaving those without a
+    suggestion, and those already decided unless `replace`, picked; True when something was stored."""
+    try:
+        wanted = suggestions(store, ids)
+        decided = set() if replace else set(current_decisions(store, list(wanted))["sample_id"])
+    except StoreBusy as exc:
+        st.session_state["decision_error"] = f"Not saved, the database is busy: {exc}. Your picks are kept."
+        return False
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for sample_id, label in sorted(wanted.items()):
+        if sample_id not in decided:
+            by_label[label].append(sample_id)
+    if not by_label:
+        st.session_state["decision_error"] = ("Nothing recorded: none of the picked images has a suggested label"
+                                              + (" and no decision yet." if decided else "."))
+        return False
+    for label, group in by_label.items():
+        if not decide(store, group, "relabel", label, None):
+            return False
+    done = sum(map(len, by_label.values()))
+    left = len(ids) - done
+    st.session_state["decision_done"] = (f"Relabeled {done} image{'s' if done != 1 else ''} to their suggested "
+                                         f"labels" + (f"; {left} left picked (no suggestion or already decided)"
+                                                      if left else ""))
+    return True

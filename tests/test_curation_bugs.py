@@ -111,7 +111,8 @@ def test_picks_survive_paging_and_apply_decides_them_all(db):
         at.checkbox(key=f"pick_{sample_id}").check().run(timeout=60)
     at.number_input(key="page").set_value(2).run(timeout=60)
     assert not set(first_page) & set(grid_ids(at))
-    assert any(m.value == "**2 picked**" for m in at.markdown) and "2 of them on other pages" in texts(at)
+    assert any(m.value == "**2 picked**" for m in at.markdown)
+    assert "2 picked across pages, 2 not on this one" in texts(at)
     at.selectbox(key="decision_action").select("remove").run(timeout=60)
     at.button(key="decision_apply").click().run(timeout=60)
     assert not errors(at)
@@ -274,7 +275,8 @@ def test_a_review_link_opens_its_view(db):
     assert at.selectbox(key="evidence").value == second_page[1]
     at.selectbox(key="state").select("undecided").run(timeout=60)
     assert dict(at.query_params) == {"flag": "long_tail", "state": "undecided", "sort": "score_desc",
-                                     "page_size": "12", "page": "1", "evidence": at.selectbox(key="evidence").value}
+                                     "page_size": "12", "page": "1", "thumbs": "medium",
+                                     "evidence": at.selectbox(key="evidence").value}
 
 
 def test_review_keeps_filters_page_and_picks_across_point_detail(db):

@@ -1,28 +1,29 @@
 """Review queue: a paginated grid of images filtered by flag kind, class, split, score range and review state, sorted
-by any score; pick images (or a whole page) and decide keep / remove / relabel with a note, or undo; the evidence
-behind one image's flags below the grid, and its full Point detail one click away."""
+by any score; pick images on any page and decide keep / remove / relabel with a note, each to its suggested label, or
+undo; the focused image beside the grid with one-key decisions, its evidence below, its Point detail one click away.
+
+Everything below the filters is a fragment: picking, deciding and paging rerun only the queue, not the page."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
+import duckdb
 import pandas as pd
 import streamlit as st
 
-from app.common import evidence_line, flag_name, run_page, thumbnail
-from app.decide import decide, decision_badge, pick_box, picked, set_picks, show_decision_error
-from app.evidence import label_text, mem_text, models_text, picture, flag_evidence
+from app import focus
+from app.common import flag_name, run_page
+from app.evidence import flag_evidence, label_text, mem_text, models_text
+from app.grid import DEFAULT_THUMBS, GRID_CSS, THUMB_COLUMNS, decision_bar, flags, tile
 from app.reviewer import KEY as REVIEWER_KEY, reviewer
 from auditor import queries
 from auditor.queries import ReviewFilter
-from auditor.reviews import ACTIONS, current_decisions
-from auditor.store import Store, StoreBusy
+from auditor.store import Store, StoreBusy, StoreCorrupt
 
 PAGE_SIZES = (12, 24, 48, 96)
-GRID_COLUMNS = 6
-# Flags that the mem line and the badges already tell on a tile; every other kind gets a line of evidence.
-MEM_FLAGS = ("memorized_candidate", "memorized")
 SCORE_NAMES = {"apb": "ApB", "mem": "mem", "score": "flag strength", "first_learned": "first learned",
                "forgetting": "forgetting events", "el2n": "EL2N", "confidence": "confidence"}
 # Labels of the orderings; the options are the keys of queries.REVIEW_SORTS, so only those ever reach the query.
@@ -32,8 +33,8 @@ STATES = {"any": "Any review state", "undecided": "Not reviewed yet", "decided":
           "remove": "Removed", "relabel": "Relabeled"}
 SELECTION_KEY = "selection"  # ids brushed on the Overview scatter, opened here
 # The view that lives in the URL (?flag=mislabeled&page=2&evidence=...) and is kept for the way back from another
-# page: filters, order, page size, page and the image whose evidence is shown.
-VIEW_KEYS = ("flag", "label", "split", "state", "sort", "page_size", "page", "evidence")
+# page: filters, order, page size, page, thumbnail size and the focused image (whose evidence is shown).
+VIEW_KEYS = ("flag", "label", "split", "state", "sort", "page_size", "page", "thumbs", "evidence")
 VIEW_KEY = "review_view"
 DEFAULT_PAGE_SIZE = 24
 
@@ -59,6 +60,7 @@ def _restore_view(options: dict[str, list[str]]) -> None:
             if value is not None:
                 st.session_state[key] = value
     st.session_state.setdefault("page_size", DEFAULT_PAGE_SIZE)
+    st.session_state.setdefault("thumbs", DEFAULT_THUMBS)
 
 
 def _save_view() -> None:
@@ -86,119 +88,6 @@ def _flag_changed() -> None:
         st.session_state["sort"] = "apb_asc"
 
 
-def _show_evidence(sample_id: str) -> None:
-    """Select `sample_id` in the evidence section below the grid."""
-    st.session_state["evidence"] = sample_id
-
-
-def _open_detail(sample_id: str) -> None:
-    """Remember `sample_id` for the Point detail page, which the caller then switches to."""
-    st.session_state["point"] = sample_id
-
-
-def _flags(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The flags of a grid row ({kind, score, detail}, most important first)."""
-    return list(row["flags"]) if row["flags"] is not None else []
-
-
-def _card(row: dict[str, Any]) -> None:
-    """One image with its id, label, predicted label, ApB and mem (a test image has neither), a line of evidence per
-    detector flag, badges and its decision; the path comes from the query, never the browser."""
-    image = thumbnail(row["path"])
-    if image is None:
-        st.warning(f"{row['sample_id']}: image unreadable")
-    else:
-        st.image(image, caption=row["sample_id"])
-    predicted = label_text(row["pred_label"])
-    if predicted != label_text(row["label"]):
-        predicted = f":red[**{predicted}**]"
-    lines = [f"label **{label_text(row['label'])}**, predicted {predicted}"]
-    if pd.isna(row["apb"]):
-        lines.append(f"{'test' if row['split'] == 'test' else 'not a scored'} image: no ApB, no mem")
-    else:
-        lines += [f"ApB **{row['apb']:.2f}**", mem_text(row)]
-        if models_text(row):
-            lines.append(f":gray[{models_text(row)}]")
-    flags = _flags(row)
-    lines += [evidence_line(f["kind"], f["detail"], row["label"]) for f in flags if f["kind"] not in MEM_FLAGS]
-    badges = [badge for badge, on in ((":orange-badge[candidate]", row["memorized_candidate"]),
-                                      (":red-badge[memorized]", row["memorized"])) if on]
-    badges.append(decision_badge(row["decision"], row["decision_label"]))
-    if any(badges):
-        lines.append(" ".join(b for b in badges if b))
-    st.markdown(":small[" + "  \n".join(lines) + "]")
-    pick_box(row["sample_id"])  # on rows of their own: halves of a narrow tile clip the labels to '|' and 'D.'
-    if st.button("Details", key=f"detail_{row['sample_id']}", type="tertiary",
-                 help="Open the Point detail page of this image"):
-        _open_detail(row["sample_id"])
-        st.switch_page("views/point.py", query_params={"id": row["sample_id"]})
-    if any(f["kind"] != "memorized_candidate" for f in flags):
-        st.button("Evidence ↓", key=f"evidence_{row['sample_id']}", type="tertiary", on_click=_show_evidence,
-                  args=(row["sample_id"],), help="Show the evidence behind its flags below the grid")
-
-
-def _apply(store: Store) -> None:
-    """Record the bar's decision for every picked image, those already decided only when 'Replace' is ticked (they
-    stay picked otherwise); once stored, the note is cleared, so it never signs the next decision."""
-    state = st.session_state
-    action, ids = state["decision_action"], sorted(picked())
-    skipped = 0
-    if action != "undo" and not state.get("decision_replace"):
-        try:
-            decided = set(current_decisions(store, ids)["sample_id"])
-        except StoreBusy as exc:
-            state["decision_error"] = f"Not saved, the database is busy: {exc}. Your picks are kept."
-            return
-        ids, skipped = [i for i in ids if i not in decided], len(decided)
-        if not ids:
-            state["decision_error"] = ("Nothing recorded: every picked image already has a decision; tick "
-                                       "'Replace' to change them.")
-            return
-    if decide(store, ids, action, state.get("decision_label") if action == "relabel" else None,
-              state.get("decision_note")):
-        state["decision_note"] = ""
-        state["decision_replace"] = False
-        if skipped:
-            state["decision_done"] += f"; {skipped} already decided left as they were (still picked)"
-
-
-def _already_decided(store: Store, chosen: list[str], action: str) -> None:
-    """A warning when picked images already have a decision, and the box that lets Apply replace them."""
-    if action == "undo" or not chosen:
-        return
-    decided = current_decisions(store, chosen)
-    if decided.empty:
-        return
-    counts = ", ".join(f"{n} {a}" for a, n in decided["action"].value_counts().items())
-    st.warning(f"{len(decided)} of the {len(chosen)} picked images already have a decision ({counts}): Apply "
-               "leaves them as they are unless you tick 'Replace'.")
-    st.checkbox(f"Replace their decisions with '{action}'", key="decision_replace")
-
-
-def _decision_bar(store: Store, page_ids: list[str]) -> None:
-    """Pick the page or clear every pick, and one decision (with an optional note) for every image picked on any
-    page, or undo; a warning when some of them are decided already."""
-    chosen = sorted(picked())
-    elsewhere = len(set(chosen) - set(page_ids))
-    with st.container(border=True):
-        cols = st.columns([1.2, 1, 1, 1.4, 1.4, 2.4, 1], vertical_alignment="bottom")
-        cols[0].markdown(f"**{len(chosen)} picked**")
-        if elsewhere:
-            cols[0].caption(f"{elsewhere} of them on other pages")
-        cols[1].button("Pick page", on_click=set_picks, args=(page_ids, True), key="bulk_pick_page")
-        cols[2].button("Clear", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear",
-                       help="Clear every pick, on every page")
-        action = cols[3].selectbox("Decision", [*ACTIONS, "undo"], key="decision_action",
-                                   format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
-        labels = queries.class_labels(store)
-        cols[4].selectbox("New label", labels, key="decision_label", disabled=action != "relabel")
-        cols[5].text_input("Note (optional)", key="decision_note")
-        cols[6].button("Apply", type="primary", disabled=not chosen, key="decision_apply", on_click=_apply,
-                       args=(store,))
-        _already_decided(store, chosen, action)
-    show_decision_error()
-
-
 def _score_filter(store: Store, flag: str | None) -> tuple[str | None, float | None, float | None]:
     """A score and a range slider over its values among the current rows (none: no range)."""
     left, right = st.columns([1, 3], vertical_alignment="bottom")
@@ -222,7 +111,7 @@ def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int]:
     labels = queries.class_labels(store)
     splits = sorted(queries.dataset_counts(store)["split"].unique(), key=lambda s: (s != "train", s != "test", s))
     _restore_view({"flag": ["any", *kinds], "label": labels, "split": splits, "state": list(STATES),
-                   "sort": list(queries.REVIEW_SORTS)})
+                   "sort": list(queries.REVIEW_SORTS), "thumbs": list(THUMB_COLUMNS)})
     controls = st.columns([2, 1.3, 1.2, 1.5, 2, 1], vertical_alignment="bottom")
     flag = controls[0].selectbox("Flag", [None, "any", *kinds], key="flag", on_change=_flag_changed,
                                  format_func=lambda k: "All scored training images" if k is None else
@@ -249,44 +138,60 @@ def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int]:
     return where, sort, size
 
 
-def _evidence(store: Store, rows: list[dict[str, Any]]) -> None:
-    """The evidence behind every flag of one image of the page, chosen in a selectbox (or by a tile's button)."""
+def _evidence(store: Store, row: dict[str, Any]) -> None:
+    """The evidence behind every flag of the focused image."""
     st.divider()
     st.subheader("Evidence")
+    facts = [f"**{row['sample_id']}**: label **{label_text(row['label'])}**, predicted {label_text(row['pred_label'])}"
+             + ("" if pd.isna(row["p_pred"]) else f" (p {row['p_pred']:.2f})")]
+    if not pd.isna(row["apb"]):
+        facts.append(f"ApB **{row['apb']:.2f}**, {mem_text(row)}"
+                     + (f" ({models_text(row)})" if models_text(row) else ""))
+    st.markdown("  \n".join(facts))
+    if not flags(row):
+        st.caption("No flag on this image.")
+    flag_evidence(store, row, flags(row))
+
+
+def _has_flag(row: dict[str, Any]) -> bool:
+    return any(f["kind"] != "memorized_candidate" for f in flags(row))
+
+
+def _grid(store: Store, rows: list[dict[str, Any]], pages: int) -> None:
+    """The page's tiles in as many columns as the thumbnail size allows, the focused image beside them."""
     ids = [row["sample_id"] for row in rows]
     by_id = {row["sample_id"]: row for row in rows}
-    if st.session_state.get("evidence") not in by_id:
-        flagged = [i for i in ids if any(f["kind"] != "memorized_candidate" for f in _flags(by_id[i]))]
-        st.session_state["evidence"] = (flagged or ids)[0]
-    sample_id = st.selectbox(
-        "Image of this page", ids, key="evidence",
-        format_func=lambda i: f"{i}: " + (", ".join(flag_name(f["kind"]) for f in _flags(by_id[i])) or "no flag"))
-    row = by_id[sample_id]
-    twin_flag = any(f["kind"] in queries.PAIR_KINDS for f in _flags(row))  # its section shows the image already
-    left, right = st.columns([1, 5]) if not twin_flag else (None, st.container())
-    if left is not None:
-        with left:
-            picture(row["path"], f"{sample_id} ({row['split'] or 'not in samples'})")
+    chosen = focus.focused_id(ids, by_id, _has_flag)
+    size = st.session_state.get("thumbs", DEFAULT_THUMBS)
+    columns = THUMB_COLUMNS[size]
+    st.html(GRID_CSS)
+    focus.shortcuts()
+    left, right = st.columns([4, 1])
+    with left:
+        for start in range(0, len(rows), columns):
+            for column, row in zip(left.columns(columns, gap="small"), rows[start:start + columns]):
+                with column:
+                    tile(row, size, row["sample_id"] == chosen)
     with right:
-        facts = [f"label **{label_text(row['label'])}**, predicted {label_text(row['pred_label'])}"
-                 + ("" if pd.isna(row["p_pred"]) else f" (p {row['p_pred']:.2f})")]
-        if not pd.isna(row["apb"]):
-            facts.append(f"ApB **{row['apb']:.2f}**, {mem_text(row)}"
-                         + (f" ({models_text(row)})" if models_text(row) else ""))
-        st.markdown("  \n".join(facts))
-        if not _flags(row):
-            st.caption("No flag on this image.")
-    flag_evidence(store, row, _flags(row))
+        st.selectbox("Focused image", ids, key="evidence", format_func=lambda i: f"{i}: " + (
+            ", ".join(flag_name(f["kind"]) for f in flags(by_id[i])) or "no flag"))
+        focus.panel(store, by_id[st.session_state["evidence"]], ids, pages)
+    if queries.has_detector_schema(store):
+        _evidence(store, by_id[st.session_state["evidence"]])
+    else:
+        st.info(f"This file predates the detectors: add their evidence with "
+                f"`memaudit run --stages embeddings,detectors --db {store.path}`.")
 
 
-def _review(store: Store, kinds: list[str]) -> None:
-    """Filters, order, pager, the decision bar, one page of the grid and the evidence of one of its images."""
-    where, sort, size = _filters(store, kinds)
+def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
+    """Pager, the decision bar, one page of the grid and the focused image: all that a pick, a decision or a page
+    turn changes."""
     total = queries.review_count(store, where=where)
     pages = max(1, math.ceil(total / size))
     st.session_state["page"] = min(st.session_state.get("page", 1), pages)
-    pager, caption = st.columns([1, 6], vertical_alignment="bottom")
+    pager, thumbs, caption = st.columns([1, 1, 5], vertical_alignment="bottom")
     page = pager.number_input(f"Page (of {pages})", min_value=1, max_value=pages, key="page")
+    thumbs.segmented_control("Thumbnails", list(THUMB_COLUMNS), key="thumbs", required=True)
     if total == 0:
         st.info("No images match these filters"
                 + (": has the memorization stage run (`memaudit run --stages memorization --db ...`)?"
@@ -300,18 +205,22 @@ def _review(store: Store, kinds: list[str]) -> None:
             else f"images flagged {flag_name(where.flag).lower()}")
     caption.caption(f"Images {offset + 1:,}–{offset + len(rows):,} of {total:,} {what}, {SORTS.get(sort, sort)}. "
                     "mem [95% interval]: accuracy of the shadow models trained with the image (in) minus that of "
-                    "those trained without it (out). **Evidence ↓** shows what lies behind a tile's flags, "
-                    "**Details** everything about the image.")
-    _decision_bar(store, [row["sample_id"] for row in rows])
-    for start in range(0, len(rows), GRID_COLUMNS):
-        for column, row in zip(st.columns(GRID_COLUMNS), rows[start:start + GRID_COLUMNS]):
-            with column.container(border=True):
-                _card(row)
-    if queries.has_detector_schema(store):
-        _evidence(store, rows)
-    else:
-        st.info(f"This file predates the detectors: add their evidence with "
-                f"`memaudit run --stages embeddings,detectors --db {store.path}`.")
+                    "those trained without it (out). **Focus** shows an image beside the grid and its evidence "
+                    "below, **Details** everything about it.")
+    decision_bar(store, [row["sample_id"] for row in rows])
+    _grid(store, rows, pages)
+
+
+@st.fragment
+def _queue_fragment(path: Path, where: ReviewFilter, sort: str, size: int) -> None:
+    """The queue on a connection of its own: a rerun of the fragment alone is outside the page's read."""
+    store = Store(path, timeout_s=10.0)
+    try:
+        with store.reading():
+            _queue(store, where, sort, size)
+    except (StoreBusy, StoreCorrupt, duckdb.Error) as exc:
+        st.error(f"Could not read the audit database: {exc}")
+    _save_view()
 
 
 def render(store: Store) -> None:
@@ -320,7 +229,8 @@ def render(store: Store) -> None:
     if queries.review_count(store) == 0 and not kinds:
         st.info("No ApB scores yet: the review grid fills in once `memaudit run --db ...` has trained and scored.")
         return
-    _review(store, kinds)
+    where, sort, size = _filters(store, kinds)
+    _queue_fragment(store.path, where, sort, size)
     _save_view()
 
 

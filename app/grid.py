@@ -1,0 +1,157 @@
+"""The Review grid's pieces: a tile per image (three thumbnail sizes, decided tiles dimmed with their decision), the
+decision bar for the images picked on any page, and the focused image beside the grid with its one-key decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app.common import evidence_line, thumbnail
+from app.decide import accept_suggestions, decide, decision_badge, pick_box, picked, set_picks, show_decision_error
+from app.evidence import label_text, mem_text, models_text
+from auditor import queries
+from auditor.reviews import ACTIONS, current_decisions
+from auditor.store import Store, StoreBusy
+
+# Thumbnail size -> grid columns; 'small' is a dense grid of images, pick boxes and decisions only.
+THUMB_COLUMNS = {"small": 10, "medium": 6, "large": 4}
+DEFAULT_THUMBS = "medium"
+# Flags that the mem line and the badges already tell on a tile; every other kind gets a line of evidence.
+MEM_FLAGS = ("memorized_candidate", "memorized")
+# Decided tiles dimmed, the focused one outlined; tile keys are tile[done][focus]_<sample id>.
+GRID_CSS = """<style>
+[class*="st-key-tiledone"] [data-testid="stImage"] {opacity: 0.35;}
+[class*="st-key-tile"][class*="focus_"] {outline: 3px solid #ff4b4b; outline-offset: 2px;}
+</style>"""
+
+
+def flags(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The flags of a grid row ({kind, score, detail}, most important first)."""
+    return list(row["flags"]) if row["flags"] is not None else []
+
+
+def focus(sample_id: str) -> None:
+    """Focus `sample_id`: the panel beside the grid and the evidence below it show it."""
+    st.session_state["evidence"] = sample_id
+
+
+def _open_detail(sample_id: str) -> None:
+    """Remember `sample_id` for the Point detail page, which the caller then switches to."""
+    st.session_state["point"] = sample_id
+
+
+def _facts(row: dict[str, Any]) -> list[str]:
+    """A tile's lines: label and both predictions, ApB and mem, one line of evidence per detector flag."""
+    predicted = label_text(row["pred_label"])
+    if predicted != label_text(row["label"]):
+        predicted = f":red[**{predicted}**]"
+    lines = [f"label **{label_text(row['label'])}**, predicted {predicted}"
+             + ("" if pd.isna(row["p_pred"]) else f" ({row['p_pred']:.2f})")]
+    if pd.isna(row["apb"]):
+        lines.append(f"{'test' if row['split'] == 'test' else 'not a scored'} image: no ApB, no mem")
+    else:
+        lines += [f"ApB **{row['apb']:.2f}**", mem_text(row)]
+        if models_text(row):
+            lines.append(f":gray[{models_text(row)}]")
+    lines += [evidence_line(f["kind"], f["detail"], row["label"]) for f in flags(row) if f["kind"] not in MEM_FLAGS]
+    badges = [badge for badge, on in ((":orange-badge[candidate]", row["memorized_candidate"]),
+                                      (":red-badge[memorized]", row["memorized"])) if on]
+    return lines + ([" ".join(badges)] if badges else [])
+
+
+def tile(row: dict[str, Any], size: str, focused: bool) -> None:
+    """One image in a bordered tile: its thumbnail, id, pick box and decision; at the medium and large sizes also its
+    facts and the Details and Focus buttons. The path comes from the query, never the browser."""
+    sample_id = row["sample_id"]
+    decided = row["decision"] is not None and not pd.isna(row["decision"])
+    key = f"tile{'done' if decided else ''}{'focus' if focused else ''}_{sample_id}"
+    with st.container(border=True, key=key):
+        image = thumbnail(row["path"])
+        if image is None:
+            st.warning(f"{sample_id}: image unreadable")
+        else:
+            st.image(image, caption=sample_id, width="stretch" if size == "small" else "content")
+        lines = [] if size == "small" else _facts(row)
+        badge = decision_badge(row["decision"], row["decision_label"])
+        st.markdown(":small[" + "  \n".join([*lines, badge] if badge else lines or ["·"]) + "]")
+        pick_box(sample_id)  # on rows of their own: halves of a narrow tile clip the labels to '|' and 'D.'
+        if size == "small":
+            return
+        if st.button("Details", key=f"detail_{sample_id}", type="tertiary",
+                     help="Open the Point detail page of this image"):
+            _open_detail(sample_id)
+            st.switch_page("views/point.py", query_params={"id": sample_id})
+        st.button("Focus", key=f"evidence_{sample_id}", type="tertiary", on_click=focus, args=(sample_id,),
+                  help="Show it beside the grid, its evidence below, and decide it with one key")
+
+
+def _apply(store: Store) -> None:
+    """Record the bar's decision for every picked image, those already decided only when 'Replace' is ticked (they
+    stay picked otherwise); once stored, the note is cleared, so it never signs the next decision."""
+    state = st.session_state
+    action, ids = state["decision_action"], sorted(picked())
+    skipped = 0
+    if action != "undo" and not state.get("decision_replace"):
+        try:
+            decided = set(current_decisions(store, ids)["sample_id"])
+        except StoreBusy as exc:
+            state["decision_error"] = f"Not saved, the database is busy: {exc}. Your picks are kept."
+            return
+        ids, skipped = [i for i in ids if i not in decided], len(decided)
+        if not ids:
+            state["decision_error"] = ("Nothing recorded: every picked image already has a decision; tick "
+                                       "'Replace' to change them.")
+            return
+    if decide(store, ids, action, state.get("decision_label") if action == "relabel" else None,
+              state.get("decision_note")):
+        state["decision_note"] = ""
+        state["decision_replace"] = False
+        if skipped:
+            state["decision_done"] += f"; {skipped} already decided left as they were (still picked)"
+
+
+def _accept(store: Store) -> None:
+    """Relabel every picked image to its own suggested label."""
+    if accept_suggestions(store, sorted(picked()), bool(st.session_state.get("decision_replace"))):
+        st.session_state["decision_replace"] = False
+
+
+def _already_decided(store: Store, chosen: list[str], action: str) -> None:
+    """A warning when picked images already have a decision, and the box that lets Apply replace them."""
+    if action == "undo" or not chosen:
+        return
+    decided = current_decisions(store, chosen)
+    if decided.empty:
+        return
+    counts = ", ".join(f"{n} {a}" for a, n in decided["action"].value_counts().items())
+    st.warning(f"{len(decided)} of the {len(chosen)} picked images already have a decision ({counts}): Apply "
+               "leaves them as they are unless you tick 'Replace'.")
+    st.checkbox(f"Replace their decisions with '{action}'", key="decision_replace")
+
+
+def decision_bar(store: Store, page_ids: list[str]) -> None:
+    """How many images are picked across pages, pick the page or clear every pick, and one decision (with an
+    optional note) for all of them, or each to its suggested label, or undo; a warning when some are decided."""
+    chosen = sorted(picked())
+    elsewhere = len(set(chosen) - set(page_ids))
+    with st.container(border=True):
+        cols = st.columns([1.3, 1, 1, 1.4, 1.4, 2, 1, 1.3], vertical_alignment="bottom")
+        cols[0].markdown(f"**{len(chosen)} picked**")
+        cols[0].caption(f"{len(chosen)} picked across pages" + (f", {elsewhere} not on this one" if elsewhere else ""))
+        cols[1].button("Pick page", on_click=set_picks, args=(page_ids, True), key="bulk_pick_page")
+        cols[2].button("Clear all", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear",
+                       help="Clear every pick, on every page")
+        action = cols[3].selectbox("Decision", [*ACTIONS, "undo"], key="decision_action",
+                                   format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
+        labels = queries.class_labels(store)
+        cols[4].selectbox("New label", labels, key="decision_label", disabled=action != "relabel")
+        cols[5].text_input("Note (optional)", key="decision_note")
+        cols[6].button("Apply", type="primary", disabled=not chosen, key="decision_apply", on_click=_apply,
+                       args=(store,))
+        cols[7].button("Accept suggested", disabled=not chosen, key="bulk_accept", on_click=_accept, args=(store,),
+                       help="Relabel each picked image to its own suggested label (the mislabeled flag's, else "
+                            "the model's prediction)")
+        _already_decided(store, chosen, action)
+    show_decision_error()
