@@ -1,4 +1,5 @@
-"""What the Jobs page, the Overview and the launcher read about background jobs and the data last ingested."""
+"""The `jobs` table: what the Jobs page, the Overview and the launcher read about background jobs (and the data last
+ingested), and the writes of a job's progress and of its launch."""
 
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ def job(store: Store, job_id: str) -> dict | None:
 
 
 def running_jobs(store: Store) -> pd.DataFrame:
-    """Every job recorded as running, oldest first (job_id, pid, started_at)."""
-    return store.query("SELECT job_id, pid, started_at FROM jobs WHERE status = 'running' ORDER BY started_at, job_id")
+    """Every job recorded as running, oldest first (job_id, pid, started_at, token; no token in older files)."""
+    return store.query("SELECT * FROM jobs WHERE status = 'running' ORDER BY started_at, job_id").reindex(
+        columns=["job_id", "pid", "started_at", "token"])
 
 
 def last_ingest_source(store: Store) -> str | None:
@@ -38,3 +40,29 @@ def last_ingest_source(store: Store) -> str | None:
         "                (SELECT regexp_extract(message, ' problems from (.+)$', 1) FROM runs WHERE kind = 'ingest' "
         "                 AND status = 'done' ORDER BY finished_at DESC NULLS LAST LIMIT 1))")
     return source or None
+
+
+def start_job(store: Store, job_id: str, kind: str, run_id: str | None, total: int, unit: str, at: str, pid: int,
+              token: str | None) -> None:
+    """Record a job as running with nothing done yet (replacing an earlier row of that id), by process `pid`."""
+    store.execute("INSERT OR REPLACE INTO jobs (job_id, kind, run_id, status, done, total, unit, started_at,"
+                  " updated_at, pid, token) VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?, ?)",
+                  [job_id, kind, run_id, total, unit, at, at, pid, token])
+
+
+def record_progress(store: Store, job_id: str, done: int, eta_s: float | None, message: str | None, at: str) -> None:
+    """Record how much of a job is done and its ETA (a None message keeps the last one)."""
+    store.execute("UPDATE jobs SET done = ?, eta_s = ?, updated_at = ?, message = coalesce(?, message) "
+                  "WHERE job_id = ?", [done, eta_s, at, message, job_id])
+
+
+def finish_job(store: Store, job_id: str, status: str, message: str | None, at: str) -> None:
+    """Mark a job finished with `status` (done, failed, cancelled); a None message keeps the last one."""
+    store.execute("UPDATE jobs SET status = ?, eta_s = 0, finished_at = ?, updated_at = ?, "
+                  "message = coalesce(?, message) WHERE job_id = ?", [status, at, at, message, job_id])
+
+
+def record_launch(store: Store, job_id: str, pid: int, token: str, command: str, log_path: str) -> None:
+    """Record the process a launched job runs in: its pid and token, command line and log file."""
+    store.execute("UPDATE jobs SET pid = ?, token = ?, command = ?, log_path = ?, message = coalesce(message, ?) "
+                  "WHERE job_id = ?", [pid, token, command, log_path, "starting", job_id])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 
+from auditor.job_queries import finish_job, record_progress, start_job
 from auditor.store import Store
 from pipelines.runs import now
 
@@ -19,9 +20,7 @@ class Job:
     def __init__(self, store: Store, job_id: str, kind: str, run_id: str, total: int, unit: str):
         self.store, self.job_id, self.total = store, job_id, total
         self._t0, self._done_at_start = time.monotonic(), None
-        store.execute("INSERT OR REPLACE INTO jobs (job_id, kind, run_id, status, done, total, unit, started_at,"
-                      " updated_at, pid, token) VALUES (?, ?, ?, 'running', 0, ?, ?, ?, ?, ?, ?)",
-                      [job_id, kind, run_id, total, unit, now(), now(), os.getpid(), os.environ.get(TOKEN_ENV)])
+        start_job(store, job_id, kind, run_id, total, unit, now(), os.getpid(), os.environ.get(TOKEN_ENV))
 
     @classmethod
     def attach(cls, store: Store, job_id: str, total: int = 0) -> Job:
@@ -39,11 +38,8 @@ class Job:
         fresh = done - self._done_at_start
         elapsed = time.monotonic() - self._t0
         eta = elapsed / fresh * (self.total - done) if fresh > 0 else None
-        self.store.execute("UPDATE jobs SET done = ?, eta_s = ?, updated_at = ?, message = coalesce(?, message) "
-                           "WHERE job_id = ?", [done, eta, now(), message, self.job_id])
+        record_progress(self.store, self.job_id, done, eta, message, now())
 
     def finish(self, status: str = "done", message: str | None = None) -> None:
         """Mark the job finished (done or failed)."""
-        self.store.execute("UPDATE jobs SET status = ?, eta_s = 0, finished_at = ?, updated_at = ?, "
-                           "message = coalesce(?, message) WHERE job_id = ?",
-                           [status, now(), now(), message, self.job_id])
+        finish_job(self.store, self.job_id, status, message, now())

@@ -103,8 +103,7 @@ def _spawn(store: Store, argv: list[str], kind: str, total: int, unit: str) -> s
     except OSError as exc:
         job.finish("failed", f"could not start: {exc}")
         raise
-    store.execute("UPDATE jobs SET pid = ?, token = ?, command = ?, log_path = ?, message = coalesce(message, ?) "
-                  "WHERE job_id = ?", [proc.pid, token, shlex.join(argv), str(log_path), "starting", job_id])
+    job_queries.record_launch(store, job_id, proc.pid, token, shlex.join(argv), str(log_path))
     return job_id
 
 
@@ -180,12 +179,6 @@ def is_alive(pid: int | None, started_at: datetime | None) -> bool:
                                         or process_start <= started_at + START_SLACK)
 
 
-def _running(store: Store) -> pd.DataFrame:
-    """Every job recorded as running, oldest first (job_id, pid, started_at, token; no token in older files)."""
-    return store.query("SELECT * FROM jobs WHERE status = 'running' ORDER BY started_at, job_id").reindex(
-        columns=["job_id", "pid", "started_at", "token"])
-
-
 def _carries_token(pid: int, token: str) -> bool:
     """Whether process `pid` was started with `token` as its job token (False where /proc cannot tell)."""
     try:
@@ -208,7 +201,7 @@ def _disproof(pid: int | None, started_at: datetime | None, token: str | None) -
 def refresh(store: Store) -> int:
     """Mark 'failed' every running job whose process is gone (killed, crashed, machine restarted) or is not the job
     (a reused pid, a database from another machine); returns how many."""
-    stale = [(job.job_id, reason) for job in _running(store).itertuples()
+    stale = [(job.job_id, reason) for job in job_queries.running_jobs(store).itertuples()
              if (reason := _disproof(job.pid, job.started_at, job.token)) is not None]
     for job_id, reason in stale:
         Job.attach(store, job_id).finish("failed", reason)
@@ -220,7 +213,7 @@ def cancel(store: Store, job_id: str) -> bool:
     group, SIGKILL after a grace period, then mark it (and the other running jobs of that process) 'cancelled'.
     A job whose process cannot prove it is marked 'failed' with the reason and nothing is signalled. False when the
     job is not running."""
-    running = _running(store)
+    running = job_queries.running_jobs(store)
     rows = running[running["job_id"].eq(job_id)]
     if rows.empty:
         return False

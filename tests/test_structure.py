@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 400
 # auditor modules over MAX_LINES today -> their line count now (the most they may have until they are split).
-OVER_LINES = {"auditor/store.py": 473}
+OVER_LINES = {"auditor/store.py": 417}
 # pipelines modules that still hold SQL -> how many SQL string literals they hold now.
 SQL_HOLDERS = {
     "pipelines/arrays.py": 2,
@@ -19,8 +19,6 @@ SQL_HOLDERS = {
     "pipelines/detectors_stage.py": 19,
     "pipelines/embeddings_stage.py": 6,
     "pipelines/experiment_stage.py": 22,
-    "pipelines/jobs.py": 3,
-    "pipelines/launcher.py": 2,
     "pipelines/memorization_stage.py": 19,
     "pipelines/runs.py": 6,
     "pipelines/stages.py": 10,
