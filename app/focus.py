@@ -30,7 +30,9 @@ _SCRIPT = """<script>
   doc.__memauditKeys = (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     const target = event.target;
-    if (target && (target.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName))) return;
+    const typing = target && (target.isContentEditable || ['TEXTAREA', 'SELECT'].includes(target.tagName)
+                              || (target.tagName === 'INPUT' && !['checkbox', 'radio'].includes(target.type)));
+    if (typing) return;
     const key = keys[event.key];
     const button = key && doc.querySelector('.st-key-' + key + ' button');
     if (!button || button.disabled) return;

@@ -182,6 +182,19 @@ def _apply(page, toast: str) -> None:
     page.get_by_text("0 picked", exact=True).wait_for()
 
 
+def _export(page, name: str) -> None:
+    """Open Export, write the cleaned manifest as `name` (csv) and wait for the confirmation."""
+    _go(page, "Export", "Export a cleaned manifest")
+    box = page.get_by_label("File name", exact=True)
+    box.fill(name)
+    with _rerun(page):
+        box.press("Enter")
+    with _rerun(page):
+        page.get_by_role("button", name="Export", exact=True).click()
+    page.get_by_text(re.compile(r"^Wrote \d+ of \d+ rows")).wait_for()
+    assert page.locator("[data-testid='stException']").count() == 0
+
+
 def _shoot(page, folder: Path, name: str) -> Path:
     path = folder / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
@@ -306,15 +319,7 @@ def test_curation_flow(page, app_url, curation_db, screenshot_dir):
     shots.append(_shoot(page, screenshot_dir, "decisions"))
 
     # 3. export under a name of our own
-    _go(page, "Export", "Export a cleaned manifest")
-    name = page.get_by_label("File name", exact=True)
-    name.fill(EXPORT_NAME)
-    with _rerun(page):
-        name.press("Enter")
-    with _rerun(page):
-        page.get_by_role("button", name="Export", exact=True).click()
-    page.get_by_text(re.compile(r"^Wrote \d+ of \d+ rows")).wait_for()
-    assert page.locator("[data-testid='stException']").count() == 0
+    _export(page, EXPORT_NAME)
     shots.append(_shoot(page, screenshot_dir, "export"))
 
     _go(page, "Jobs", "Jobs")
