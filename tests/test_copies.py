@@ -85,9 +85,9 @@ def test_pairs_and_flags_carry_how_the_copy_matched_and_its_own_cut(digits):
     threshold = calibrate_copies(CopyIndex(base, 10, exact_below=10 ** 9), base, sample=300, alpha=0.01)
     pairs = copy_pairs(graph, matches, np.array(["t0"]), np.array([f"b{i}" for i in range(300)]), np.zeros(1),
                        np.zeros(300), threshold, "pixel_leak")
-    assert pairs.iloc[0][["a_id", "b_id", "match"]].tolist() == ["b4", "t0", "mirrored"]
+    assert pairs.iloc[0][["a_id", "b_id"]].tolist() == ["b4", "t0"] and "mirrored" in pairs.iloc[0]["match"]
     detail = json.loads(leak_flags(pairs, {"pixel_leak": threshold})["detail"].iloc[0])
-    assert detail["match"] == "mirrored" and detail["threshold"] <= detail["similarity"]
+    assert "mirrored" in detail["match"] and detail["threshold"] <= detail["similarity"]
     assert detail["threshold_method"] == "synthetic_copies"
     self_graph, _ = copy_knn(base, 10, exact_below=10 ** 9)
     assert not (self_graph.indices == np.arange(300)[:, None]).any()

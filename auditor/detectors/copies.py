@@ -5,9 +5,13 @@ Each image is put in a canonical frame by its moments (Hu's normalisation): the 
 border's median grey, above a noise floor) is moved to the centre by its centre of mass and scaled to a fixed radius
 of gyration, then lightly blurred and resampled to SIZE x SIZE. A shift, or a crop that keeps the object, moves the
 centre of mass and changes the radius exactly as it moves and scales the object, so both drop out. A query is also
-looked at mirrored and rotated by +-ROTATION degrees (VIEWS); the similarity of a pair is the best cosine of the
-mean-centred frames over the views, and the view that won is the match's evidence. Contrast and brightness cancel
-in the centred cosine; blur, noise and JPEG only lower it a little.
+looked at mirrored and rotated by +-ROTATION degrees (VIEWS), against the base's frames as they are, blurred (a
+blurred copy meets its source blurred alike) and stretched (each axis at its own radius: an uneven crop). A pair's
+similarity is the best cosine of the mean-centred frames over these MATCHES, and the match that won is its evidence.
+Contrast and brightness cancel in the centred cosine; noise and JPEG only lower it a little.
+
+Whether a pair is a copy is decided on its copy score (copy_scores: how much closer than the query's
+REFERENCE_RANK-th neighbour), cut where synthetic copies of the user's own images say (calibrate_copies).
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ ROTATION = 9.0
 # (mirrored, degrees) of each query view; the base is always seen in view 0.
 VIEWS: tuple[tuple[bool, float], ...] = tuple((m, a) for m in (False, True) for a in (0.0, -ROTATION, ROTATION))
 # Extra blur of the base's frames (pixels of a 28-px side): a blurred copy matches its source blurred alike.
-BASE_BLURS = (0.0, 1.0)
-# Every (base blur, query view) pair searched, in the order of a match's index.
-MATCHES: tuple[tuple[float, int], ...] = tuple((b, v) for b in BASE_BLURS for v in range(len(VIEWS)))
+# Each base index: (extra blur, stretched). Stretched frames scale each axis to its own radius, so a crop that cut
+# the sides unevenly (a stretch) drops out too; they are searched with the unrotated views only.
+BASES: tuple[tuple[float, bool], ...] = ((0.0, False), (1.0, False), (0.0, True))
+# Every (base, query view) pair searched, in the order of a match's index.
+MATCHES: tuple[tuple[int, int], ...] = tuple((b, v) for b, (_, stretched) in enumerate(BASES)
+                                             for v in range(len(VIEWS)) if not (stretched and VIEWS[v][1]))
 # The neighbour (0-based rank) whose distance a copy score is relative to: below it, up to this many copies of one
 # image can sit without raising the reference.
 REFERENCE_RANK = 5
@@ -42,10 +49,10 @@ _MOMENT_BLUR = 1.0
 
 def match_name(match: int) -> str:
     """How a copy matched its source: 'aligned', 'mirrored', 'rotated +9', 'blurred, mirrored, rotated -9'."""
-    blur, view = MATCHES[match]
-    mirrored, angle = VIEWS[view]
-    parts = (["blurred"] if blur else []) + (["mirrored"] if mirrored else []) + (
-        [f"rotated {angle:+g}"] if angle else [])
+    base, view = MATCHES[match]
+    (blur, stretched), (mirrored, angle) = BASES[base], VIEWS[view]
+    parts = [name for name, on in (("blurred", blur), ("stretched", stretched), ("mirrored", mirrored)) if on]
+    parts += [f"rotated {angle:+g}"] if angle else []
     return ", ".join(parts) or "aligned"
 
 
@@ -55,9 +62,10 @@ def _grey(images: np.ndarray) -> np.ndarray:
     return images.mean(axis=1) if images.ndim == 4 else images
 
 
-def frames(images: np.ndarray, views: tuple[int, ...] = (0,), blur: float = 0.0) -> np.ndarray:
+def frames(images: np.ndarray, views: tuple[int, ...] = (0,), blur: float = 0.0, stretched: bool = False
+           ) -> np.ndarray:
     """(len(views), N, SIZE * SIZE) float32 mean-centred canonical frames of the images (module docstring), blurred
-    by `blur` more (in pixels of a 28-px side)."""
+    by `blur` more (in pixels of a 28-px side), each axis scaled to its own radius if `stretched`."""
     grey = _grey(images)
     n, h, w = grey.shape
     side = max(h, w)
@@ -70,17 +78,18 @@ def frames(images: np.ndarray, views: tuple[int, ...] = (0,), blur: float = 0.0)
         dev = np.abs(ndimage.gaussian_filter(img, _MOMENT_BLUR * side / 28, mode="nearest") - background)
         weight = np.maximum(dev - _FLOOR * np.quantile(dev, 0.99), 0)
         total = weight.sum()
-        cy, cx, radius = (h - 1) / 2, (w - 1) / 2, _RADIUS * SIZE * side / SIZE
+        cy, cx, radii = (h - 1) / 2, (w - 1) / 2, np.full(2, _RADIUS * side)
         if total > 0:
             cy, cx = (weight * yy).sum() / total, (weight * xx).sum() / total
-            radius = np.sqrt((weight * ((yy - cy) ** 2 + (xx - cx) ** 2)).sum() / total)
-        scale = float(np.clip(radius / (_RADIUS * SIZE), 0.25 * side / SIZE, 2 * side / SIZE))
+            radii = np.sqrt(2 * np.array([(weight * (yy - cy) ** 2).sum(), (weight * (xx - cx) ** 2).sum()]) / total)
+            radii = radii if stretched else np.full(2, np.sqrt(np.mean(radii ** 2)))
+        scale = np.clip(radii / (_RADIUS * SIZE), 0.25 * side / SIZE, 2 * side / SIZE)
         smooth = ndimage.gaussian_filter(img, sigma, mode="nearest")
         for v, view in enumerate(views):
             mirrored, angle = VIEWS[view]
             t = np.deg2rad(angle)
             rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-            matrix = scale * rot @ np.diag([1.0, -1.0 if mirrored else 1.0])
+            matrix = rot @ np.diag([scale[0], -scale[1] if mirrored else scale[1]])
             offset = np.array([cy, cx]) - matrix @ np.array([half, half])
             frame = ndimage.affine_transform(smooth, matrix, offset, output_shape=(SIZE, SIZE), order=1,
                                              mode="constant", cval=background).ravel()
@@ -109,12 +118,12 @@ def _merge(parts: list[KnnGraph], k: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 class CopyIndex:
-    """The canonical frames of a base set of images, at each of BASE_BLURS, searched with every view of queries."""
+    """The canonical frames of a base set of images, one index per BASES entry, searched with the views of queries."""
 
     def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000, index: str = "hnsw") -> None:
         self.shape = np.shape(base)[1:]
-        self.indices = [NeighborIndex(frames(base, blur=b)[0], k, exact_below=exact_below, index=index)
-                        for b in BASE_BLURS]
+        self.indices = [NeighborIndex(frames(base, blur=b, stretched=st)[0], k, exact_below=exact_below,
+                                      index=index) for b, st in BASES]
 
     def search(self, query: np.ndarray, k: int, *, own_rows: np.ndarray | None = None
                ) -> tuple[KnnGraph, np.ndarray]:
@@ -126,8 +135,8 @@ class CopyIndex:
         own = None if own_rows is None else np.asarray(own_rows)
         first = self.indices[0]
         k = min(k, len(first.base) - (0 if own is None else 1))
-        views = frames(queries, tuple(range(len(VIEWS))))
-        parts = [built.search(views[v], k, own_rows=own) for built in self.indices for v in range(len(VIEWS))]
+        views = {st: frames(queries, tuple(range(len(VIEWS))), stretched=st) for st in {st for _, st in BASES}}
+        parts = [self.indices[b].search(views[BASES[b][1]][v], k, own_rows=own) for b, v in MATCHES]
         indices, sims, won = _merge(parts, k)
         return KnnGraph(indices=indices, similarities=sims, exact=first.exact,
                         index_kind=f"{first.kind},copy matches={len(MATCHES)}"), won
@@ -200,4 +209,5 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
         "null_q90": float(q90), "tail_scale": scale, "false_positives": false_pos,
         "false_positive_rate": false_pos / len(null), "false_positive_interval": [float(fp_low), float(fp_high)],
         "recall": recall, "source_in_top_k": float(np.isfinite(copy_score).mean()),
-        "copy_score_quantiles": np.quantile(np.maximum(copy_score, np.log(IDENTICAL_GAP)), [0.05, 0.25, 0.5]).tolist()})
+        "copy_score_quantiles": np.quantile(np.maximum(copy_score, np.log(IDENTICAL_GAP)),
+                                            [0.05, 0.25, 0.5]).tolist()})
