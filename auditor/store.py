@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import random
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import duckdb
 import pandas as pd
 
 from auditor.flag_kinds import FLAG_PRIORITY, triage_sql
+from auditor.store_gate import gate_for
 
 SCHEMA_VERSION = 2
 
@@ -238,62 +238,6 @@ class StoreCorrupt(RuntimeError):
     """The file is not a readable DuckDB database (corrupt, truncated or half-written, or another kind of file)."""
 
 
-class _Gate:
-    """Turns between the read-only and the read-write connections to one file within this process.
-
-    DuckDB refuses to open a file read-only while this process has it open read-write, and the reverse ('different
-    configuration than existing connections'): the dashboard's sessions, one thread each, would fail each other's
-    reads and decisions. Any number of connections of one mode may be open together; a connection of the other mode
-    waits until they are closed. A waiting writer holds back new readers, so a stream of page renders cannot starve a
-    decision; a thread that already holds a connection never waits (its own nested connection cannot wait for itself).
-    """
-
-    def __init__(self) -> None:
-        self._changed = threading.Condition()
-        self._held: dict[bool, dict[int, int]] = {True: {}, False: {}}  # read_only -> thread id -> connections
-        self._writers_waiting = 0
-
-    def enter(self, read_only: bool, deadline: float) -> bool:
-        """Take a turn for one connection of this mode (True), or False when `deadline` passed first."""
-        me = threading.get_ident()
-        with self._changed:
-            if me not in self._held[True] and me not in self._held[False]:
-                other = self._held[not read_only]
-                self._writers_waiting += not read_only
-                try:
-                    ready = self._changed.wait_for(lambda: not other and (not read_only or not self._writers_waiting),
-                                                   timeout=max(deadline - time.monotonic(), 0))
-                finally:
-                    self._writers_waiting -= not read_only
-                    self._changed.notify_all()
-                if not ready:
-                    return False
-            held = self._held[read_only]
-            held[me] = held.get(me, 0) + 1
-            return True
-
-    def leave(self, read_only: bool) -> None:
-        """End the turn of one connection of this mode taken by this thread."""
-        me = threading.get_ident()
-        with self._changed:
-            held = self._held[read_only]
-            held[me] -= 1
-            if not held[me]:
-                del held[me]
-            self._changed.notify_all()
-
-
-_GATES: dict[str, _Gate] = {}
-_GATES_LOCK = threading.Lock()
-
-
-def _gate(path: Path) -> _Gate:
-    """The one gate of this process for the file at `path`."""
-    key = str(path.resolve())
-    with _GATES_LOCK:
-        return _GATES.setdefault(key, _Gate())
-
-
 class Store:
     """Handle on one audit database file; cheap to create, holds no connection between calls."""
 
@@ -327,7 +271,7 @@ class Store:
         try:
             con.close()
         finally:
-            _gate(self.path).leave(read_only)
+            gate_for(self.path).leave(read_only)
 
     @contextlib.contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -357,9 +301,9 @@ class Store:
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         """A new connection (close it with `_close`): first this mode's turn among the connections of this process
-        (`_Gate`), then the file, retrying with jittered backoff while another process holds it."""
+        (`store_gate.Gate`), then the file, retrying with jittered backoff while another process holds it."""
         deadline = time.monotonic() + self.timeout_s
-        gate = _gate(self.path)
+        gate = gate_for(self.path)
         if not gate.enter(read_only, deadline):
             raise StoreBusy(f"{self.path} stayed open {'read-write' if read_only else 'read-only'} in this process "
                             f"for {self.timeout_s:.0f}s; try again")
