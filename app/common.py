@@ -22,7 +22,7 @@ from app.reviewer import reviewer_box
 from auditor import queries
 from auditor.flag_kinds import REGISTRY, evidence_style
 from auditor.thumbnails import FileChanged, thumbnail as make_thumbnail
-from auditor.store import Store, StoreBusy, StoreCorrupt
+from auditor.store import Store, StoreBusy, StoreCorrupt, StoreUnwritable
 
 DB_ENV = "MEMAUDIT_DB"
 USAGE = f"start the dashboard with `memaudit app --db PATH` (or `streamlit run app/main.py -- --db PATH`, or {DB_ENV})"
@@ -115,6 +115,9 @@ def open_store() -> Store:
     if path is None:
         st.error(f"No audit database given: {USAGE}.")
         st.stop()
+    if path.is_dir():
+        st.error(f"`{path}` is a folder, not an audit database; start the dashboard on the .duckdb file: {USAGE}.")
+        st.stop()
     if not path.is_file():
         st.error(f"The audit database `{path}` does not exist; create it with `memaudit run --db {path}`.")
         st.stop()
@@ -144,6 +147,8 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
                 render(store)
             finally:
                 _PAGE_STORE.reset(token)
+    except StoreUnwritable as exc:
+        st.error(f"Could not save: {exc}")
     except (StoreBusy, StoreCorrupt, duckdb.Error) as exc:
         st.error(f"Could not read the audit database: {exc}")
 

@@ -194,6 +194,15 @@ def _cell(value) -> str:
     return str(value).strip()
 
 
+def _delimiter_hint(columns: list[str]) -> str:
+    """For a CSV read as one column whose name holds another separator (';', tab, '|'): how to fix it; else ''."""
+    if len(columns) != 1:
+        return ""
+    found = [sep for sep in (";", "\t", "|") if sep in columns[0]]
+    return (f"; the header looks {found[0]!r}-separated: save the file with commas between the columns "
+            "(memaudit reads comma-separated CSV)") if found else ""
+
+
 def _list_manifest(path: Path) -> Listing:
     table = _read_table(path)
     table.columns = [str(c).strip().lower() for c in table.columns]
@@ -202,7 +211,7 @@ def _list_manifest(path: Path) -> Listing:
         raise ManifestError(
             f"manifest {path} is missing the column{'s' if len(missing) > 1 else ''} "
             f"{', '.join(repr(c) for c in missing)}; it has {', '.join(map(repr, table.columns)) or 'no columns'} "
-            f"and needs path, label, split (sample_id optional)")
+            f"and needs path, label, split (sample_id optional){_delimiter_hint(list(table.columns))}")
     root = path.parent.resolve()
     listing = Listing(root=root)
     has_id = "sample_id" in table.columns

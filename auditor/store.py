@@ -18,6 +18,7 @@ import pandas as pd
 
 from auditor.flag_kinds import FLAG_PRIORITY, triage_sql
 from auditor.store_gate import gate_for
+from auditor.write_errors import StoreUnwritable, explain_write_failure
 
 SCHEMA_VERSION = 2
 
@@ -294,7 +295,7 @@ class Store:
         try:
             yield con
         except duckdb.Error as exc:
-            self._raise_if_corrupt(exc)
+            self._raise_if_corrupt(exc, read_only)
             raise
         finally:
             self._close(con, read_only)
@@ -313,7 +314,7 @@ class Store:
                 try:
                     return duckdb.connect(str(self.path), read_only=read_only)
                 except duckdb.Error as exc:
-                    self._raise_if_corrupt(exc)
+                    self._raise_if_corrupt(exc, read_only)
                     if not any(m in str(exc) for m in _LOCK_MARKERS):
                         raise
                     if time.monotonic() > deadline:
@@ -326,8 +327,12 @@ class Store:
             gate.leave(read_only)
             raise
 
-    def _raise_if_corrupt(self, exc: duckdb.Error) -> None:
-        """Turn DuckDB's read errors on a damaged file (at open or at a later read) into one clear StoreCorrupt."""
+    def _raise_if_corrupt(self, exc: duckdb.Error, read_only: bool = True) -> None:
+        """Turn DuckDB's read errors on a damaged file (at open or at a later read) into one clear StoreCorrupt, and
+        (writing) its words for a full disk or a read-only file (at open, write or commit) into StoreUnwritable."""
+        unwritable = None if read_only else explain_write_failure(exc, self.path)
+        if unwritable is not None:
+            raise StoreUnwritable(unwritable) from exc
         if any(m in str(exc) for m in _CORRUPT_MARKERS):
             raise StoreCorrupt(
                 f"{self.path} is not a readable audit database ({str(exc).splitlines()[0]}); it may be corrupt or "
@@ -383,7 +388,8 @@ class Store:
                     _refresh_summaries(con)
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT has ended it already
+                    con.execute("ROLLBACK")
                 raise
 
     def summaries_fresh(self) -> bool:

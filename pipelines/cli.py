@@ -16,6 +16,7 @@ from auditor.config import ConfigError, load_config
 from auditor.export import ExportSummary, export_manifest
 from auditor.manifest import ManifestError
 from auditor.store import Store, StoreBusy
+from auditor.write_errors import explain_write_failure
 from auditor.sweep import METHODS, SweepSpec
 from pipelines.launcher import tracked
 from pipelines.progress import terminal
@@ -25,6 +26,8 @@ from pipelines.writer_lock import writer_lock
 APP_ENTRY = Path(__file__).resolve().parent.parent / "app" / "main.py"
 # How long `memaudit app` waits for streamlit to stop after forwarding it a signal before killing it.
 APP_STOP_GRACE_S = 10.0
+# Errors whose message already names the cause and the fix: printed as they are (exit 2), never as a traceback.
+CLEAR_ERRORS = (ConfigError, ManifestError, StoreBusy, FileNotFoundError, ValueError, RuntimeError)
 
 
 def _executor_overrides(args: argparse.Namespace) -> dict | None:
@@ -58,6 +61,9 @@ def app_command(db: str | Path, host: str, port: int) -> list[str]:
 
 
 def _cmd_app(args: argparse.Namespace) -> int:
+    if Path(args.db).is_dir():
+        raise ValueError(f"{args.db} is a folder, not an audit database; give the .duckdb file "
+                         f"(`memaudit app --db {Path(args.db) / 'audit.duckdb'}`, say)")
     if not Path(args.db).exists():
         raise FileNotFoundError(f"{args.db} does not exist; create it first with `memaudit run --db {args.db}`")
     print(f"memaudit dashboard: http://{args.host}:{args.port}  (Ctrl+C to stop)", flush=True)
@@ -279,8 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, ManifestError, StoreBusy, FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"memaudit: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # a full disk or read-only folder, whoever noticed it (DuckDB, torch, the OS)
+        reason = explain_write_failure(exc, getattr(args, "db", None) or ".")
+        if reason is None and not isinstance(exc, CLEAR_ERRORS):
+            raise
+        print(f"memaudit: error: {reason or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("memaudit: interrupted; re-run the same command to resume (finished seeds are kept)", file=sys.stderr)

@@ -21,7 +21,7 @@ from auditor.dynamics_scores import dynamics_scores
 from auditor.embeddings import save_model_checkpoint
 from auditor.flags import memorized_candidates, unreadable_flags
 from auditor.ingest import ingest
-from auditor.manifest import list_inputs
+from auditor.manifest import ManifestError, list_inputs
 from auditor.provenance import fingerprint
 from auditor.store import Store
 from auditor.training import EpochLog, resolve_device, train_model
@@ -68,6 +68,13 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
                          ("DELETE FROM problems WHERE stage = 'ingest'", []),
                          ("DELETE FROM meta WHERE key = ?", [DATA_SOURCE_KEY])])
     seconds = time.perf_counter() - t0
+    listed_test = sum(row.split == "test" for row in listing.rows)
+    if not (result.samples["split"] == "test").any():
+        why = ("no test split" if not listed_test else
+               f"none of its {listed_test} test images could be read (their reasons are in `problems`)")
+        finish_run(store, run_id, status="failed", seconds=seconds, message=f"no usable test images: {why}")
+        raise ManifestError(f"{source} has no usable test images ({why}); add images under test/<class>/ (or manifest "
+                            "rows with split 'test'): test accuracy, leaks and memorization are measured on them")
     finish_run(store, run_id, seconds=seconds, message=f"{len(result.samples)} samples, "
                                                        f"{len(result.problems)} problems from {source}")
     splits = result.samples["split"].value_counts().to_dict()
