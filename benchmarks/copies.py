@@ -117,7 +117,8 @@ def run(name: str, seeds: list[int], per_edit: int) -> None:
         planted_pairs = {(int(min(s, r)), int(max(s, r))) for s, r in zip(planted["dup_src"], planted["dup_rows"])}
         precision["duplicate"][0] += len(set(zip(dups["a_id"], dups["b_id"])) & planted_pairs)
         precision["duplicate"][1] += len(dups)
-        thresholds.append(f"seed {seed}: cut {detail['value']:.3f}, promised false-positive rate "
+        thresholds.append(f"seed {seed}: copy-score cut {detail['value']:.3f} for alpha {detail['alpha']}; the "
+                          f"calibration sample's own rate at it (its planted copies included) "
                           f"{detail['false_positive_rate']:.4f} {np.round(detail['false_positive_interval'], 4)}")
     scored = pd.concat(found, ignore_index=True)
     rows = []

@@ -174,8 +174,8 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
     user's own images: `sample` base images are edited (`edits` in turn) and searched against the base.
 
     The null is the unedited images' nearest-neighbour score (their nearest non-copy). Its upper tail is modelled as
-    exponential, scale (q90 - q50) / ln 5, and the cut is q50 + scale * ln(0.5 / alpha): read from the median and
-    90th percentile, it is not raised by real copies in the data (up to ~10 % of the images), which an empirical
+    exponential, scale (q75 - q50) / ln 2, and the cut is q50 + scale * ln(0.5 / alpha): read from the median and
+    upper quartile, it is not raised by real copies in the data (up to ~20 % of the images), which an empirical
     (1 - alpha) quantile would sit on. Detail records the sample's own rate at the cut (real copies included, so an
     upper bound) and each edit's recall, with 95 % Jeffreys intervals."""
     if not 0 < alpha < 1 or sample < 2:
@@ -191,8 +191,8 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
     own, _ = index.search(base[rows], k, own_rows=rows)
     null = copy_scores(own)[:, 0]
     null = null[np.isfinite(null)]
-    median, q90 = np.quantile(null, [0.5, 0.9])
-    scale = max(float(q90 - median), 1e-9) / np.log(5.0)
+    median, q75 = np.quantile(null, [0.5, 0.75])
+    scale = max(float(q75 - median), 1e-9) / np.log(2.0)
     value = float(median + scale * np.log(0.5 / alpha))
     false_pos = int(np.sum(null >= value))
     fp_low, fp_high = jeffreys_interval(false_pos, len(null))
@@ -206,7 +206,7 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
     return Threshold(value=value, method="synthetic_copies", detail={
         "alpha": alpha, "sample": len(rows), "seed": seed, "edits": list(edits), "reference_rank": REFERENCE_RANK,
         "matches": [match_name(m) for m in range(len(MATCHES))], "null_median": float(median),
-        "null_q90": float(q90), "tail_scale": scale, "false_positives": false_pos,
+        "null_q75": float(q75), "tail_scale": scale, "false_positives": false_pos,
         "false_positive_rate": false_pos / len(null), "false_positive_interval": [float(fp_low), float(fp_high)],
         "recall": recall, "source_in_top_k": float(np.isfinite(copy_score).mean()),
         "copy_score_quantiles": np.quantile(np.maximum(copy_score, np.log(IDENTICAL_GAP)),
