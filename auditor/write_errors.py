@@ -15,8 +15,9 @@ _FULL_TEXT = ("No space left on device", "Disk quota exceeded", "unexpected pos"
 _READ_ONLY_TEXT = ("Read-only file system", "Permission denied")
 
 
-class StoreUnwritable(RuntimeError):
-    """A write to the audit database failed because the disk is full or the file or its folder is read-only."""
+class StoreUnwritable(ValueError):
+    """A write to the audit database failed because the disk is full or the file or its folder is read-only. A
+    ValueError (like WriterBusy), so the dashboard's decision and launch forms report it as their other refusals."""
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:

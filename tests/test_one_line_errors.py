@@ -190,3 +190,19 @@ def test_the_dashboard_says_could_not_save_for_a_read_only_database(tmp_path, da
         at = AppTest.from_function(page).run(timeout=60)
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("Could not save: cannot write") and "read-only" in errors[0]
+
+
+def test_a_decision_on_a_read_only_database_is_not_saved_with_the_reason(tmp_path, data_home, monkeypatch):
+    folder = tmp_path / "ro"
+    done = memaudit("run", "--data", _folder(tmp_path / "data"), "--db", folder / "a.duckdb", "--stages", "ingest")
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("MEMAUDIT_DB", str(folder / "a.duckdb"))
+    at = AppTest.from_file(str(Path(cli.APP_ENTRY).parent / "views" / "point.py"))
+    at.session_state["reviewer"] = "tester"
+    at.query_params["id"] = "train/a/1.png"
+    at.run(timeout=60)
+    with read_only(folder):
+        at.button(key="point_keep").click().run(timeout=60)
+    assert not at.exception, [e.value for e in at.exception]
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("Not saved: cannot write") and "read-only" in errors[0]
