@@ -125,7 +125,7 @@ def _already_decided(store: Store, chosen: list[str], action: str) -> None:
     decided = current_decisions(store, chosen)
     if decided.empty:
         return
-    counts = ", ".join(f"{n} {a}" for a, n in decided["action"].value_counts().items())
+    counts = ", ".join(f"{n} {a} by {who}" for (a, who), n in decided[["action", "reviewer"]].value_counts().items())
     st.warning(f"{len(decided)} of the {len(chosen)} picked images already have a decision ({counts}): Apply "
                "leaves them as they are unless you tick 'Replace'.")
     st.checkbox(f"Replace their decisions with '{action}'", key="decision_replace")

@@ -69,7 +69,7 @@ def _reason(row: tuple) -> str:
 def _plan(store: Store, apply_relabels: bool, drop_removed: bool, kinds: list[str]) -> pd.DataFrame:
     """Every sample with its decision, the drop kinds it carries, and what the export does with it (`change`)."""
     samples = store.query("SELECT sample_id, path, label, split FROM samples ORDER BY sample_id")
-    decisions = current_decisions(store).drop(columns=["split", "label"])
+    decisions = current_decisions(store).drop(columns=["split", "label", "path"])
     flagged = store.query("SELECT sample_id, list(DISTINCT kind ORDER BY kind) AS kinds FROM flags "
                           "WHERE list_contains(?::VARCHAR[], kind) GROUP BY sample_id", [kinds])
     rows = samples.merge(decisions, on="sample_id", how="left").merge(flagged, on="sample_id", how="left")

@@ -13,7 +13,8 @@ import pandas as pd
 from auditor.store import Store
 
 ACTIONS: tuple[str, ...] = ("keep", "remove", "relabel")
-DECISION_COLUMNS = ["sample_id", "split", "label", "action", "new_label", "note", "reviewer", "decided_at"]
+DECISION_COLUMNS = ["sample_id", "split", "label", "action", "new_label", "note", "reviewer", "decided_at", "path"]
+CONFLICT_COLUMNS = ["sample_id", "reviewer", "action", "new_label", "note", "decided_at", "counts"]
 HISTORY_COLUMNS = ["decision_id", "sample_id", "action", "new_label", "note", "reviewer", "decided_at", "undoes"]
 # How many unknown ids an error message names before it abbreviates.
 _SHOWN_IDS = 10
@@ -111,15 +112,39 @@ def undo(store: Store, sample_ids: Sequence[str], *, reviewer: str) -> int:
 
 
 def current_decisions(store: Store, sample_ids: Sequence[str] | None = None, *, limit: int | None = None,
-                      offset: int = 0) -> pd.DataFrame:
-    """The decision that counts for each decided sample (of `sample_ids`, else all), newest first, one page of
-    `limit` rows from `offset` (all when `limit` is None)."""
-    where, params = ("", []) if sample_ids is None else ("WHERE list_contains(?::VARCHAR[], c.sample_id)",
-                                                         [list(sample_ids)])
+                      offset: int = 0, reviewer: str | None = None) -> pd.DataFrame:
+    """The decision that counts for each decided sample (of `sample_ids`, else all; made by `reviewer`, else by
+    anyone), newest first, one page of `limit` rows from `offset` (all when `limit` is None)."""
     return _read(store, "SELECT c.sample_id, s.split, s.label, c.action, c.new_label, c.note, c.reviewer, "
-                        f"c.decided_at FROM current_reviews c JOIN samples s USING (sample_id) {where} "
-                        "ORDER BY c.decided_at DESC, c.decision_id DESC LIMIT ? OFFSET ?", [*params, limit, offset],
+                        "c.decided_at, s.path FROM current_reviews c JOIN samples s USING (sample_id) "
+                        "WHERE (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], c.sample_id)) "
+                        "AND (?::VARCHAR IS NULL OR c.reviewer = ?) "
+                        "ORDER BY c.decided_at DESC, c.decision_id DESC LIMIT ? OFFSET ?",
+                 [ids := None if sample_ids is None else list(sample_ids), ids, reviewer, reviewer, limit, offset],
                  pd.DataFrame(columns=DECISION_COLUMNS))
+
+
+def reviewers(store: Store) -> list[str]:
+    """Everyone who has recorded a decision or an undo, by name."""
+    return _read(store, "SELECT DISTINCT reviewer FROM reviews ORDER BY reviewer", [],
+                 pd.DataFrame(columns=["reviewer"]))["reviewer"].tolist()
+
+
+def conflicts(store: Store) -> pd.DataFrame:
+    """The samples on which reviewers disagree: each reviewer's latest standing decision (undone ones left out) on
+    every sample where two or more reviewers' differ in action or new label, one row per reviewer, newest first;
+    `counts` marks the decision that is current."""
+    return _read(store, "WITH live AS (SELECT * FROM reviews WHERE action <> 'undo' AND decision_id NOT IN "
+                        "      (SELECT undoes FROM reviews WHERE undoes IS NOT NULL)), "
+                        "latest AS (SELECT * FROM live QUALIFY row_number() OVER (PARTITION BY sample_id, reviewer "
+                        "      ORDER BY decided_at DESC, decision_id DESC) = 1), "
+                        "split AS (SELECT sample_id FROM latest GROUP BY sample_id "
+                        "      HAVING count(DISTINCT action || '/' || coalesce(new_label, '')) > 1) "
+                        "SELECT l.sample_id, l.reviewer, l.action, l.new_label, l.note, l.decided_at, "
+                        "       l.decision_id = c.decision_id AS counts "
+                        "FROM latest l JOIN split USING (sample_id) JOIN current_reviews c USING (sample_id) "
+                        "ORDER BY max(l.decided_at) OVER (PARTITION BY l.sample_id) DESC, l.sample_id, "
+                        "         l.decided_at DESC", [], pd.DataFrame(columns=CONFLICT_COLUMNS))
 
 
 def decision_history(store: Store, sample_id: str) -> pd.DataFrame:
@@ -128,11 +153,14 @@ def decision_history(store: Store, sample_id: str) -> pd.DataFrame:
                         "ORDER BY decided_at, decision_id", [sample_id], pd.DataFrame(columns=HISTORY_COLUMNS))
 
 
-def decision_counts(store: Store) -> pd.DataFrame:
-    """Samples per current action (action, samples), every action listed, in ACTIONS order."""
+def decision_counts(store: Store, reviewer: str | None = None) -> pd.DataFrame:
+    """Samples per current action (action, samples) of `reviewer`'s decisions (else everyone's), every action
+    listed, in ACTIONS order."""
     return _read(store, "SELECT a.action, count(s.sample_id) AS samples FROM unnest(?::VARCHAR[]) AS a(action) "
-                        "LEFT JOIN current_reviews c USING (action) LEFT JOIN samples s USING (sample_id) "
-                        "GROUP BY a.action ORDER BY list_position(?, a.action)", [list(ACTIONS), list(ACTIONS)],
+                        "LEFT JOIN current_reviews c ON c.action = a.action AND (?::VARCHAR IS NULL OR c.reviewer = ?) "
+                        "LEFT JOIN samples s USING (sample_id) "
+                        "GROUP BY a.action ORDER BY list_position(?, a.action)",
+                 [list(ACTIONS), reviewer, reviewer, list(ACTIONS)],
                  pd.DataFrame({"action": list(ACTIONS), "samples": 0}))
 
 

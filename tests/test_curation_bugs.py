@@ -161,7 +161,7 @@ def test_bulk_decisions_leave_decided_images_unless_told_to_replace(db):
     decide_in_review(at, [kept], "keep")
     at.button(key="bulk_pick_page").click().run(timeout=60)
     at.selectbox(key="decision_action").select("remove").run(timeout=60)
-    assert any("1 of the 24 picked images already have a decision (1 keep)" in w.value for w in at.warning)
+    assert any("1 of the 24 picked images already have a decision (1 keep by tester)" in w.value for w in at.warning)
     at.button(key="decision_apply").click().run(timeout=60)
     decided = current_decisions(store).set_index("sample_id")["action"]
     assert decided[kept] == "keep" and (decided.drop(kept) == "remove").all() and len(decided) == 24

@@ -1,13 +1,14 @@
 """The reviewer's name (issue 15): never a silent default such as the OS user; kept in the URL, so a reload or a
-new tab signs with the same name (Streamlit AppTest on a private copy of the small database)."""
+new tab signs with the same name; Decisions filters by reviewer and shows where reviewers disagree (Streamlit
+AppTest on a private copy of the small database)."""
 
 from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from auditor.reviews import current_decisions
+from auditor.reviews import current_decisions, record_decisions
 from auditor.store import Store
-from test_dashboard_pages import PAGES, db, errors, grid_ids  # noqa: F401 (fixture)
+from test_dashboard_pages import PAGES, db, errors, grid_ids, page  # noqa: F401 (fixture)
 
 
 def test_nothing_is_recorded_before_the_reviewer_names_themselves(db):
@@ -33,3 +34,21 @@ def test_a_reload_keeps_the_reviewer_from_the_url(db):
     at.switch_page("views/review.py").run(timeout=60)
     assert not errors(at) and at.sidebar.text_input(key="reviewer").value == "ben"
     assert at.query_params["reviewer"] == "ben"  # Review's own view in the URL keeps the name
+
+
+def test_decisions_filter_by_reviewer_and_show_their_conflicts(db):
+    store = Store(db)
+    one, two = store.query("SELECT sample_id FROM samples WHERE split = 'train' ORDER BY sample_id LIMIT 2")[
+        "sample_id"]
+    record_decisions(store, [one, two], "keep", reviewer="ana")
+    record_decisions(store, [one], "remove", reviewer="ben")  # ben overrides ana on `one`: a conflict, not a loss
+    at = page("decisions")
+    assert not errors(at)
+    assert any("Reviewers disagree on 1 image" in w.value for w in at.warning)
+    conflict, table = (d.value for d in at.dataframe[:2])  # the conflicts, then the decisions
+    assert sorted(zip(conflict["sample_id"], conflict["reviewer"], conflict["action"], conflict["counts"])) == [
+        (one, "ana", "keep", False), (one, "ben", "remove", True)]
+    assert table["image"].str.startswith("data:image/png;base64,").all()
+    assert table.set_index("sample_id")["detail"].to_dict() == {i: f"point?id={i}&reviewer=tester" for i in (one, two)}
+    at.selectbox(key="decisions_reviewer").select("ana").run(timeout=60)
+    assert at.dataframe[1].value["sample_id"].tolist() == [two]

@@ -115,3 +115,19 @@ def test_file_written_before_reviews_existed(store):
     assert undo(store, [sample], reviewer="ana") == 0
     record_decisions(store, [sample], "remove", reviewer="ana")
     assert current_decisions(store)["sample_id"].tolist() == [sample]
+
+
+def test_conflicting_decisions_of_two_reviewers_are_listed(store):
+    one, two, three = _train_ids(store, 3)
+    record_decisions(store, [one, two, three], "keep", reviewer="ana")
+    record_decisions(store, [one], "remove", reviewer="ben")
+    record_decisions(store, [two], "keep", reviewer="ben")  # agrees: no conflict
+    record_decisions(store, [three], "remove", reviewer="ben")
+    undo(store, [three], reviewer="ben")  # ben's remove undone: ana's keep stands alone
+    found = reviews.conflicts(store)
+    assert sorted(zip(found["sample_id"], found["reviewer"], found["action"], found["counts"])) == [
+        (one, "ana", "keep", False), (one, "ben", "remove", True)]
+    assert reviews.reviewers(store) == ["ana", "ben"]
+    assert current_decisions(store, reviewer="ana")["sample_id"].tolist() == [three]
+    assert reviews.decision_counts(store, "ben").set_index("action")["samples"].to_dict() == {
+        "keep": 1, "remove": 1, "relabel": 0}
