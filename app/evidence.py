@@ -76,7 +76,9 @@ def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thre
         labels = (f"**{label_text(row['label'])}** and **{label_text(best['label'])}**" if same else
                   f":red[**{label_text(row['label'])}** and **{label_text(best['label'])}**: the labels differ]")
         facts = [f"similarity **{best['similarity']:.4f}**"
-                 + (" (an exact copy: same pixels or file)" if best["exact"] else ""),
+                 + (" (an exact copy: same pixels or file)" if best["exact"] else "")
+                 + (f", matched **{info['match']}**" if info.get("match") and best["twin_id"] == info.get("twin")
+                    else ""),
                  "threshold " + ("–" if threshold is None else f"**{threshold:.4f}**")
                  + f" ({method or 'unknown method'})",
                  f"labels {labels}"]

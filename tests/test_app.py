@@ -854,6 +854,8 @@ def test_review_duplicate_evidence(planted_db, planted_store, monkeypatch):
         assert "#### Duplicate" in text and f"similarity **{detail['similarity']:.4f}**" in text, plant
         assert f"twin {source} (train)" in [c for image in at.image for c in image.captions], plant
         assert ("(an exact copy: same pixels or file)" in text) == detail["exact"], plant
+        assert ("matched **" in text) == (plant == "pixel_duplicate"), plant
+        assert detail.get("match") is None or f"matched **{detail['match']}**" in text, plant
 
 
 def test_review_mislabeled_evidence_shows_the_disagreeing_neighbours(planted_db, planted_store, monkeypatch):
