@@ -78,10 +78,9 @@ def detect(planted: dict, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     ids_train, ids_test = np.arange(len(train)), np.arange(len(test))
     to_train, test_matches = index.search(test, k)
     self_graph, self_matches = index.search(train, k, own_rows=ids_train)
-    leaks = copy_pairs(to_train, test_matches, ids_test, ids_train, np.zeros(len(test)), np.zeros(len(train)),
-                       threshold, "pixel_leak")
-    dups = copy_pairs(self_graph, self_matches, ids_train, ids_train, np.zeros(len(train)), np.zeros(len(train)),
-                      threshold, "pixel_duplicate")
+    leaks = copy_pairs(to_train, test_matches, ids_train, np.zeros(len(train)), threshold, "pixel_leak",
+                       query_ids=ids_test, query_labels=np.zeros(len(test)))
+    dups = copy_pairs(self_graph, self_matches, ids_train, np.zeros(len(train)), threshold, "pixel_duplicate")
     return leaks, dups, {"value": threshold.value, **threshold.detail}
 
 

@@ -26,7 +26,7 @@ from auditor.shadow_engine import train_shadow_block
 from auditor.store import Store
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
 from pipelines.embeddings_stage import load_embeddings
-from pipelines.progress import ProgressFactory, silent
+from pipelines.progress import ProgressFactory, notice, silent
 from pipelines.runs import finish_run, start_run
 from pipelines.stages import StageReport
 
@@ -39,7 +39,7 @@ def _shadow_oof(store: Store, train_ids: np.ndarray) -> np.ndarray | None:
     """Mean out-of-shard class probabilities of the current memorization run, if they cover every training point."""
     frame = store.query("SELECT p.sample_id, p.probs FROM shadow_predictions p JOIN shadow_models m USING (model_id) "
                         "JOIN shadow_designs d USING (design_id) WHERE p.split = 'train' AND NOT p.in_shard "
-                        "AND d.run_id = (SELECT max(mem_run_id) FROM scores)")
+                        "AND p.probs IS NOT NULL AND d.run_id = (SELECT max(mem_run_id) FROM scores)")
     if frame.empty or frame["sample_id"].nunique() < len(train_ids):
         return None
     probs = np.stack(frame["probs"].to_numpy())
@@ -56,6 +56,10 @@ def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactor
     if shadow is not None:
         return shadow, "shadow models (out of shard)"
     k = cfg.detectors.kfold
+    few = int((np.bincount(data.y_train, minlength=len(data.labels)) < k).sum())
+    if few:
+        notice(progress, f"warning: {few} of {len(data.labels)} classes have fewer than {k} training images; the "
+                         f"{k}-fold models behind their label-issue flags saw few or none of their class")
     run_id = f"oof-{fingerprint(training_fingerprint(cfg, data.data_hash), k, cfg.seed)}"
     stored = store.query("SELECT sample_id, probs FROM oof_probs WHERE run_id = ?", [run_id])
     if len(stored) == len(data.train_ids):
@@ -65,10 +69,11 @@ def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactor
     membership = np.stack([folds != f for f in range(k)])
     bar = progress(f"{k}-fold out-of-sample models", 1, "block")
     block = train_shadow_block(data.x_train, data.y_train, data.x_test, data.y_test, len(data.labels), membership,
-                               [int(fingerprint(run_id, f), 16) % 2 ** 31 for f in range(k)], cfg)
+                               [int(fingerprint(run_id, f), 16) % 2 ** 31 for f in range(k)], cfg,
+                               probs="out_of_shard")
     bar.update(1)
     bar.close()
-    probs = block.train_probs[folds, np.arange(len(folds))].astype(np.float32)
+    probs = block.train_probs  # each point is out of exactly one fold's shard: that model's probabilities
     store.write([("oof_probs", pd.DataFrame({"sample_id": data.train_ids, "probs": list(probs),
                                              "source": f"{k}-fold", "run_id": run_id}))],
                 deletes=[("DELETE FROM oof_probs WHERE run_id = ?", [run_id])])
@@ -105,10 +110,10 @@ def pixel_pairs(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[p
     calibrated = calibrate_copies(index, data.x_train, seed=cfg.seed)
     thresholds = {kind: _judged(store, kind) or calibrated for kind in ("pixel_duplicate", "pixel_leak")}
     pairs = pd.concat([
-        copy_pairs(self_graph, self_matches, data.train_ids, data.train_ids, data.y_train, data.y_train,
-                   thresholds["pixel_duplicate"], "pixel_duplicate"),
-        copy_pairs(to_train, test_matches, data.test_ids, data.train_ids, data.y_test, data.y_train,
-                   thresholds["pixel_leak"], "pixel_leak")], ignore_index=True)
+        copy_pairs(self_graph, self_matches, data.train_ids, data.y_train, thresholds["pixel_duplicate"],
+                   "pixel_duplicate"),
+        copy_pairs(to_train, test_matches, data.train_ids, data.y_train, thresholds["pixel_leak"], "pixel_leak",
+                   query_ids=data.test_ids, query_labels=data.y_test)], ignore_index=True)
     return pairs, thresholds
 
 

@@ -53,8 +53,8 @@ def test_copies_under_held_out_edits_are_found(calibrated, edit, how):
     found = (graph.indices == sources[:, None]) & (copy_scores(graph) >= threshold.value)
     assert found.any(axis=1).mean() >= 0.8, f"{edit}: {found.any(axis=1).sum()}/25 found"
     if how:
-        pairs = copy_pairs(graph, matches, np.arange(25) + 10_000, np.arange(len(base)), np.zeros(25),
-                           np.zeros(len(base)), threshold, "pixel_leak")
+        pairs = copy_pairs(graph, matches, np.arange(len(base)), np.zeros(len(base)), threshold, "pixel_leak",
+                           query_ids=np.arange(25) + 10_000, query_labels=np.zeros(25))
         assert pairs["match"].str.contains(how).mean() >= 0.8
 
 
@@ -83,11 +83,17 @@ def test_pairs_and_flags_carry_how_the_copy_matched_and_its_own_cut(digits):
     copy = edit_images(base[[4]], ["flip"], 0)
     graph, matches = copy_knn(base, 10, query=copy, exact_below=10 ** 9)
     threshold = calibrate_copies(CopyIndex(base, 10, exact_below=10 ** 9), base, sample=300, alpha=0.01)
-    pairs = copy_pairs(graph, matches, np.array(["t0"]), np.array([f"b{i}" for i in range(300)]), np.zeros(1),
-                       np.zeros(300), threshold, "pixel_leak")
+    pairs = copy_pairs(graph, matches, np.array([f"b{i}" for i in range(300)]), np.zeros(300), threshold,
+                       "pixel_leak", query_ids=np.array(["t0"]), query_labels=np.zeros(1))
     assert pairs.iloc[0][["a_id", "b_id"]].tolist() == ["b4", "t0"] and "mirrored" in pairs.iloc[0]["match"]
     detail = json.loads(leak_flags(pairs, {"pixel_leak": threshold})["detail"].iloc[0])
     assert "mirrored" in detail["match"] and detail["threshold"] <= detail["similarity"]
     assert detail["threshold_method"] == "synthetic_copies"
-    self_graph, _ = copy_knn(base, 10, exact_below=10 ** 9)
+    with_copy = base.copy()
+    with_copy[10] = copy[0]
+    self_graph, self_matches = copy_knn(with_copy, 10, exact_below=10 ** 9)
     assert not (self_graph.indices == np.arange(300)[:, None]).any()
+    ids = np.array([f"b{i}" for i in range(300)])
+    dups = copy_pairs(self_graph, self_matches, ids, np.zeros(300), threshold, "pixel_duplicate")
+    assert dups[["a_id", "b_id"]].values.tolist().count(["b4", "b10"]) == 1  # one row per unordered pair
+    assert not dups[["b_id", "a_id"]].values.tolist().count(["b4", "b10"])

@@ -93,18 +93,20 @@ def leak_pairs(graph_test_to_train: KnnGraph, test_ids: np.ndarray, train_ids: n
                         columns=PAIR_COLUMNS)
 
 
-def copy_pairs(graph: KnnGraph, matches: np.ndarray, query_ids: np.ndarray, base_ids: np.ndarray,
-               query_labels: np.ndarray, base_labels: np.ndarray, threshold: Threshold, kind: str) -> pd.DataFrame:
+def copy_pairs(graph: KnnGraph, matches: np.ndarray, base_ids: np.ndarray, base_labels: np.ndarray,
+               threshold: Threshold, kind: str, *, query_ids: np.ndarray | None = None,
+               query_labels: np.ndarray | None = None) -> pd.DataFrame:
     """Pairs of the copy matcher (copies.py) at or above the threshold, a_id the base side, with how the copy
-    matched (`match`) and the cosine this query's edge needed (`cut`); a self-graph (query_ids is base_ids) keeps
-    each unordered pair once, under its better match."""
+    matched (`match`) and the cosine this query's edge needed (`cut`); without query ids the graph is the base's
+    self-graph, and each unordered pair is kept once, under its better match."""
     rows, ranks = _hit_edges(graph, threshold)
     cols, sims = graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
     cut = (cosine_cuts(graph, threshold.value)[rows] if threshold.method == "synthetic_copies"
            else np.full(len(rows), threshold.value))
     frame = pd.DataFrame({"a": cols, "b": rows, "similarity": sims, "match": [match_name(m) for m in
                                                                               matches[rows, ranks]], "cut": cut})
-    if query_ids is base_ids:
+    if query_ids is None:
+        query_ids, query_labels = base_ids, base_labels
         frame[["a", "b"]] = np.sort(frame[["a", "b"]].to_numpy(), axis=1)
         frame = frame.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
     a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
