@@ -43,6 +43,7 @@ class BlockTask:
     stop_at_train_acc: float | None = None
     test_curve: bool = False
     epoch_points: int = 0      # > 0: points drawn per epoch by every model (equal SGD steps across shard sizes)
+    probs: str = "none"        # the training points' class probabilities to keep (shadow_engine.PROBS_KEPT)
 
 
 @contextlib.contextmanager
@@ -62,7 +63,7 @@ def train_task(data: ShadowData, task: BlockTask, cfg: AuditConfig) -> ShadowBlo
     with _threads(cfg.executor.threads):
         return train_shadow_block(data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes,
                                   task.membership, list(task.seeds), cfg, stop_at_train_acc=task.stop_at_train_acc,
-                                  test_curve=task.test_curve, epoch_points=task.epoch_points)
+                                  test_curve=task.test_curve, epoch_points=task.epoch_points, probs=task.probs)
 
 
 class Executor(ABC):

@@ -27,13 +27,18 @@ from auditor.models import build_model
 from auditor.training import EVAL_BATCH, _augment, _Normaliser, resolve_device
 
 
+# What train_shadow_block can keep of the training points' class probabilities (ShadowBlock.train_probs).
+PROBS_KEPT = ("none", "out_of_shard", "all")
+
+
 @dataclass
 class ShadowBlock:
     """Predictions of K shadow models on every training and test point, plus how each model's training went."""
 
     train_pred: np.ndarray        # int16 (K, n_train) predicted class
     train_p_label: np.ndarray     # float32 (K, n_train) probability of the true label
-    train_probs: np.ndarray       # float16 (K, n_train, classes): out-of-shard rows are free out-of-sample predictions
+    train_probs: np.ndarray | None  # as asked (`probs`): float16 (K, n_train, classes) ('all'), float32 (n_train,
+    #                                 classes) mean over the models a point is out of shard of ('out_of_shard'), or None
     test_pred: np.ndarray         # int16 (K, n_test)
     test_p_label: np.ndarray      # float32 (K, n_test)
     epochs_run: np.ndarray        # int (K,) epochs actually trained (fewer when stopped early)
@@ -141,7 +146,7 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
                        num_classes: int, membership: np.ndarray, seeds: Sequence[int], cfg: AuditConfig, *,
                        batched: bool | None = None, stop_at_train_acc: float | None = None,
                        on_model_done: Callable[[int], None] | None = None, test_curve: bool = False,
-                       amp: bool | None = None, epoch_points: int = 0) -> ShadowBlock:
+                       amp: bool | None = None, epoch_points: int = 0, probs: str = "none") -> ShadowBlock:
     """Train model m on x_train[membership[m]] with seed seeds[m], then predict all training and test points.
 
     `batched` (default: whenever the architecture allows) trains all K models as one vmapped stack; the stack runs
@@ -152,9 +157,12 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     after each epoch (`epoch_test_acc`), which leaves training unchanged. `amp` (default: on CUDA) runs forward
     passes under bfloat16 autocast; losses, gradients and optimizer state stay float32. `epoch_points` > the largest
     shard makes every epoch draw that many points per model (wrapping around its shard): a reduced training set then
-    trains the same number of SGD steps as one of that size.
+    trains the same number of SGD steps as one of that size. `probs` keeps class probabilities of the training points
+    (see ShadowBlock.train_probs): 'none' keeps memory independent of the class count beyond one batch's logits.
     """
     membership = np.asarray(membership, dtype=bool)
+    if probs not in PROBS_KEPT:
+        raise ValueError(f"probs must be one of {', '.join(PROBS_KEPT)}, got {probs!r}")
     batched = can_batch(cfg.train.arch) if batched is None else batched
     _validate(x_train, membership, seeds, cfg.train.arch, batched)
     device = resolve_device(cfg.device)
@@ -165,7 +173,8 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     k = len(seeds)
     block = ShadowBlock(
         train_pred=np.zeros((k, len(xt)), np.int16), train_p_label=np.zeros((k, len(xt)), np.float32),
-        train_probs=np.zeros((k, len(xt), num_classes), np.float16),
+        train_probs={"all": lambda: np.zeros((k, len(xt), num_classes), np.float16), "none": lambda: None,
+                     "out_of_shard": lambda: np.zeros((len(xt), num_classes), np.float32)}[probs](),
         test_pred=np.zeros((k, len(xs)), np.int16), test_p_label=np.zeros((k, len(xs)), np.float32),
         epochs_run=np.zeros(k, np.int64), shard_train_acc=np.zeros(k), test_acc=np.zeros(k), seconds=0.0,
         batched=batched, epoch_test_acc=np.full((k, cfg.train.epochs), np.nan) if test_curve else None)
@@ -175,6 +184,8 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     for group in ([list(range(k))] if batched else [[m] for m in range(k)]):
         trainer.train(group, [seeds[m] for m in group], batched, stop_at_train_acc)
     block.seconds = time.perf_counter() - started
+    if probs == "out_of_shard":  # sums -> means; a point in every shard keeps a row of zeros
+        block.train_probs /= np.maximum((~membership).sum(axis=0), 1)[:, None]
     return block
 
 
@@ -272,8 +283,12 @@ class _Trainer:
                 yb = y[start:start + EVAL_BATCH].cpu().expand(len(models), -1)
                 pred_out[models, start:start + len(xb)] = probs.argmax(-1).numpy()
                 p_out[models, start:start + len(xb)] = probs.gather(2, yb[..., None])[..., 0].numpy()
-                if probs_out is not None:
+                if probs_out is not None and probs_out.ndim == 3:
                     probs_out[models, start:start + len(xb)] = probs.numpy()
+                elif probs_out is not None:
+                    for row, m in enumerate(models):
+                        out = ~self.membership[m, start:start + len(xb)]
+                        probs_out[start:start + len(xb)][out] += probs[row].numpy()[out]
         y_train, y_test = self.yt.cpu().numpy(), self.ys.cpu().numpy()
         for m in models:
             shard = self.membership[m]

@@ -33,6 +33,9 @@ from pipelines.stages import StageReport
 
 NOT_A_CANDIDATE = "not a candidate (ApB above cut-off)"
 METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact LOO"}
+# Up to this many classes each shadow model's out-of-shard class probabilities are stored (label-issue detection
+# averages them); beyond, they would grow with models x points x classes: the detectors train k-fold models instead.
+STORED_PROBS_MAX_CLASSES = 100
 
 
 def _model_seed(design_id: str, index: int) -> int:
@@ -137,7 +140,7 @@ def _block_frames(design_id: str, design: ShardDesign, models: list[int], seeds:
         in_shard = design.membership[models[row]]
         # Out-of-shard probabilities are out-of-sample predictions (label-issue detection uses them); in-shard: NULL.
         probs = [None] * len(data.train_ids)
-        for i in np.flatnonzero(~in_shard):
+        for i in np.flatnonzero(~in_shard) if result.train_probs is not None else ():
             probs[i] = result.train_probs[row, i].astype(np.float32)
         preds.append(pd.DataFrame({"model_id": model_id, "sample_id": data.train_ids, "split": "train",
                                    "pred": result.train_pred[row], "p_label": result.train_p_label[row],
@@ -165,7 +168,8 @@ def train_design(store: Store, design: ShardDesign, design_id: str, data: Traini
         if not all(m in done for m in models):
             tasks.append(BlockTask(f"{design_id}-b{block_no:05d}", models, tuple(_model_seed(design_id, m)
                                                                                   for m in models),
-                                   design.membership[list(models)], stop_at_train_acc=mc.stop_at_train_acc or None))
+                                   design.membership[list(models)], stop_at_train_acc=mc.stop_at_train_acc or None,
+                                   probs="all" if len(data.labels) <= STORED_PROBS_MAX_CLASSES else "none"))
     trained = 0
     for task, result in make_executor(cfg.executor).run(data.shadow_data(), tasks, cfg):
         models, block_no = list(task.models), task.models[0] // mc.block
