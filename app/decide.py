@@ -31,11 +31,13 @@ def set_picks(ids: list[str], on: bool) -> None:
     st.session_state[PICKS_KEY] = picked() | set(ids) if on else picked() - set(ids)
 
 
-def pick_box(sample_id: str) -> None:
-    """The pick checkbox of one tile, ticked when the image is picked (on this or an earlier page)."""
+def pick_box(sample_id: str, compact: bool = False) -> None:
+    """The pick checkbox of one tile, ticked when the image is picked (on this or an earlier page); `compact`: the
+    box alone (its label stays for screen readers), for the small tiles."""
     key = f"{PICK_PREFIX}{sample_id}"
     st.session_state[key] = sample_id in picked()
-    st.checkbox("pick", key=key, help="Pick for a decision", on_change=_toggle, args=(sample_id,))
+    st.checkbox("pick", key=key, help=None if compact else "Pick for a decision", on_change=_toggle,
+                args=(sample_id,), label_visibility="collapsed" if compact else "visible")
 
 
 def _toggle(sample_id: str) -> None:

@@ -15,15 +15,21 @@ from auditor import queries
 from auditor.reviews import ACTIONS, current_decisions
 from auditor.store import Store, StoreBusy
 
-# Thumbnail size -> grid columns; 'small' is a dense grid of images, pick boxes and decisions only.
-THUMB_COLUMNS = {"small": 10, "medium": 6, "large": 4}
+# Thumbnail size -> tile width in pixels; the tiles wrap into as many columns as the window holds. 'small' is a
+# dense grid of images, pick boxes and decisions only.
+THUMB_WIDTHS = {"small": 76, "medium": 150, "large": 220}
 DEFAULT_THUMBS = "medium"
 # Flags that the mem line and the badges already tell on a tile; every other kind gets a line of evidence.
 MEM_FLAGS = ("memorized_candidate", "memorized")
 # Decided tiles dimmed, the focused one outlined; tile keys are tile[done][focus]_<sample id>.
+# The focused image keeps a fixed width beside the tiles (key grid_<size>), which wrap into the rest of the width.
 GRID_CSS = """<style>
 [class*="st-key-tiledone"] [data-testid="stImage"] {opacity: 0.35;}
 [class*="st-key-tile"][class*="focus_"] {outline: 3px solid #ff4b4b; outline-offset: 2px;}
+[class*="st-key-grid_"] [data-testid="stColumn"]:has(.st-key-focus_panel) {flex: 0 0 240px !important;
+  width: 240px !important; min-width: 240px;}
+[class*="st-key-grid_"] [data-testid="stColumn"]:has(.st-key-tiles) {flex: 1 1 0 !important; min-width: 0;}
+.st-key-grid_small [class*="st-key-tile"] {padding: 6px !important; gap: 4px !important;}
 </style>"""
 
 
@@ -67,7 +73,7 @@ def tile(row: dict[str, Any], size: str, focused: bool) -> None:
     sample_id = row["sample_id"]
     decided = row["decision"] is not None and not pd.isna(row["decision"])
     key = f"tile{'done' if decided else ''}{'focus' if focused else ''}_{sample_id}"
-    with st.container(border=True, key=key):
+    with st.container(border=True, key=key, width=THUMB_WIDTHS[size]):
         image = thumbnail(row["path"])
         if image is None:
             st.warning(f"{sample_id}: image unreadable")
@@ -75,8 +81,9 @@ def tile(row: dict[str, Any], size: str, focused: bool) -> None:
             st.image(image, caption=sample_id, width="stretch" if size == "small" else "content")
         lines = [] if size == "small" else _facts(row)
         badge = decision_badge(row["decision"], row["decision_label"])
-        st.markdown(":small[" + "  \n".join([*lines, badge] if badge else lines or ["·"]) + "]")
-        pick_box(sample_id)  # on rows of their own: halves of a narrow tile clip the labels to '|' and 'D.'
+        if badge or lines:
+            st.markdown(":small[" + "  \n".join([*lines, badge] if badge else lines) + "]")
+        pick_box(sample_id, compact=size == "small")  # on a row of its own: half a tile clips the label to '|'
         if size == "small":
             return
         if st.button("Details", key=f"detail_{sample_id}", type="tertiary",
@@ -136,22 +143,22 @@ def decision_bar(store: Store, page_ids: list[str]) -> None:
     optional note) for all of them, or each to its suggested label, or undo; a warning when some are decided."""
     chosen = sorted(picked())
     elsewhere = len(set(chosen) - set(page_ids))
-    with st.container(border=True):
-        cols = st.columns([1.3, 1, 1, 1.4, 1.4, 2, 1, 1.3], vertical_alignment="bottom")
-        cols[0].markdown(f"**{len(chosen)} picked**")
-        cols[0].caption(f"{len(chosen)} picked across pages" + (f", {elsewhere} not on this one" if elsewhere else ""))
-        cols[1].button("Pick page", on_click=set_picks, args=(page_ids, True), key="bulk_pick_page")
-        cols[2].button("Clear all", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear",
-                       help="Clear every pick, on every page")
-        action = cols[3].selectbox("Decision", [*ACTIONS, "undo"], key="decision_action",
-                                   format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
-        labels = queries.class_labels(store)
-        cols[4].selectbox("New label", labels, key="decision_label", disabled=action != "relabel")
-        cols[5].text_input("Note (optional)", key="decision_note")
-        cols[6].button("Apply", type="primary", disabled=not chosen, key="decision_apply", on_click=_apply,
-                       args=(store,))
-        cols[7].button("Accept suggested", disabled=not chosen, key="bulk_accept", on_click=_accept, args=(store,),
-                       help="Relabel each picked image to its own suggested label (the mislabeled flag's, else "
-                            "the model's prediction)")
+    with st.container(border=True):  # two rows, so that no label is clipped in a 1,000 px window
+        count, pick, clear, accept = st.columns([2, 1.2, 1.2, 1.8], vertical_alignment="center")
+        count.markdown(f"**{len(chosen)} picked**")
+        count.caption(f"{len(chosen)} picked across pages" + (f", {elsewhere} not on this one" if elsewhere else ""))
+        pick.button("Pick page", on_click=set_picks, args=(page_ids, True), key="bulk_pick_page", width="stretch")
+        clear.button("Clear all", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear", width="stretch",
+                     help="Clear every pick, on every page")
+        accept.button("Accept suggested", disabled=not chosen, key="bulk_accept", on_click=_accept, args=(store,),
+                      width="stretch", help="Relabel each picked image to its own suggested label (the mislabeled "
+                                            "flag's, else the model's prediction)")
+        decision, label, note, apply = st.columns([1.4, 1.2, 2.4, 1], vertical_alignment="bottom")
+        action = decision.selectbox("Decision", [*ACTIONS, "undo"], key="decision_action",
+                                    format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
+        label.selectbox("New label", queries.class_labels(store), key="decision_label", disabled=action != "relabel")
+        note.text_input("Note (optional)", key="decision_note")
+        apply.button("Apply", type="primary", disabled=not chosen, key="decision_apply", on_click=_apply,
+                     args=(store,), width="stretch")
         _already_decided(store, chosen, action)
     show_decision_error()

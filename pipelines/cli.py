@@ -57,6 +57,7 @@ def app_command(db: str | Path, host: str, port: int) -> list[str]:
     """The streamlit command line that serves the dashboard for `db` (bound to loopback by default)."""
     return [sys.executable, "-m", "streamlit", "run", str(APP_ENTRY), "--server.address", host,
             "--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            "--client.toolbarMode", "viewer",  # no "Deploy" menu: this dashboard is not deployed to a cloud
             "--", "--db", str(Path(db).resolve())]
 
 

@@ -68,6 +68,11 @@ def _focused(page) -> str:
         "e => [...e.classList].find(c => c.startsWith('st-key-tile')).split('focus_')[1]")
 
 
+def _whole(element) -> bool:
+    """Whether nothing inside `element` is clipped (a label cut to 'Pick …' overflows its own box)."""
+    return element.evaluate("e => [e, ...e.querySelectorAll('*')].every(x => x.scrollWidth <= x.clientWidth)")
+
+
 def test_picks_across_pages_are_applied_undone_and_exported(page, app_url, curation_db, clicks):
     from playwright.sync_api import expect
 
@@ -107,7 +112,7 @@ def test_picks_across_pages_are_applied_undone_and_exported(page, app_url, curat
     assert page.locator("[data-testid='stException']").count() == 0
 
 
-def test_picks_across_pages_in_a_1000_px_window(page, app_url, curation_db, clicks):
+def test_picks_across_pages_in_a_1000_px_window(page, app_url, curation_db, clicks, screenshot_dir):
     """At 1,000 px the small grid still pages with its picks, and no button of the bar or the focused image is
     clipped."""
     page.set_viewport_size({"width": 1000, "height": 1000})
@@ -119,13 +124,14 @@ def test_picks_across_pages_in_a_1000_px_window(page, app_url, curation_db, clic
         _pick(page, _shown(page)[0], 2)
         page.get_by_text("2 picked across pages, 1 not on this one").wait_for()
         for name in ("Pick page", "Clear all", "Apply", "Accept suggested", "Keep (k)", "Remove (x)", "Next →"):
-            button = page.get_by_role("button", name=name, exact=True)
-            scroll, client = button.evaluate("e => [e.scrollWidth, e.clientWidth]")
-            assert scroll <= client, name
+            assert _whole(page.get_by_role("button", name=name, exact=True)), name
+        assert _whole(page.get_by_test_id("stButtonGroup").first), "the thumbnail sizes"
+        assert page.get_by_role("button", name="Deploy").count() == 0
         with _rerun(page):
             page.get_by_role("button", name="Clear all", exact=True).click()
         page.get_by_text("0 picked", exact=True).wait_for()
     finally:
+        page.screenshot(path=str(screenshot_dir / "review_1000px.png"))
         page.set_viewport_size({"width": 1400, "height": 1000})
 
 
@@ -156,7 +162,7 @@ def test_keys_decide_the_focused_image_and_move_the_focus(page, app_url, curatio
     assert current_decisions(store).set_index("sample_id").loc[moved, "action"] == "remove"
 
 
-def test_the_small_grid_holds_thirty_images_on_one_screen(page, app_url):
+def test_the_small_grid_holds_thirty_images_on_one_screen(page, app_url, screenshot_dir):
     _open(page, app_url, "page_size=48&thumbs=small")
     page.wait_for_function("n => [...document.querySelectorAll(\"[class*='st-key-tile'] [data-testid='stImage'] img\")]"
                            ".filter(img => img.complete && img.naturalWidth > 0).length >= n", arg=48)
@@ -165,4 +171,5 @@ def test_the_small_grid_holds_thirty_images_on_one_screen(page, app_url):
     seen = page.locator("[class*='st-key-tile'] [data-testid='stImage'] img").evaluate_all(
         "imgs => imgs.filter(i => { const r = i.getBoundingClientRect();"
         " return r.top >= 0 && r.bottom <= window.innerHeight && r.width > 0; }).length")
+    page.screenshot(path=str(screenshot_dir / "review_small.png"))
     assert seen >= DENSE_MIN, seen

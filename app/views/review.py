@@ -17,7 +17,7 @@ import streamlit as st
 from app import focus
 from app.common import flag_name, run_page
 from app.evidence import flag_evidence, label_text, mem_text, models_text
-from app.grid import DEFAULT_THUMBS, GRID_CSS, THUMB_COLUMNS, decision_bar, flags, tile
+from app.grid import DEFAULT_THUMBS, GRID_CSS, THUMB_WIDTHS, decision_bar, flags, tile
 from app.reviewer import KEY as REVIEWER_KEY, reviewer
 from auditor import queries
 from auditor.queries import ReviewFilter
@@ -111,7 +111,7 @@ def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int]:
     labels = queries.class_labels(store)
     splits = sorted(queries.dataset_counts(store)["split"].unique(), key=lambda s: (s != "train", s != "test", s))
     _restore_view({"flag": ["any", *kinds], "label": labels, "split": splits, "state": list(STATES),
-                   "sort": list(queries.REVIEW_SORTS), "thumbs": list(THUMB_COLUMNS)})
+                   "sort": list(queries.REVIEW_SORTS), "thumbs": list(THUMB_WIDTHS)})
     controls = st.columns([2, 1.3, 1.2, 1.5, 2, 1], vertical_alignment="bottom")
     flag = controls[0].selectbox("Flag", [None, "any", *kinds], key="flag", on_change=_flag_changed,
                                  format_func=lambda k: "All scored training images" if k is None else
@@ -158,21 +158,19 @@ def _has_flag(row: dict[str, Any]) -> bool:
 
 
 def _grid(store: Store, rows: list[dict[str, Any]], pages: int) -> None:
-    """The page's tiles in as many columns as the thumbnail size allows, the focused image beside them."""
+    """The page's tiles, wrapped into as many columns as the window holds at their size, the focused image beside
+    them."""
     ids = [row["sample_id"] for row in rows]
     by_id = {row["sample_id"]: row for row in rows}
     chosen = focus.focused_id(ids, by_id, _has_flag)
     size = st.session_state.get("thumbs", DEFAULT_THUMBS)
-    columns = THUMB_COLUMNS[size]
     st.html(GRID_CSS)
     focus.shortcuts()
-    left, right = st.columns([4, 1])
-    with left:
-        for start in range(0, len(rows), columns):
-            for column, row in zip(left.columns(columns, gap="small"), rows[start:start + columns]):
-                with column:
-                    tile(row, size, row["sample_id"] == chosen)
-    with right:
+    left, right = st.container(key=f"grid_{size}").columns([4, 1])
+    with left.container(key="tiles", horizontal=True, gap="small"):
+        for row in rows:
+            tile(row, size, row["sample_id"] == chosen)
+    with right.container(key="focus_panel"):
         st.selectbox("Focused image", ids, key="evidence", format_func=lambda i: f"{i}: " + (
             ", ".join(flag_name(f["kind"]) for f in flags(by_id[i])) or "no flag"))
         focus.panel(store, by_id[st.session_state["evidence"]], ids, pages)
@@ -189,9 +187,9 @@ def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
     total = queries.review_count(store, where=where)
     pages = max(1, math.ceil(total / size))
     st.session_state["page"] = min(st.session_state.get("page", 1), pages)
-    pager, thumbs, caption = st.columns([1, 1, 5], vertical_alignment="bottom")
+    pager, thumbs, _ = st.columns([1, 2, 1.5], vertical_alignment="bottom")
     page = pager.number_input(f"Page (of {pages})", min_value=1, max_value=pages, key="page")
-    thumbs.segmented_control("Thumbnails", list(THUMB_COLUMNS), key="thumbs", required=True)
+    thumbs.segmented_control("Thumbnails", list(THUMB_WIDTHS), key="thumbs", required=True)
     if total == 0:
         st.info("No images match these filters"
                 + (": has the memorization stage run (`memaudit run --stages memorization --db ...`)?"
@@ -203,10 +201,10 @@ def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
             "images with any flag" if where.flag == "any" else
             "images on either side of a train/test leak (test images have no ApB or mem)" if where.flag == "leaked"
             else f"images flagged {flag_name(where.flag).lower()}")
-    caption.caption(f"Images {offset + 1:,}–{offset + len(rows):,} of {total:,} {what}, {SORTS.get(sort, sort)}. "
-                    "mem [95% interval]: accuracy of the shadow models trained with the image (in) minus that of "
-                    "those trained without it (out). **Focus** shows an image beside the grid and its evidence "
-                    "below, **Details** everything about it.")
+    st.caption(f"Images {offset + 1:,}–{offset + len(rows):,} of {total:,} {what}, {SORTS.get(sort, sort)}. "
+               "mem [95% interval]: accuracy of the shadow models trained with the image (in) minus that of "
+               "those trained without it (out). **Focus** shows an image beside the grid and its evidence "
+               "below, **Details** everything about it.")
     decision_bar(store, [row["sample_id"] for row in rows])
     _grid(store, rows, pages)
 
