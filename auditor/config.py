@@ -110,6 +110,8 @@ class DetectorConfig:
     kfold: int
     pixel_match: bool
     pixel_max_shift: int
+    outlier_c: float = 4.0
+    image_quality_c: float = 5.0
 
 
 @dataclass(frozen=True)

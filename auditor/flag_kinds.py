@@ -20,7 +20,8 @@ STAGES = ("scores", "memorization", "detectors")
 @dataclass(frozen=True)
 class FlagKind:
     """One kind of flag: `triage` holds (kinds it needs besides itself, phrase) rules tried in order; `thresholds`
-    maps each thresholded pair kind to the kind of its `thresholds` row."""
+    maps each thresholded pair kind to the kind of its `thresholds` row; `detector` names the module whose
+    `detect` the detectors stage calls (auditor.detectors.contract), empty for kinds the stage wires itself."""
 
     name: str
     display: str
@@ -30,6 +31,7 @@ class FlagKind:
     triage: tuple[tuple[tuple[str, ...], str], ...] = ()
     pair_kinds: tuple[str, ...] = ()
     thresholds: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    detector: str = ""
 
 
 # Most important first: the order of triage, the review filter, the tiles, the findings and the map's colours.
@@ -52,6 +54,12 @@ REGISTRY: tuple[FlagKind, ...] = (
              thresholds=MappingProxyType({"near_duplicate": "duplicate", "pixel_duplicate": "pixel_duplicate"})),
     FlagKind("long_tail", "Long tail", "#2ca02c", "detectors", "cluster",
              triage=(((), "long tail: under-represented, collect more"),)),
+    FlagKind("outlier", "Outlier", "#8c564b", "detectors", "detail",
+             triage=(((), "outlier: far from every other image, check it belongs in the dataset"),),
+             detector="auditor.detectors.outliers"),
+    FlagKind("image_quality", "Image quality", "#e377c2", "detectors", "detail",
+             triage=(((), "poor image quality: check the file, remove if unusable"),),
+             detector="auditor.detectors.image_quality"),
     FlagKind("memorized_uncertain", "Memorized? (uncertain)", "#c5b0d5", "memorization", "mem",
              triage=(((), "memorization uncertain: more shadow models would decide"),)),
     FlagKind("memorized_candidate", "Memorized candidate", "#bcbd22", "scores", "detail"),
@@ -80,6 +88,11 @@ def pair_kinds() -> dict[str, tuple[str, ...]]:
 def threshold_kinds() -> dict[str, str]:
     """The `thresholds` row kind of each thresholded pair kind."""
     return {pair: row for kind in REGISTRY for pair, row in kind.thresholds.items()}
+
+
+def detector_modules() -> dict[str, str]:
+    """The module of each flag kind that a contract detector writes, in priority order."""
+    return {kind.name: kind.detector for kind in REGISTRY if kind.detector}
 
 
 def triage_sql(kinds: str) -> str:

@@ -1,4 +1,5 @@
-"""Detectors over one shared kNN graph: duplicates, leaks, long tail, sub-populations and label issues.
+"""Detectors over one shared kNN graph: duplicates, leaks, long tail, sub-populations and label issues, then every
+contract detector of the flag-kind registry (auditor.detectors.contract: outliers, image quality).
 
 Every flag carries JSON evidence; thresholds are calibrated on this dataset and embedder (or taken from reviewer
 judgements of pairs) and recorded in `thresholds`.
@@ -6,6 +7,8 @@ judgements of pairs) and recorded in `thresholds`.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import json
 import time
 
@@ -15,11 +18,12 @@ import pandas as pd
 from auditor.config import AuditConfig
 from auditor.detectors.duplicates import (
     copy_pairs, duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
+from auditor.detectors.contract import DetectorContext, DetectorResult
 from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
-from auditor.flag_kinds import kinds_of_stage, threshold_kinds
+from auditor.flag_kinds import detector_modules, kinds_of_stage, threshold_kinds
 from auditor.neighbors import graph_frame, knn
 from auditor.provenance import fingerprint
 from auditor.shadow_engine import train_shadow_block
@@ -135,6 +139,11 @@ def _run_id(store: Store, cfg: AuditConfig, embedder_id: str, samples: pd.DataFr
     return f"detect-{fingerprint(embedder_id, spec, samples.to_numpy().tolist(), mem_run, judged.to_numpy().tolist())}"
 
 
+def contract_detectors(context: DetectorContext) -> dict[str, DetectorResult]:
+    """The result of every detector that the flag-kind registry names, by flag kind."""
+    return {kind: importlib.import_module(module).detect(context) for kind, module in detector_modules().items()}
+
+
 def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
     """Build the kNN graph once and run every detector on it; replaces their flags, pairs and evidence tables."""
     t0 = time.perf_counter()
@@ -161,7 +170,8 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     y_train, y_test = train["label_index"].to_numpy(), test["label_index"].to_numpy()
     near = near_duplicate_pairs(graph, train_ids, y_train, thresholds["near_duplicate"])
     leaks = leak_pairs(to_train, test_ids, train_ids, y_test, y_train, thresholds["leak"])
-    data = load_training_arrays(store, cfg, progress) if dc.pixel_match else None
+    arrays = functools.cache(lambda: load_training_arrays(store, cfg, progress))
+    data = arrays() if dc.pixel_match else None
     pixel, pixel_thresholds = pixel_pairs(store, data, cfg) if data is not None else (None, {})
     thresholds.update(pixel_thresholds)
     pairs = pd.concat([exact.drop(columns=["same_file"]), near, leaks, pixel], ignore_index=True)
@@ -173,14 +183,18 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
         store.query("SELECT train_id, test_id, score FROM influence"),
         store.query("SELECT sample_id FROM flags WHERE kind = 'memorized'")["sample_id"].to_numpy())
 
-    probs, prob_source = out_of_sample_probs(store, cfg, progress, data)
+    probs, prob_source = out_of_sample_probs(store, cfg, progress, arrays())
     mem = store.query("SELECT sample_id, mem FROM scores WHERE mem IS NOT NULL").set_index("sample_id")["mem"]
     cross = store.query("SELECT train_id, avg(score) AS s FROM influence GROUP BY train_id").set_index("train_id")["s"]
     mislabeled = label_issue_flags(confident_learning(probs, y_train), knn_label_disagreement(graph, y_train,
                                                                                              len(labels)),
                                    train_ids, class_names=labels, self_influence=mem, cross_influence=cross)
+    context = DetectorContext(train_ids, y_train, graph, lambda: [(arrays().train_ids, arrays().x_train),
+                                                                  (arrays().test_ids, arrays().x_test)], dc, cfg.seed)
+    contract = contract_detectors(context)
     flags = pd.concat([duplicate_flags(pairs, thresholds), leak_flags(pairs, thresholds),
-                       long_tail_flags(clusters, density, train_ids), mislabeled], ignore_index=True)
+                       long_tail_flags(clusters, density, train_ids), mislabeled,
+                       *(result.flags for result in contract.values())], ignore_index=True)
     flags["run_id"] = run_id
     cluster_frame = pd.DataFrame({"sample_id": train_ids[clusters["index"].to_numpy()], "embedder_id": embedder_id,
                                   "label": np.asarray(labels, dtype=object)[clusters["label"].to_numpy()],
@@ -190,7 +204,8 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
                           ignore_index=True).assign(embedder_id=embedder_id)
     threshold_rows = pd.DataFrame([{"run_id": run_id, "kind": kind, "embedder_id": embedder_id, "value": t.value,
                                 "method": t.method, "detail": json.dumps(t.detail, default=float)}
-                               for kind, t in ((THRESHOLD_KINDS[k], t) for k, t in thresholds.items())])
+                               for kind, t in [*((THRESHOLD_KINDS[k], t) for k, t in thresholds.items()),
+                                               *(i for r in contract.values() for i in r.thresholds.items())]])
     marks = ", ".join("?" * len(DETECTOR_KINDS))
     store.write([("flags", flags), ("pairs", pairs.drop(columns=evidence_columns).assign(embedder_id=embedder_id,
                                                                                          run_id=run_id)),

@@ -87,8 +87,10 @@ def test_planted_duplicates_and_leaks_are_found_with_evidence(audited):
     pixel = pairs[pairs["kind"] == "pixel_leak"]
     assert (truth["leak_of"], "leak_near") in set(map(tuple, pixel[["a_id", "b_id"]].to_numpy()))
     thresholds = store.query("SELECT kind, value, method FROM thresholds")
-    assert set(thresholds["kind"]) == {"duplicate", "leaked", "pixel_duplicate", "pixel_leak"}
-    assert (thresholds["value"] > 0).all()
+    pair_cuts = {"duplicate", "leaked", "pixel_duplicate", "pixel_leak"}
+    assert set(thresholds["kind"]) == pair_cuts | {"outlier", "image_quality_dark", "image_quality_bright",
+                                                   "image_quality_low_contrast", "image_quality_blurry"}
+    assert (thresholds[thresholds["kind"].isin(pair_cuts)]["value"] > 0).all()
 
 
 def test_label_flips_are_flagged_mislabeled_with_a_suggestion(audited):

@@ -99,3 +99,12 @@ def test_the_detectors_stage_replaces_exactly_the_registry_kinds_of_its_stage():
 def test_every_kind_the_pipeline_writes_is_registered(small_db):
     written = set(Store(small_db).query("SELECT DISTINCT kind FROM flags")["kind"])
     assert written and written <= set(KINDS), f"unregistered flag kinds: {sorted(written - set(KINDS))}"
+
+
+@pytest.mark.parametrize("kind, module", flag_kinds.detector_modules().items())
+def test_each_contract_detector_is_one_module_declaring_its_kind(kind: str, module: str):
+    import importlib
+
+    loaded = importlib.import_module(module)
+    assert module.startswith("auditor.detectors.") and loaded.KIND == kind and callable(loaded.detect)
+    assert KINDS[kind].stage == "detectors"

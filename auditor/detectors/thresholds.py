@@ -11,6 +11,9 @@ duplicates, at the price of flagging at most 1 - floor_quantile of the points: l
 calibrate_from_labels, for data known to hold more (CIFAR-100 has ~3% test-train near duplicates). Identical
 embeddings (1 - s < 1e-6: exact duplicates, which hashing finds) are left out of both, so many copies of one
 blank image cannot push the cut to 1.
+
+calibrate_tail applies the same robust one-sided cut to any score (an outlier's kNN distance, an image's
+brightness): median +/- c * the tail-side MAD, never flagging more than 1 - floor_quantile of the values.
 """
 
 from __future__ import annotations
@@ -58,6 +61,32 @@ def calibrate_from_distribution(nn_similarities: np.ndarray, *, c: float = 4.0,
         "mad_cut": mad_cut, "floor": floor, "binding": "mad" if mad_cut >= floor else "floor", "n": len(s),
         "isolation_floor": float(np.quantile(fitted, isolation_quantile)),
         "n_identical": len(s) - len(fitted), "n_above": n_above, "fraction_above": n_above / len(s)})
+
+
+def calibrate_tail(values: np.ndarray, side: Literal["upper", "lower"], *, c: float = 4.0,
+                   floor_quantile: float = 0.99) -> Threshold:
+    """The robust one-sided cut on `values`: median + c * sd for the upper tail (median - c * sd for the lower), sd
+    = 1.4826 * the median distance to the median of the tail-side values, pushed out to the floor_quantile quantile
+    (the 1 - floor_quantile quantile for the lower tail) so at most 1 - floor_quantile of the values lie beyond."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if side not in ("upper", "lower") or not 0.5 <= floor_quantile <= 1.0 or c <= 0:
+        raise ValueError(f"need side 'upper' or 'lower', c > 0 and 0.5 <= floor_quantile <= 1, got side={side!r}, "
+                         f"c={c}, floor_quantile={floor_quantile}")
+    if len(v) < 2:
+        raise ValueError(f"need at least 2 finite values, got {len(v)}")
+    sign = 1.0 if side == "upper" else -1.0
+    centre = float(np.median(v))
+    gaps = sign * (v - centre)
+    scale = _MAD_TO_SD * float(np.median(gaps[gaps >= 0]))
+    mad_cut = centre + sign * c * scale
+    floor = float(np.quantile(v, floor_quantile if side == "upper" else 1.0 - floor_quantile))
+    value = max(mad_cut, floor) if side == "upper" else min(mad_cut, floor)
+    n_beyond = int(np.sum(sign * (v - value) > 0))
+    return Threshold(value=value, method=f"robust_{side}_tail", detail={
+        "c": c, "floor_quantile": floor_quantile, "median": centre, "tail_sd": scale, "mad_cut": mad_cut,
+        "floor": floor, "binding": "mad" if sign * (mad_cut - floor) >= 0 else "floor", "n": len(v),
+        "n_beyond": n_beyond, "fraction_beyond": n_beyond / len(v)})
 
 
 def calibrate_from_labels(similarities: np.ndarray, is_duplicate: np.ndarray, *,
