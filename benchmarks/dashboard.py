@@ -8,7 +8,10 @@ each page, (a) the page's main queries called directly and (b) a first render wi
 cache is cleared before every render), median of 3 runs after one warm-up, and prints them against the targets
 (Review < 1 s, Point detail < 1 s, Overview < 2 s).
 
-Usage: python benchmarks/dashboard.py [--n 100000] [--keep DB] [--repeats 3]
+`--clicks` times Review in headless chromium instead (Playwright, /usr/bin/chromium): tick a tile, next page, a filter
+change and Apply, from the click to the end of the rerun it caused, against the targets 0.3 / 1 / 1 / 1 s.
+
+Usage: python benchmarks/dashboard.py [--n 100000] [--keep DB] [--repeats 3] [--clicks [--clicks-db AUDIT.duckdb]]
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -550,21 +554,86 @@ def print_results(results: list[dict], n: int, build_s: float | None, counts: di
                [[q, f"{s:.3f}"] for q, s in sorted(r["each"].items(), key=lambda x: -x[1])])
 
 
+# Review clicks in chromium (--clicks) and their targets in seconds (issue 15).
+CLICK_TARGETS = {"tick a tile": 0.3, "next page": 1.0, "filter change": 1.0, "apply": 1.0}
+CLICK_VIEW = "sort=apb_asc&page_size=12"  # every scored training image, 12 a page (the browser tests' pager)
+
+
+def click_times(path: str | Path, repeats: int = 5) -> dict[str, list[float]]:
+    """Seconds from a click on Review to the end of the rerun it caused, `repeats` times per action of
+    CLICK_TARGETS, in headless chromium against `memaudit app` on `path` (which receives the decisions)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the browser tests' helpers
+    from playwright.sync_api import expect, sync_playwright
+
+    from conftest import CHROMIUM, CHROMIUM_ARGS, dashboard
+    from test_browser import RUN_COUNTER, _apply, _choose, _pick, _rerun
+    from test_review_browser import _open, _shown, _turn
+
+    labels = queries.class_labels(Store(path))[:2]
+    times: dict[str, list[float]] = {action: [] for action in CLICK_TARGETS}
+
+    def timed(action: str, click: Callable[[], None]) -> None:
+        t0 = time.perf_counter()
+        click()
+        times[action].append(time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory() as logs, dashboard(Path(path), Path(logs) / "server.log") as url, \
+            sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.add_init_script(RUN_COUNTER)
+        page.set_default_timeout(60_000)
+        expect.set_options(timeout=60_000)
+        _open(page, url, CLICK_VIEW)
+        for n, sample_id in enumerate(_shown(page)[:repeats], start=1):
+            timed("tick a tile", lambda: _pick(page, sample_id, n))
+        with _rerun(page):
+            page.get_by_role("button", name="Clear all", exact=True).click()
+        for number in range(2, repeats + 2):
+            timed("next page", lambda: _turn(page, number))
+        for i in range(repeats):
+            timed("filter change", lambda: _choose(page, "Class", labels[i % 2]))
+        _choose(page, "Decision", "remove")
+        for sample_id in _shown(page)[:repeats]:
+            _pick(page, sample_id, 1)
+            timed("apply", lambda: _apply(page, "remove recorded for 1 image"))
+        browser.close()
+    return times
+
+
+def print_clicks(times: dict[str, list[float]], where: str) -> None:
+    rows = [[action, f"{statistics.median(ts) * 1000:.0f}", f"{max(ts) * 1000:.0f}", f"< {CLICK_TARGETS[action]:g}",
+             "met" if statistics.median(ts) < CLICK_TARGETS[action] else "MISSED"] for action, ts in times.items()]
+    _table(f"Review clicks in chromium on {where} (ms, click to end of its rerun; {os.cpu_count()} cores)",
+           ["action", "median", "max", "target (s)", "median"], rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--keep", type=Path, help="write the database here and keep it (reused when it exists)")
+    parser.add_argument("--clicks", action="store_true",
+                        help="time Review's clicks in chromium instead of the pages (the database gets decisions)")
+    parser.add_argument("--clicks-db", type=Path,
+                        help="with --clicks: this audit database (a copy is used) instead of a synthetic one")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
+        if args.clicks and args.clicks_db:
+            db = shutil.copy(args.clicks_db, Path(tmp) / args.clicks_db.name)
+            print_clicks(click_times(db, args.repeats), str(args.clicks_db))
+            return
         db = args.keep or Path(tmp) / "synthetic.duckdb"
         counts, build_s = None, None
         if not (args.keep and db.exists()):
             t0 = time.perf_counter()
             counts = build_synthetic(db, args.n, args.seed)
             build_s = time.perf_counter() - t0
+        if args.clicks:
+            print_clicks(click_times(db, args.repeats), f"{args.n:,} synthetic samples")
+            return
         results = measure(db, args.repeats)
         print_results(results, args.n, build_s, counts, args.repeats)
 
