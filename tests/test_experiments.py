@@ -109,7 +109,7 @@ def test_null_random_arm_vs_its_per_model_controls_finds_nothing():
     rate = {key: n / runs for key, n in hits.items()}
     assert rate["per_model"] <= 0.06
     assert rate["one_draw"] > 0.2 and rate["welch"] > 0.2          # the designs this replaces: false findings
-    assert rate["costly"] > 0.9
+    assert rate["costly"] > 0.8                                      # power: 0.91 at seed 0
     assert np.isnan(versus_control([0.9], arm).low)
 
 
