@@ -52,8 +52,10 @@ def explain_write_failure(exc: BaseException, path: str | Path) -> str | None:
             return (f"no space left on the device holding {where} ({free_space(where)}): free some space there, or "
                     "move the audit database to a larger disk, and try again (finished work is kept)")
         if (code in _READ_ONLY_ERRNOS and named) or any(marker in str(link) for marker in _READ_ONLY_TEXT):
-            return (f"cannot write {where}: it or its folder is read-only for this user ({_first_line(link)}); make "
-                    "it writable, or use an audit database in a writable folder")
+            read_only = code == errno.EROFS or _READ_ONLY_TEXT[0] in str(link)
+            why, fix = (("its file system is read-only", "") if read_only else
+                        ("permission denied", "make it (and its folder) writable for this user, or "))
+            return f"cannot write {where}: {why} ({_first_line(link)}); {fix}use an audit database in a writable folder"
     return None
 
 
