@@ -7,6 +7,7 @@ Planted into 24 training and 12 test images per class of the default dataset:
 - `leak_exact`: the same file as a training image in the test split under another label (an exact, conflicting leak);
 - `leak_shift`: a training image shifted by one pixel in the test split, same label (a pixel leak);
 - `leak_dim`: a training image at 80 % contrast in the test split, same label (a near copy, not an exact one);
+- `blank_test`: an all-black test image (an `image_quality` flag: dark, no contrast);
 - `ghost_0001`: a file that is not an image (unreadable; it never reaches `samples`)."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pandas as pd
 from PIL import Image
 
 GHOST = "ghost_0001"
+BLANK = "blank_test"
 TRAIN_PER_CLASS, TEST_PER_CLASS = 24, 12
 STAGES = ("ingest", "train", "scores", "memorization", "embeddings", "detectors")
 # What each planted copy must become in `pairs`: (pair kind, the source's id, the copy's id).
@@ -43,6 +45,7 @@ def plant_manifest(default_manifest: Path, root: Path) -> tuple[Path, dict[str, 
     _edited(Path(sources["pixel_leak"]["path"]), root / "leak_shift.png", shift)
     _edited(Path(sources["leak"]["path"]), root / "leak_dim.png", lambda pixels: (pixels * 0.8).astype(np.uint8))
     (root / "ghost.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    Image.new("L", Image.open(sources["leak"]["path"]).size).save(root / "blank.png")
     leaked = sources["leaked"]
     other_label = "9" if leaked["label"] != "9" else "8"
     planted = pd.DataFrame([
@@ -51,7 +54,8 @@ def plant_manifest(default_manifest: Path, root: Path) -> tuple[Path, dict[str, 
         {**leaked, "sample_id": "leak_exact", "split": "test", "label": other_label},
         {**sources["pixel_leak"], "sample_id": "leak_shift", "split": "test", "path": str(root / "leak_shift.png")},
         {**sources["leak"], "sample_id": "leak_dim", "split": "test", "path": str(root / "leak_dim.png")},
-        {"sample_id": GHOST, "path": str(root / "ghost.png"), "label": "1", "split": "train"}])
+        {"sample_id": GHOST, "path": str(root / "ghost.png"), "label": "1", "split": "train"},
+        {"sample_id": BLANK, "path": str(root / "blank.png"), "label": "0", "split": "test"}])
     manifest = root / "manifest.csv"
     pd.concat([train, test, planted], ignore_index=True)[["sample_id", "path", "label", "split"]].to_csv(
         manifest, index=False)

@@ -16,7 +16,7 @@ from app.common import db_path, flag_name, method_name
 from auditor import job_queries, memorization_queries, point_queries, queries
 from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import Store
-from planted import GHOST, PLANTS, build_planted_db
+from planted import BLANK, GHOST, PLANTS, build_planted_db
 
 APP = Path(__file__).resolve().parent.parent / "app"
 OVERVIEW, REVIEW = str(APP / "views" / "overview.py"), str(APP / "views" / "review.py")
@@ -902,6 +902,17 @@ def test_review_memorized_and_unreadable_evidence(planted_db, planted_store, mon
     reason = store.scalar("SELECT detail FROM flags WHERE sample_id = ? AND kind = 'unreadable'", [GHOST])
     text = "\n".join(show_evidence(at, GHOST))
     assert "#### Unreadable" in text and "not an image file" in reason and reason in text
+
+
+def test_review_image_quality_evidence_shows_its_summary(planted_db, planted_store, monkeypatch):
+    store, path = planted_store, planted_db[0]
+    detail = json.loads(store.scalar("SELECT detail FROM flags WHERE kind = 'image_quality' AND sample_id = ?",
+                                     [BLANK]))
+    assert {"dark", "low_contrast"} <= set(detail["issues"]) and detail["issues"]["low_contrast"]["value"] == 0
+    at = review_with_flag(path, monkeypatch, "image_quality")
+    assert BLANK in shown_ids(at)
+    text = "\n".join(show_evidence(at, BLANK))
+    assert "#### Image quality" in text and "low contrast: grey-level std 0 (dataset 5–95%:" in text
 
 
 def test_review_filters_uncertain_memorization_and_shows_its_interval(small_db, monkeypatch):
