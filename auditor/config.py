@@ -176,7 +176,8 @@ _MINIMUM = {
     "memorization.influence_q": 0.0, "memorization.influence_min_models": 2,
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
-    "detectors.pixel_max_shift": 0, "executor.threads": 0, "executor.gpus_per_task": 0.0,
+    "detectors.pixel_max_shift": 0, "detectors.outlier_c": 0.5, "detectors.image_quality_c": 0.5,
+    "executor.threads": 0, "executor.gpus_per_task": 0.0,
     "executor.max_retries": 0, "executor.max_in_flight": 0, "executor.local_cpus": 0,
 }
 _RECORD_MODES = {"batch", "epoch_end"}
