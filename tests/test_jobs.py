@@ -49,9 +49,12 @@ def launched(tiny_manifest, tmp_path_factory):
     """Three real jobs started together so that they run side by side: an ingest ('ok'), an ingest of a missing
     manifest ('bad'), and an ingest then a training far too long to finish ('long'); none outlives the module."""
     root = tmp_path_factory.mktemp("launched")
+    # The tiny manifest names the default dataset's files by absolute path, outside its own folder.
+    trusted = root / "trusted.toml"
+    trusted.write_text("[data]\nallow_outside_root = true\n")
     long_config = root / "long.toml"
-    long_config.write_text("[train]\nepochs = 100000\n")
-    plans = {"ok": (["ingest"], str(tiny_manifest), None), "bad": (["ingest"], str(root / "missing.csv"), None),
+    long_config.write_text("[data]\nallow_outside_root = true\n[train]\nepochs = 100000\n")
+    plans = {"ok": (["ingest"], str(tiny_manifest), trusted), "bad": (["ingest"], str(root / "missing.csv"), None),
              "long": (["train", "ingest"], str(tiny_manifest), long_config)}
     started = {}
     for name, (stages, data, config) in plans.items():
