@@ -106,6 +106,23 @@ def _twin_details(a: np.ndarray, b: np.ndarray, kinds: np.ndarray, sim: np.ndarr
     return pd.DataFrame(rows, columns=["sample_id", "kind", "score", "detail"])
 
 
+def _oddities(rng: np.random.Generator, ids: np.ndarray, train_ids: np.ndarray) -> pd.DataFrame:
+    """`outlier` flags on 0.5% of the training images and `image_quality` flags on 0.5% of all images, with the
+    summaries the detectors write (their own generator, so the other frames draw what they drew before)."""
+    far = rng.choice(train_ids, size=max(1, len(train_ids) // 200), replace=False)
+    distance = rng.uniform(0.93, 1.2, len(far))
+    poor = rng.choice(ids, size=max(1, len(ids) // 200), replace=False)
+    issue = rng.choice(["dark", "bright", "low_contrast", "blurry"], len(poor))
+    return pd.concat([
+        pd.DataFrame({"sample_id": far, "kind": "outlier", "score": distance,
+                      "detail": [json.dumps({"summary": f"mean cosine distance {d:.3f} to its 10 nearest neighbours; "
+                                                        "typical 0.41 to 0.78, cut 0.926"}) for d in distance]}),
+        pd.DataFrame({"sample_id": poor, "kind": "image_quality", "score": 1.0,
+                      "detail": [json.dumps({"issues": [i], "summary": f"{i.replace('_', ' ')}: beyond the "
+                                                                        "dataset's 5-95% range"}) for i in issue]})],
+        ignore_index=True)
+
+
 def _frames(path: Path, n: int, seed: int, n_classes: int, train_fraction: float) -> dict[str, pd.DataFrame]:
     """Every table of the synthetic audit, as DataFrames keyed by table name."""
     rng = np.random.default_rng(seed)
@@ -330,6 +347,7 @@ def _frames(path: Path, n: int, seed: int, n_classes: int, train_fraction: float
         mis_details.append(json.dumps(detail))
     mislabeled = pd.DataFrame({"sample_id": train_ids[pool], "kind": "mislabeled",
                                "score": rng.uniform(0.3, 1, len(pool)), "detail": mis_details})
+    oddities = _oddities(np.random.default_rng(seed + 1), ids, train_ids)
 
     cand_rank = np.empty(n_train, int)
     cand_rank[order] = np.arange(1, n_train + 1)
@@ -352,7 +370,7 @@ def _frames(path: Path, n: int, seed: int, n_classes: int, train_fraction: float
         pd.DataFrame({"sample_id": train_ids[uncertain], "kind": "memorized_uncertain", "score": mem[uncertain],
                       "detail": "the interval straddles the threshold: more shadow models would decide",
                       "run_id": MEM_RUN}),
-        pd.concat([*twin_flags, long_tail, mislabeled], ignore_index=True).assign(run_id=DETECT_RUN),
+        pd.concat([*twin_flags, long_tail, mislabeled, oddities], ignore_index=True).assign(run_id=DETECT_RUN),
         pd.DataFrame({"sample_id": ids[unreadable], "kind": "unreadable", "score": 1.0,
                       "detail": "cannot identify image file (truncated or not an image)", "run_id": INGEST_RUN})],
         ignore_index=True)

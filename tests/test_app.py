@@ -515,7 +515,9 @@ def test_flag_summaries_answer_as_the_live_tables_and_a_hand_edit_is_read_live(p
 def test_detector_thresholds_are_those_of_the_latest_run(planted_store, small_db, tmp_path):
     store = planted_store
     thresholds = queries.detector_thresholds(store)
-    assert set(thresholds["kind"]) == {"duplicate", "leaked", "pixel_duplicate", "pixel_leak"}
+    assert set(thresholds["kind"]) == {"duplicate", "leaked", "pixel_duplicate", "pixel_leak", "outlier",
+                                       "image_quality_dark", "image_quality_bright", "image_quality_low_contrast",
+                                       "image_quality_blurry"}
     assert thresholds["method"].notna().all()
     stored = store.query("SELECT kind, value FROM thresholds ORDER BY kind")
     assert thresholds["value"].tolist() == stored["value"].tolist()
@@ -525,7 +527,8 @@ def test_detector_thresholds_are_those_of_the_latest_run(planted_store, small_db
                         "FROM thresholds")
     Store(path).execute("INSERT INTO runs (run_id, kind, started_at) VALUES ('detect-old', 'detectors', "
                         "TIMESTAMP '2000-01-01')")
-    assert queries.detector_thresholds(Store(path))["value"].tolist() == latest["value"].tolist() != [0.5] * 4
+    read = queries.detector_thresholds(Store(path))["value"].tolist()
+    assert read == latest["value"].tolist() != [0.5] * len(latest)
 
 
 def test_has_detector_schema(store, small_db, tmp_path):
