@@ -164,10 +164,10 @@ def test_experiment_on_ray_equals_the_local_experiment(small_db, tmp_path, ray_h
         proc = memaudit("experiment", "--db", target, "--profile", "quick", "--config", cfg, "--arms", "memorized",
                         "--models", "2", *executor)
         assert proc.returncode == 0, proc.stderr[-2000:]
-    models = ("SELECT arm, model_index, seed, test_acc, subpop_acc, leaked_acc, rest_acc, epochs_run, test_correct "
-              "FROM experiment_models ORDER BY arm, model_index")
+    models = ("SELECT arm, model_index, seed, test_acc, subpop_acc, leaked_acc, rest_acc, epochs_run, sgd_steps, "
+              "removed_ids, test_correct FROM experiment_models ORDER BY arm, model_index")
     a, b = Store(on_ray).query(models), Store(local).query(models)
-    assert len(a) == 3 * 2 and not a.duplicated(["arm", "model_index"]).any()  # full, memorized, its control
+    assert len(a) == 4 * 2 and not a.duplicated(["arm", "model_index"]).any()  # full (1x, 2x), memorized, control
     pd.testing.assert_frame_equal(a, b)
     assert Store(on_ray).scalar("SELECT status FROM experiments") == "done"
     recorded = Store(on_ray).scalar("SELECT config_json FROM runs WHERE run_id = (SELECT run_id FROM experiments)")
