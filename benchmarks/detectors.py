@@ -56,14 +56,21 @@ def plant_leaks(frame: pd.DataFrame, rows: np.ndarray, sources: np.ndarray, root
         frame.loc[row, ["path", "label"]] = [str(path), frame.at[src, "label"]]
 
 
+def plant_flips(frame: pd.DataFrame, rng: np.random.Generator, fraction: float = 0.05) -> np.ndarray:
+    """Move `fraction` of the training labels (in place) to another digit at random; return the flipped rows."""
+    train = frame.index[frame["split"] == "train"].to_numpy()
+    flip = rng.choice(train, size=int(fraction * len(train)), replace=False)
+    frame.loc[flip, "label"] = [str((int(v) + rng.integers(1, 10)) % 10) for v in frame.loc[flip, "label"]]
+    return flip
+
+
 def plant(root: Path) -> tuple[Path, dict[str, set[str]]]:
     """Write a manifest of the default dataset with planted flips, leaks and duplicates; return it and the truth."""
     frame = default_frame()
     rng = np.random.default_rng(SEED)
     train = frame.index[frame["split"] == "train"].to_numpy()
     test = frame.index[frame["split"] == "test"].to_numpy()
-    flip = rng.choice(train, size=int(0.05 * len(train)), replace=False)
-    frame.loc[flip, "label"] = [str((int(v) + rng.integers(1, 10)) % 10) for v in frame.loc[flip, "label"]]
+    flip = plant_flips(frame, rng)
     leak_rows = rng.choice(test, size=int(0.02 * len(test)), replace=False)
     sources = rng.choice(np.setdiff1d(train, flip), size=len(leak_rows), replace=False)
     plant_leaks(frame, leak_rows, sources, root, rng)
