@@ -36,6 +36,24 @@ class TrainingArrays:
         return ShadowData(self.x_train, self.y_train, self.x_test, self.y_test, len(self.labels))
 
 
+@dataclass(frozen=True)
+class TrainLabels:
+    """The training sample ids and label indices in sample_id order, as `TrainingArrays` has them (but for files that
+    vanished since ingest), read without decoding an image: enough to plan a stage."""
+
+    train_ids: np.ndarray
+    y_train: np.ndarray
+
+
+def train_labels(store: Store) -> TrainLabels:
+    """The ingested training samples' ids and label indices, in sample_id order."""
+    frame = store.query("SELECT sample_id, label_index FROM samples WHERE split = 'train' ORDER BY sample_id")
+    if frame.empty:
+        raise RuntimeError("no training images in the database; run the ingest stage on a dataset with a train "
+                           "split first")
+    return TrainLabels(frame["sample_id"].to_numpy(), frame["label_index"].to_numpy())
+
+
 def _load_split(store: Store, frame: pd.DataFrame, cfg: AuditConfig, channels: int, split: str,
                 progress: ProgressFactory) -> tuple[pd.DataFrame, np.ndarray]:
     """Decode a split for training; files that vanished since ingest become `problems` and are left out."""

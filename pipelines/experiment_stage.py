@@ -35,7 +35,7 @@ from auditor.memorization_queries import estimate
 from auditor.provenance import fingerprint
 from auditor.store import Store
 from auditor.training import train_model
-from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
+from pipelines.arrays import TrainingArrays, TrainLabels, load_training_arrays, train_labels, training_fingerprint
 from pipelines.jobs import Job
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import finish_run, now, start_run
@@ -100,7 +100,7 @@ def _ids_file(path: str, train_ids: np.ndarray, all_ids: set[str]) -> list[str]:
     return ids
 
 
-def resolve_arms(store: Store, spec: ExperimentSpec, data: TrainingArrays) -> list[Arm]:
+def resolve_arms(store: Store, spec: ExperimentSpec, data: TrainingArrays | TrainLabels) -> list[Arm]:
     """The full-data arm, its longer-schedule twin, each requested arm (training ids only) and, for each non-empty
     one, its class-matched random control (drawn per model, see `model_control`)."""
     buckets = paper_buckets(store, spec.small_cluster_size)
@@ -239,6 +239,17 @@ def _model_rows(experiment_id: str, arm: Arm, task: BlockTask, result, data: Tra
         "seconds": result.seconds / len(models), "finished_at": now()})
 
 
+def trainable_arms(arms: list[Arm]) -> list[Arm]:
+    """The arms that train models: the full arms, the controls and every arm that removes something."""
+    return [a for a in arms if a.ids or a.schedule != 1 or a.name == FULL or a.control_of is not None]
+
+
+def planned_arms(store: Store, spec: ExperimentSpec) -> list[Arm]:
+    """The arms `run_experiment` would train `spec.models` models each for on `store` now, resolved without decoding
+    an image; ValueError or FileNotFoundError as `resolve_arms` raises them."""
+    return trainable_arms(resolve_arms(store, spec, train_labels(store)))
+
+
 def train_arms(store: Store, experiment_id: str, spec: ExperimentSpec, arms: list[Arm], data: TrainingArrays,
                cfg: AuditConfig, run_id: str, sets: dict[str, tuple[np.ndarray, np.ndarray]],
                progress: ProgressFactory = silent) -> tuple[int, int]:
@@ -246,7 +257,7 @@ def train_arms(store: Store, experiment_id: str, spec: ExperimentSpec, arms: lis
     every model draws the full training set's count of points per epoch, so all arms train the same SGD steps as
     the full arm on their schedule. Returns (trained now, reused)."""
     by_name = {a.name: a for a in arms}
-    trainable = [a for a in arms if a.ids or a.schedule != 1 or a.name == FULL or a.control_of is not None]
+    trainable = trainable_arms(arms)
     done = set(store.query("SELECT arm, model_index FROM experiment_models WHERE experiment_id = ?",
                            [experiment_id]).itertuples(index=False, name=None))
     total = len(trainable) * spec.models

@@ -25,13 +25,14 @@ from auditor.proxy_calibration import proxy_calibration
 from auditor.shadow_budget import DesignPlan, half_width, models_for_half_width
 from auditor.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
 from auditor.store import Store
-from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
+from pipelines.arrays import TrainingArrays, TrainLabels, load_training_arrays, train_labels, training_fingerprint
 from pipelines.jobs import Job
 from pipelines.progress import ProgressFactory, notice, silent
 from pipelines.runs import finish_run, now, start_run
 from pipelines.stages import StageReport
 
 NOT_A_CANDIDATE = "not a candidate (ApB above cut-off)"
+PHASE_1 = "phase 1 (ApB shortlist + audit sample)"
 METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact LOO"}
 # Up to this many classes each shadow model's out-of-shard class probabilities are stored (label-issue detection
 # averages them); beyond, they would grow with models x points x classes: the detectors train k-fold models instead.
@@ -43,7 +44,7 @@ def _model_seed(design_id: str, index: int) -> int:
     return int(fingerprint(design_id, index), 16) % (2 ** 31)
 
 
-def _candidates(store: Store, data: TrainingArrays) -> np.ndarray:
+def _candidates(store: Store, data: TrainingArrays | TrainLabels) -> np.ndarray:
     """Indices (into the training arrays) of the `memorized_candidate` points, lowest ApB first."""
     ids = store.query("SELECT f.sample_id FROM flags f JOIN scores s USING (sample_id) "
                       "WHERE f.kind = 'memorized_candidate' ORDER BY s.apb, f.sample_id")["sample_id"]
@@ -55,7 +56,7 @@ def _candidates(store: Store, data: TrainingArrays) -> np.ndarray:
     return found
 
 
-def _proxies(store: Store, data: TrainingArrays) -> pd.DataFrame:
+def _proxies(store: Store, data: TrainingArrays | TrainLabels) -> pd.DataFrame:
     """The training-dynamics scores (ApB and the other proxies) of every training point, in training-array order."""
     frame = store.query("SELECT sample_id, apb, el2n, forgetting_events, confidence, variability FROM scores")
     frame = frame.set_index("sample_id").reindex(data.train_ids)
@@ -75,24 +76,41 @@ def plan_design(store: Store, n_train: int, points: np.ndarray | None, cfg: Audi
                 phase: str) -> tuple[ShardDesign, DesignPlan]:
     """The design of one phase and what it will cost: pLOO over every point (points None) or pLOO-improved over
     `points`, with the model count from the target half-width, min_in/min_out and the floors (or `models`)."""
-    mc = cfg.memorization
-    fraction = mc.fraction or (0.7 if points is None else 0.5)
-    n_sharded = n_train if points is None else len(points)
-    k = mc.models or max(models_for_half_width(mc.half_width, fraction, mc.min_in, mc.min_out),
-                         default_shard_count(n_sharded, mc.per_candidate, mc.min_models))
-    design = (ploo_design(n_train, k, fraction, seed=seed) if points is None
-              else ploo_improved_design(n_train, points, k, fraction, seed=seed))
-    plan = DesignPlan(phase, k, n_sharded, fraction, mc.half_width, half_width(k, fraction),
-                      _seconds_per_model(store))
+    plan = design_plan(store, n_train if points is None else len(points), points is None, cfg, phase)
+    design = (ploo_design(n_train, plan.n_models, plan.fraction, seed=seed) if points is None
+              else ploo_improved_design(n_train, points, plan.n_models, plan.fraction, seed=seed))
     return design, plan
 
 
-def _selection(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def design_plan(store: Store, n_sharded: int, every_point: bool, cfg: AuditConfig, phase: str) -> DesignPlan:
+    """What a design sharding `n_sharded` points (every training point for pLOO) will train: the model count from
+    the target half-width, min_in/min_out and the floors (or `models`), and the seconds per model measured here."""
+    mc = cfg.memorization
+    fraction = mc.fraction or (0.7 if every_point else 0.5)
+    k = mc.models or max(models_for_half_width(mc.half_width, fraction, mc.min_in, mc.min_out),
+                         default_shard_count(n_sharded, mc.per_candidate, mc.min_models))
+    return DesignPlan(phase, k, n_sharded, fraction, mc.half_width, half_width(k, fraction),
+                      _seconds_per_model(store))
+
+
+def _selection(store: Store, data: TrainingArrays | TrainLabels,
+               cfg: AuditConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(shortlist, band of every point, audit sample) of pLOO-improved's first phase."""
     mc = cfg.memorization
     shortlist = _candidates(store, data)
     bands = apb_bands(_proxies(store, data)["apb"].to_numpy(), shortlist, mc.bands)
     return shortlist, bands, audit_sample(bands, mc.audit_fraction, mc.audit_min_per_band, cfg.seed)
+
+
+def first_plan(store: Store, cfg: AuditConfig) -> DesignPlan:
+    """The first design the memorization stage would train on `store` now (pLOO, or pLOO-improved's phase 1 over
+    the ApB shortlist and audit sample), without decoding an image; RuntimeError when train and scores have not run.
+    A second pLOO-improved phase depends on the first one's scores, so it cannot be planned ahead."""
+    labels = train_labels(store)
+    if cfg.memorization.method == "ploo":
+        return design_plan(store, len(labels.train_ids), True, cfg, "pLOO")
+    shortlist, _, audit = _selection(store, labels, cfg)
+    return design_plan(store, len(np.union1d(shortlist, audit)), False, cfg, PHASE_1)
 
 
 def _design_id(design: ShardDesign, data: TrainingArrays, cfg: AuditConfig) -> str:
@@ -364,7 +382,7 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
     else:
         shortlist, bands, audit = _selection(store, data, cfg)
         phases = [_run_phase(store, data, cfg, np.union1d(shortlist, audit), cfg.seed,
-                             "phase 1 (ApB shortlist + audit sample)", progress)]
+                             PHASE_1, progress)]
         extended, more = _extension(bands, audit, phases[0], cfg)
         if len(more):
             phases.append(_run_phase(store, data, cfg, more, cfg.seed + 1,
