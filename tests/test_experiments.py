@@ -340,10 +340,12 @@ def test_experiments_page_shows_results_and_starts_in_the_background(experiment,
     assert (spread["new_ids_vs_model_0"] > 0).all()
     every = at.dataframe[2].value
     assert len(every) == 2 * MODELS and every["n_removed"].tolist()[-MODELS:] == [6] * MODELS
-    at.multiselect(key="experiment_arms").set_value(["leakage", "decisions"])
+    at.multiselect(key="experiment_arms").set_value(["memorized", "decisions"])
     at.number_input(key="experiment_models").set_value(4)
     at.button[0].click().run(timeout=120)
-    assert started and started[0][0][1] == ["leakage", "decisions"] and started[0][1]["models"] == 4
+    assert not started and not [e.value for e in at.error]  # Start only shows the plan
+    at.button(key="experiment_pending-confirm").click().run(timeout=120)
+    assert started and started[0][0][1] == ["memorized", "decisions"] and started[0][1]["models"] == 4
     assert any("experiment-x" in s.value for s in at.success)
 
 

@@ -220,9 +220,11 @@ def test_start_launches_without_waiting_and_cancel_stops_it(store, tiny_manifest
     at.multiselect[0].set_value(["ingest"])
     at.text_input[0].input(str(tiny_manifest))
     at.text_input[1].input("quick")
-    t0 = time.monotonic()
     at.button[0].click().run(timeout=60)
-    assert time.monotonic() - t0 < 5, "Start waited for the job"
+    assert job_queries.jobs(store).empty and any(m.value == "- ingest" for m in at.markdown)  # the plan only
+    t0 = time.monotonic()
+    at.button(key="jobs_pending-confirm").click().run(timeout=60)
+    assert time.monotonic() - t0 < 5, "Confirm waited for the job"
     assert not at.exception and not at.error
     job_id = job_queries.jobs(store).loc[0, "job_id"]
     assert any(job_id in s.value for s in at.success)

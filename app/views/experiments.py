@@ -9,10 +9,12 @@ import pandas as pd
 import streamlit as st
 
 from app.common import flag_name, run_page
+from app.confirm import confirmed, hold
 from auditor import queries, sweep_queries
 from auditor.experiment_queries import (
     control_models, control_spread, experiment_results, schedule_check_row, schedule_line)
 from auditor.store import Store
+from pipelines.job_plan import plan_experiment
 from pipelines.launcher import launch_experiment
 from pipelines.stage_names import BUCKETS
 
@@ -20,6 +22,7 @@ BUCKET_NAMES = {"memorized": "all memorized points", "leakage": "leakage bucket 
                 "subpopulation": "sub-population bucket (shared influenced test points or a tiny cluster)",
                 "memorized_remainder": "memorized remainder", "decisions": "images decided 'remove'"}
 PROFILES = ("standard", "quick")
+PENDING = "experiment_pending"  # the session key of the experiment awaiting confirmation
 # Results columns shown in % (besides *_acc, *_drop, *_std)
 PERCENT = ("drop", "drop_low", "drop_high", "vs_control", "vs_control_low", "vs_control_high", "mem_share",
            "mem_share_low", "mem_share_high")
@@ -42,8 +45,16 @@ def _start(store: Store) -> None:
                                  help="Re-run ApB on each reduced dataset and count newly flagged points")
         started = st.form_submit_button("Start in the background", type="primary")
     if started:
+        request = {"arms": arms, "models": int(models), "profile": profile, "reaudit": reaudit}
         try:
-            job_id = launch_experiment(store.path, arms, models=int(models), profile=profile, reaudit=reaudit)
+            hold(PENDING, request, plan_experiment(store.path, arms, models=int(models), profile=profile))
+        except (ValueError, FileNotFoundError) as exc:
+            st.error(f"Not started: {exc}")
+    request = confirmed(PENDING)
+    if request is not None:
+        try:
+            job_id = launch_experiment(store.path, request["arms"], models=request["models"],
+                                       profile=request["profile"], reaudit=request["reaudit"])
         except ValueError as exc:
             st.error(f"Not started: {exc}")
         else:

@@ -8,17 +8,20 @@ import pandas as pd
 import streamlit as st
 
 from app.common import md, method_name, run_page
+from app.confirm import confirmed, hold
 from auditor import job_queries
 from auditor.store import Store
-from pipelines import launcher
+from pipelines import job_plan, launcher
 from pipelines.stage_names import STAGES
 
 REFRESH_S = 3
 LOG_BYTES = 20_000
+PENDING = "jobs_pending"  # the session key of the job awaiting confirmation
 
 
 def _start(store: Store) -> None:
-    """A form that starts the chosen stages as a background job and returns at once with its id."""
+    """A form for the stages to start; Start shows what the job will do (its steps, the shadow models planned, the
+    time) and only Confirm starts it in the background, returning at once with its id."""
     with st.form("start"):
         st.markdown("**Start stages in the background**")
         stages = st.multiselect("Stages", STAGES, help="They run in pipeline order; `scores` needs `train` in the "
@@ -30,18 +33,26 @@ def _start(store: Store) -> None:
         profile = right.text_input("Profile", placeholder="standard", help="quick | standard (see [profiles] in "
                                                                            "the config)")
         submitted = st.form_submit_button("Start", type="primary")
-    if not submitted:
-        return
-    if not stages:
+    if submitted and not stages:
         st.warning("Choose at least one stage to start.")
+    elif submitted:
+        request = {"stages": [s for s in STAGES if s in stages], "data": data.strip() or None,
+                   "profile": profile.strip() or None}
+        try:
+            hold(PENDING, request, job_plan.plan_run(store.path, request["stages"], profile=request["profile"]))
+        except (ValueError, OSError) as exc:
+            st.error(f"Could not plan the job: {exc}")
+            return
+    request = confirmed(PENDING)
+    if request is None:
         return
     try:
-        job_id = launcher.launch(store.path, stages, data=data.strip() or None, profile=profile.strip() or None)
+        job_id = launcher.launch(store.path, request["stages"], data=request["data"], profile=request["profile"])
     except (ValueError, OSError) as exc:
         st.error(f"Could not start the job: {exc}")
         return
-    st.success(f"Started job `{job_id}` ({', '.join(s for s in STAGES if s in stages)}); it runs in the background "
-               "and shows below.")
+    st.success(f"Started job `{job_id}` ({', '.join(request['stages'])}); it runs in the background and shows "
+               "below.")
 
 
 def _jobs(store: Store) -> None:
