@@ -22,6 +22,7 @@ from conftest import kill_when_progress, memaudit
 from pipelines.arrays import load_training_arrays
 from pipelines.cli import main, status_text
 from pipelines.experiment_stage import ExperimentSpec, resolve_arms, run_experiment
+from pipelines.job_plan import JobPlan
 
 CONFIG = """
 [data]
@@ -344,6 +345,10 @@ def test_experiments_page_shows_results_and_starts_in_the_background(experiment,
     at.number_input(key="experiment_models").set_value(4)
     at.button[0].click().run(timeout=120)
     assert not started and not [e.value for e in at.error]  # Start only shows the plan
+    per_model = Store(db).scalar("SELECT median(seconds) FROM experiment_models WHERE arm <> 'full:2x_schedule'")
+    shown = next(m.value for m in at.markdown if m.value.startswith("Models planned ahead"))
+    models = int(shown.split("**")[1])
+    assert models % 4 == 0 and JobPlan((), models, (models + 4) * per_model).estimate() in shown  # 2x arm: twice
     at.button(key="experiment_pending-confirm").click().run(timeout=120)
     assert started and started[0][0][1] == ["memorized", "decisions"] and started[0][1]["models"] == 4
     assert any("experiment-x" in s.value for s in at.success)
