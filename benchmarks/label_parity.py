@@ -9,6 +9,8 @@ Precision, recall and F1 are pooled over seeds: Jeffreys 95% intervals for preci
 training points (resampled within each seed) for F1. Benchmark-only dependency: pip install 'memaudit[bench]'.
 
 Usage: python benchmarks/label_parity.py [--seeds 101 102 103] [--profile standard] [--kfold 5]
+(a profile must embed with a pretrained embedder: the quick profile's audit-model embedder needs a training run that
+this benchmark does not make; fewer folds are faster: --kfold 2)
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from detectors import default_frame, plant_flips
 from report import table
 
 from auditor.audit_sample import jeffreys_interval
-from auditor.config import load_config
+from auditor.config import AuditConfig, load_config
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.neighbors import knn
 from auditor.store import Store
@@ -55,8 +57,12 @@ def pooled_prf(found: list[np.ndarray], truth: list[np.ndarray], resamples: int 
             "f1_low": float(np.nanquantile(f1_boot, 0.025)), "f1_high": float(np.nanquantile(f1_boot, 0.975))}
 
 
-def seed_flags(store: Store, manifest: Path, cfg, embeddings: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Ingest one planted manifest, then every method's boolean flags over the training rows (sample-id order)."""
+CL, CLEANLAB = "memaudit confident learning alone", "cleanlab find_label_issues, same probabilities"
+
+
+def seed_flags(store: Store, manifest: Path, cfg: AuditConfig) -> tuple[np.ndarray, dict[str, np.ndarray], str]:
+    """Ingest one planted manifest; every method's boolean flags over the training rows (sample-id order), and the
+    embedder whose vectors the kNN and Datalab rows used."""
     from cleanlab import Datalab
     from cleanlab.filter import find_label_issues
 
@@ -67,22 +73,19 @@ def seed_flags(store: Store, manifest: Path, cfg, embeddings: dict) -> tuple[np.
     probs, _ = out_of_sample_probs(store, cfg, silent)
     embedder = store.scalar("SELECT embedder_id FROM embedders ORDER BY created_at DESC LIMIT 1")
     x = load_embeddings(store, embedder, ids)
-    embeddings["embedder"] = embedder
     dc = cfg.detectors
     cl = confident_learning(probs, y)
     graph = knn(x, dc.k, exact_below=dc.exact_below, index=dc.index)
     combined = label_issue_flags(cl, knn_label_disagreement(graph, y, n_classes), ids)
-    flags = {"memaudit confident learning alone": cl.set_index("index")["is_issue"].reindex(np.arange(len(y)),
-                                                                                           fill_value=False)
-             .to_numpy(bool),
-             "cleanlab find_label_issues, same probabilities": find_label_issues(y, probs),
+    flags = {CL: cl.set_index("index")["is_issue"].reindex(np.arange(len(y)), fill_value=False).to_numpy(bool),
+             CLEANLAB: find_label_issues(y, probs),
              "memaudit combined (CL + kNN on embeddings)": np.isin(ids, combined["sample_id"].to_numpy())}
     for name, given in (("cleanlab Datalab label, same embeddings + probabilities", {"pred_probs": probs}),
                         ("cleanlab Datalab label, same embeddings only", {})):
         lab = Datalab(data={"label": y}, label_name="label", verbosity=0)
         lab.find_issues(features=x, issue_types={"label": {}}, **given)
         flags[name] = lab.get_issues("label")["is_label_issue"].to_numpy(bool)
-    return ids, flags
+    return ids, flags, embedder
 
 
 def main() -> None:
@@ -96,7 +99,7 @@ def main() -> None:
                                                        "detectors": {"kfold": args.kfold}})
     t0 = time.perf_counter()
     found: dict[str, list[np.ndarray]] = {}
-    truth, per_seed, embeddings = [], [], {}
+    truth, per_seed, embedder = [], [], ""
     with tempfile.TemporaryDirectory() as tmp:
         store = Store(Path(tmp) / "parity.duckdb")  # one store: re-ingesting keeps the embeddings (same images)
         for seed in args.seeds:
@@ -104,20 +107,21 @@ def main() -> None:
             flipped = set(frame.loc[plant_flips(frame, np.random.default_rng(seed)), "sample_id"])
             manifest = Path(tmp) / f"flips-{seed}.csv"
             frame.to_csv(manifest, index=False)
-            ids, flags = seed_flags(store, manifest, cfg, embeddings)
+            ids, flags, embedder = seed_flags(store, manifest, cfg)
             truth.append(np.isin(ids, list(flipped)))
             for name, mask in flags.items():
                 found.setdefault(name, []).append(mask)
-            cl, clean = flags["memaudit confident learning alone"], flags["cleanlab find_label_issues, same probabilities"]
+            cl, clean = flags[CL], flags[CLEANLAB]
             per_seed.append([seed, int(truth[-1].sum()), int(cl.sum()), int(clean.sum()), int((cl & clean).sum()),
                              *(f"{pooled_prf([m], [truth[-1]])['f1']:.3f}" for m in flags.values())])
     rows = []
     for name, masks in found.items():
         s = pooled_prf(masks, truth)
-        rows.append([name, s["flagged"], s["planted"], s["hits"],
-                     *(f"{s[m]:.3f} [{s[m + '_low']:.3f}, {s[m + '_high']:.3f}]" for m in ("precision", "recall", "f1"))])
+        rows.append([name, s["flagged"], s["planted"], s["hits"], *(f"{s[m]:.3f} [{s[m + '_low']:.3f}, "
+                                                                    f"{s[m + '_high']:.3f}]"
+                                                                    for m in ("precision", "recall", "f1"))])
     title = (f"label issues, {len(args.seeds)} held-out flip seeds {args.seeds} pooled (profile {args.profile}, "
-             f"{args.kfold}-fold probabilities, embedder {embeddings['embedder']}, {time.perf_counter() - t0:.0f} s)")
+             f"{args.kfold}-fold probabilities, embedder {embedder}, {time.perf_counter() - t0:.0f} s)")
     table(title, ["method", "flagged", "planted", "hits", "precision [95%]", "recall [95%]", "F1 [95%]"], rows)
     table("per seed: CL flags vs cleanlab's, and F1 of each method in the order above",
           ["seed", "planted", "memaudit CL", "cleanlab", "both", *(f"F1 {i + 1}" for i in range(len(found)))],
