@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from auditor.experiments import FULL, summarize
+from auditor.experiments import FULL, FULL_LONGER, summarize
 from auditor.store import Store
 
 # Per-arm design columns shown next to the results (added after the first schema: absent in old files' rows = NULL).
@@ -82,3 +82,9 @@ def control_spread(store: Store, experiment_id: str) -> pd.DataFrame:
         models=("model_index", "size"), n_removed=("n_removed", "first"),
         new_ids_vs_model_0=("distinct_from_model_0", "mean"), drop_mean=("drop_vs_full_mean", "mean"),
         drop_std=("drop_vs_full_mean", "std")).reset_index()[columns]
+
+
+def seconds_per_model(store: Store) -> float | None:
+    """Median training seconds of one experiment model on `store` (1x-schedule arms), None before any experiment."""
+    value = store.scalar("SELECT median(seconds) FROM experiment_models WHERE arm <> ?", [FULL_LONGER])
+    return None if value is None else float(value)

@@ -385,3 +385,8 @@ def experiments(store: Store) -> pd.DataFrame:
 def recorded_file_hash(store: Store, path: str) -> str | None:
     """The `file_hash` ingest recorded for the image at `path`; None when no sample has that path."""
     return store.scalar("SELECT any_value(file_hash) FROM samples WHERE path = ?", [path])
+
+
+def train_samples(store: Store) -> pd.DataFrame:
+    """The ingested training samples' sample_id and label_index, in sample_id order."""
+    return store.query("SELECT sample_id, label_index FROM samples WHERE split = 'train' ORDER BY sample_id")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from auditor import queries
 from auditor.config import AuditConfig
 from auditor.executor import ShadowData
 from auditor.ingest import PROBLEM_COLUMNS
@@ -47,7 +48,7 @@ class TrainLabels:
 
 def train_labels(store: Store) -> TrainLabels:
     """The ingested training samples' ids and label indices, in sample_id order."""
-    frame = store.query("SELECT sample_id, label_index FROM samples WHERE split = 'train' ORDER BY sample_id")
+    frame = queries.train_samples(store)
     if frame.empty:
         raise RuntimeError("no training images in the database; run the ingest stage on a dataset with a train "
                            "split first")

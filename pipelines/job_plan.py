@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from auditor import experiment_queries
 from auditor.config import load_config
 from auditor.store import Store
 from pipelines.stage_names import STAGES, parse_arms
@@ -71,7 +72,6 @@ def plan_experiment(db: str | Path, arms: Sequence[str], *, models: int, profile
     """The plan of `memaudit experiment` on `db`: every arm it trains (the full arm, its 2x-schedule twin, each
     non-empty arm and its random control) times `models`, timed at the median seconds per model of the earlier
     experiments on `db` (1x-schedule arms; a 2x arm counts twice). ValueError when the arms resolve to nothing to remove."""
-    from auditor.experiments import FULL_LONGER
     from pipelines.experiment_stage import ExperimentSpec, planned_arms  # torch: only when asked
 
     load_config(None, profile)
@@ -80,6 +80,6 @@ def plan_experiment(db: str | Path, arms: Sequence[str], *, models: int, profile
     removed = {a.name: len(a.ids) for a in trained}
     steps = tuple(f"{a.name}: {models} models without {removed[a.control_of or a.name]} points ({a.source})"
                   for a in trained)
-    per_model = store.scalar("SELECT median(seconds) FROM experiment_models WHERE arm <> ?", [FULL_LONGER])
+    per_model = experiment_queries.seconds_per_model(store)
     seconds = None if per_model is None else per_model * models * sum(a.schedule for a in trained)
     return JobPlan(steps, len(trained) * models, seconds)
