@@ -157,9 +157,11 @@ def _block_frames(design_id: str, design: ShardDesign, models: list[int], seeds:
     for row, model_id in enumerate(ids):
         in_shard = design.membership[models[row]]
         # Out-of-shard probabilities are out-of-sample predictions (label-issue detection uses them); in-shard: NULL.
+        # A block trained without them (many classes) stores none.
         probs = [None] * len(data.train_ids)
-        for i in np.flatnonzero(~in_shard) if result.train_probs is not None else ():
-            probs[i] = result.train_probs[row, i].astype(np.float32)
+        if result.train_probs is not None:
+            for i in np.flatnonzero(~in_shard):
+                probs[i] = result.train_probs[row, i].astype(np.float32)
         preds.append(pd.DataFrame({"model_id": model_id, "sample_id": data.train_ids, "split": "train",
                                    "pred": result.train_pred[row], "p_label": result.train_p_label[row],
                                    "correct": result.train_pred[row] == data.y_train, "in_shard": in_shard,
