@@ -8,7 +8,7 @@ import io
 from collections.abc import Callable
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 from scipy import ndimage
 
 Edit = Callable[[np.ndarray, np.random.Generator], np.ndarray]
