@@ -7,15 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from auditor import queries
+from auditor import queries, sample_rows
 from auditor.config import AuditConfig
 from auditor.executor import ShadowData
 from auditor.ingest import PROBLEM_COLUMNS
 from auditor.provenance import fingerprint
+from auditor.run_rows import record_problems
 from auditor.store import Store
 from auditor.tensors import load_images, resolve_channels
 from pipelines.progress import ProgressFactory, silent
-from pipelines.runs import record_problems
 
 
 @dataclass
@@ -74,12 +74,11 @@ def _load_split(store: Store, frame: pd.DataFrame, cfg: AuditConfig, channels: i
 
 def load_training_arrays(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent) -> TrainingArrays:
     """Decode train and test images at the configured size and channel count."""
-    samples = store.query("SELECT sample_id, split, label_index, path, mode, pixel_hash FROM samples "
-                          "ORDER BY sample_id")
+    samples = sample_rows.decodable_samples(store)
     if not (samples["split"] == "train").any():
         raise RuntimeError("no readable training images in the database; run the ingest stage on a dataset "
                            "with a train split first")
-    labels = store.query("SELECT label FROM classes ORDER BY label_index")["label"].tolist()
+    labels = queries.class_labels(store)
     channels = resolve_channels(cfg.data.channels, samples["mode"].tolist())
     train, x_train = _load_split(store, samples[samples["split"] == "train"], cfg, channels, "train", progress)
     test, x_test = _load_split(store, samples[samples["split"] == "test"], cfg, channels, "test", progress)

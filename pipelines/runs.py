@@ -1,64 +1,14 @@
-"""Run records: every stage writes a `runs` row with its config, seed, code and library versions."""
+"""Run records: every stage writes a `runs` row with its config, seed, code and library versions (auditor.run_rows
+owns the table; its functions are re-exported here for the stages), and keeps large files next to the database."""
 
 from __future__ import annotations
 
-import json
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
-
-from auditor.config import AuditConfig
-from auditor.provenance import code_version, library_versions
+from auditor.run_rows import finish_run, now, record_problems, run_status, start_run  # noqa: F401 (re-exported)
 from auditor.store import Store
-
-# Tables whose rows belong to one run_id and are replaced when that run is re-done.
-RUN_OWNED_TABLES = ("epochs", "dynamics", "predictions")
 
 
 def artifact_path(store: Store, run_id: str, suffix: str = ".pt") -> Path:
     """Where a run keeps a file too large for the database (model weights), next to the database file."""
     return store.path.with_name(store.path.name + ".artifacts") / f"{run_id}{suffix}"
-
-
-def record_problems(store: Store, problems: pd.DataFrame) -> None:
-    """Store problems found by a stage after ingest, replacing that stage's earlier rows for the same samples, so a
-    re-run (or a resume after a kill) never lists a file twice."""
-    stage_ids = problems[["stage", "sample_id"]].drop_duplicates()
-    store.write([("problems", problems)], frames={"_seen": stage_ids}, deletes=[
-        ("DELETE FROM problems p USING _seen s WHERE p.stage = s.stage AND p.sample_id = s.sample_id", [])])
-
-
-def now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def run_status(store: Store, run_id: str) -> str | None:
-    """Status of a run ('running', 'done', 'failed') or None when it was never started."""
-    return store.scalar("SELECT status FROM runs WHERE run_id = ?", [run_id])
-
-
-def start_run(store: Store, run_id: str, kind: str, cfg: AuditConfig, *, seed: int | None = None,
-              parent_run_id: str | None = None, device: str | None = None) -> None:
-    """(Re)start a run: clear whatever an interrupted attempt left behind, then record it as running."""
-    with store.connect() as con:
-        con.execute("BEGIN TRANSACTION")
-        for table in RUN_OWNED_TABLES:
-            con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
-        con.execute("DELETE FROM runs WHERE run_id = ?", [run_id])
-        con.execute(
-            "INSERT INTO runs (run_id, kind, parent_run_id, seed, config_json, versions_json, code_version, device,"
-            " started_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
-            [run_id, kind, parent_run_id, seed, json.dumps(cfg.to_dict(), sort_keys=True),
-             json.dumps(library_versions(), sort_keys=True), code_version(), device, now()])
-        con.execute("COMMIT")
-
-
-def finish_run(store: Store, run_id: str, *, status: str = "done", message: str | None = None,
-               converged: bool | None = None, train_acc: float | None = None, test_acc: float | None = None,
-               seconds: float | None = None) -> None:
-    """Record how a run ended."""
-    store.execute(
-        "UPDATE runs SET finished_at = ?, status = ?, message = ?, converged = ?, train_acc = ?, test_acc = ?,"
-        " seconds = ? WHERE run_id = ?",
-        [now(), status, message, converged, train_acc, test_acc, seconds, run_id])
