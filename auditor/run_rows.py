@@ -57,3 +57,9 @@ def finish_run(store: Store, run_id: str, *, status: str = "done", message: str 
         "UPDATE runs SET finished_at = ?, status = ?, message = ?, converged = ?, train_acc = ?, test_acc = ?,"
         " seconds = ? WHERE run_id = ?",
         [now(), status, message, converged, train_acc, test_acc, seconds, run_id])
+
+
+def audit_seed_run(store: Store) -> str | None:
+    """The lowest-seed training run behind the current scores; None before any scores."""
+    return store.scalar("SELECT r.run_id FROM run_inputs i JOIN runs r ON r.run_id = i.input_run_id "
+                        "WHERE i.run_id = (SELECT min(run_id) FROM scores) ORDER BY r.seed LIMIT 1")
