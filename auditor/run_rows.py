@@ -63,3 +63,20 @@ def audit_seed_run(store: Store) -> str | None:
     """The lowest-seed training run behind the current scores; None before any scores."""
     return store.scalar("SELECT r.run_id FROM run_inputs i JOIN runs r ON r.run_id = i.input_run_id "
                         "WHERE i.run_id = (SELECT min(run_id) FROM scores) ORDER BY r.seed LIMIT 1")
+
+
+def save_run_inputs(store: Store, run_id: str, input_run_ids: list[str], role: str) -> None:
+    """Record the runs `run_id` is built on (replacing what it recorded before)."""
+    store.write([("run_inputs", pd.DataFrame({"run_id": run_id, "input_run_id": input_run_ids, "role": role}))],
+                deletes=[("DELETE FROM run_inputs WHERE run_id = ?", [run_id])])
+
+
+def run_results(store: Store, run_ids: list[str]) -> pd.DataFrame:
+    """run_id, converged, train_acc and test_acc of `run_ids`, in seed order."""
+    return store.query("SELECT run_id, converged, train_acc, test_acc FROM runs WHERE run_id IN "
+                       f"({', '.join('?' * len(run_ids))}) ORDER BY seed", run_ids)
+
+
+def problem_reasons(store: Store) -> pd.DataFrame:
+    """Every recorded problem's sample_id, reason and code."""
+    return store.query("SELECT sample_id, reason, code FROM problems")

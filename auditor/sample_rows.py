@@ -7,9 +7,22 @@ import pandas as pd
 
 from auditor.store import Store
 
+# The `meta` key holding the absolute path of the data the last ingest read (background jobs re-run it).
+DATA_SOURCE_KEY = "data_source"
+
 
 def decodable_samples(store: Store) -> pd.DataFrame:
     """Every sample with what decoding it for training needs (sample_id, split, label_index, path, mode,
     pixel_hash), in sample_id order."""
     return store.query("SELECT sample_id, split, label_index, path, mode, pixel_hash FROM samples "
                        "ORDER BY sample_id")
+
+
+def save_ingest(store: Store, samples: pd.DataFrame, classes: pd.DataFrame, problems: pd.DataFrame,
+                source: str) -> None:
+    """Replace `samples`, `classes`, the ingest `problems` and the recorded data source in one transaction."""
+    store.write([("samples", samples), ("classes", classes), ("problems", problems),
+                 ("meta", pd.DataFrame({"key": [DATA_SOURCE_KEY], "value": [source]}))],
+                deletes=[("DELETE FROM samples", []), ("DELETE FROM classes", []),
+                         ("DELETE FROM problems WHERE stage = 'ingest'", []),
+                         ("DELETE FROM meta WHERE key = ?", [DATA_SOURCE_KEY])])

@@ -23,6 +23,9 @@ from auditor.flags import memorized_candidates, unreadable_flags
 from auditor.ingest import ingest
 from auditor.manifest import ManifestError, list_inputs
 from auditor.provenance import fingerprint
+from auditor.run_rows import problem_reasons, run_results, save_run_inputs
+from auditor.sample_rows import save_ingest
+from auditor.score_rows import dynamics_log, save_scores
 from auditor.store import Store
 from auditor.training import EpochLog, resolve_device, train_model
 from pipelines.arrays import load_training_arrays, training_fingerprint
@@ -44,10 +47,6 @@ def resolve_data(data: str) -> Path:
     return materialise_default() if data == "default" else Path(data)
 
 
-# The `meta` key holding the absolute path of the data the last ingest read (background jobs re-run it).
-DATA_SOURCE_KEY = "data_source"
-
-
 def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
     """List and decode every input image; replace `samples`, `classes` and the ingest `problems`."""
     t0 = time.perf_counter()
@@ -62,11 +61,7 @@ def ingest_stage(store: Store, data: str, cfg: AuditConfig, progress: ProgressFa
                     max_file_mb=cfg.data.max_file_mb, max_megapixels=cfg.data.max_megapixels,
                     channels=cfg.data.channels, progress=bar.update)
     bar.close()
-    store.write([("samples", result.samples), ("classes", result.classes), ("problems", result.problems),
-                 ("meta", pd.DataFrame({"key": [DATA_SOURCE_KEY], "value": [str(source.resolve())]}))],
-                deletes=[("DELETE FROM samples", []), ("DELETE FROM classes", []),
-                         ("DELETE FROM problems WHERE stage = 'ingest'", []),
-                         ("DELETE FROM meta WHERE key = ?", [DATA_SOURCE_KEY])])
+    save_ingest(store, result.samples, result.classes, result.problems, str(source.resolve()))
     seconds = time.perf_counter() - t0
     listed_test = sum(row.split == "test" for row in listing.rows)
     if not (result.samples["split"] == "test").any():
@@ -151,10 +146,8 @@ def train_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = sile
         finish_run(store, run_id, converged=has_plateaued(curve, cfg.convergence.window, cfg.convergence.tolerance),
                    train_acc=outcome.train_acc, test_acc=outcome.test_acc, seconds=outcome.seconds)
     # A reused seed keeps the parent it was first trained for; run_inputs records every run this one is built on.
-    store.write([("run_inputs", pd.DataFrame({"run_id": parent, "input_run_id": seed_runs, "role": "seed"}))],
-                deletes=[("DELETE FROM run_inputs WHERE run_id = ?", [parent])])
-    runs = store.query("SELECT run_id, converged, train_acc, test_acc FROM runs WHERE run_id IN "
-                       f"({', '.join('?' * len(seed_runs))}) ORDER BY seed", seed_runs)
+    save_run_inputs(store, parent, seed_runs, "seed")
+    runs = run_results(store, seed_runs)
     report = StageReport("train", time.perf_counter() - t0, {
         "seeds": cfg.train.seeds, "reused_seeds": reused, "device": device, "channels": data.channels,
         "train_acc": runs["train_acc"].tolist(), "test_acc": runs["test_acc"].tolist(),
@@ -168,19 +161,15 @@ def scores_stage(store: Store, cfg: AuditConfig, train_report: StageReport) -> S
     t0 = time.perf_counter()
     parent, seed_runs = train_report.facts["parent_run_id"], train_report.facts["seed_runs"]
     phase = "batch" if "batch" in cfg.dynamics.record else "epoch_end"
-    marks = ", ".join("?" * len(seed_runs))
-    log = store.query("SELECT run_id, sample_id, step, epoch, correct, p_label, el2n FROM dynamics "
-                      f"WHERE phase = ? AND run_id IN ({marks})", [phase, *seed_runs])
+    log = dynamics_log(store, phase, seed_runs)
     scores = dynamics_scores(log, cfg.dynamics.el2n_epoch)
     converged = train_report.facts["converged"]
     scores["run_id"], scores["converged"] = parent, converged
     candidates = memorized_candidates(scores, cfg.candidates)
-    problems = store.query("SELECT sample_id, reason, code FROM problems")
+    problems = problem_reasons(store)
     flags = pd.concat([candidates, unreadable_flags(problems)], ignore_index=True)
     flags["run_id"] = parent
-    store.write([("scores", scores), ("flags", flags)],
-                deletes=[("DELETE FROM scores", []),
-                         ("DELETE FROM flags WHERE kind IN ('memorized_candidate', 'unreadable')", [])])
+    save_scores(store, scores, flags)
     seconds = time.perf_counter() - t0
     accs = train_report.facts
     finish_run(store, parent, converged=converged, train_acc=float(np.mean(accs["train_acc"])),

@@ -17,7 +17,6 @@ SQL_HOLDERS = {
     "pipelines/detectors_stage.py": 19,
     "pipelines/experiment_stage.py": 22,
     "pipelines/memorization_stage.py": 19,
-    "pipelines/stages.py": 10,
     "pipelines/sweep_stage.py": 10,
 }
 _SQL = re.compile(r"\s*\(?\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|WITH|COPY|PRAGMA|ATTACH)\s")
