@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from auditor.detectors.copies import CopyIndex, calibrate_copies, copy_knn, copy_scores
+from auditor.detectors.copies import VIEWS, CopyIndex, calibrate_copies, copy_knn, copy_scores, frames
 from auditor.detectors.duplicates import copy_pairs, leak_flags
 from auditor.detectors.edits import EDITS, edit_images
 
@@ -97,3 +97,15 @@ def test_pairs_and_flags_carry_how_the_copy_matched_and_its_own_cut(digits):
     dups = copy_pairs(self_graph, self_matches, ids, np.zeros(300), threshold, "pixel_duplicate")
     assert dups[["a_id", "b_id"]].values.tolist().count(["b4", "b10"]) == 1  # one row per unordered pair
     assert not dups[["b_id", "a_id"]].values.tolist().count(["b4", "b10"])
+
+
+def test_a_batch_is_framed_as_each_image_alone(digits):
+    """The vectorised framing mixes nothing across the images of a batch (a blank image included)."""
+    images = np.concatenate([digits[:6], np.full((1, 28, 28), 9, dtype=np.uint8)])
+    views = tuple(range(len(VIEWS)))
+    for stretched in (False, True):
+        together = frames(images, views, blur=1.0, stretched=stretched)
+        alone = np.concatenate([frames(image[None], views, blur=1.0, stretched=stretched) for image in images],
+                               axis=1)
+        np.testing.assert_allclose(together, alone, atol=1e-3)
+        assert np.abs(together[:, :6]).max() > 1 and np.abs(together[:, 6]).max() == 0

@@ -45,6 +45,8 @@ _RADIUS = 0.2
 _FLOOR = 0.25
 _BLUR = 0.5
 _MOMENT_BLUR = 1.0
+# Images framed at a time (bounds the temporaries: ~30 kB per 28 x 28 image).
+_BATCH = 4096
 
 
 def match_name(match: int) -> str:
@@ -67,33 +69,51 @@ def frames(images: np.ndarray, views: tuple[int, ...] = (0,), blur: float = 0.0,
     """(len(views), N, SIZE * SIZE) float32 mean-centred canonical frames of the images (module docstring), blurred
     by `blur` more (in pixels of a 28-px side), each axis scaled to its own radius if `stretched`."""
     grey = _grey(images)
+    out = np.zeros((len(views), len(grey), SIZE * SIZE), dtype=np.float32)
+    for start in range(0, len(grey), _BATCH):
+        out[:, start:start + _BATCH] = _frame_batch(grey[start:start + _BATCH], views, blur, stretched)
+    return out
+
+
+def _frame_batch(grey: np.ndarray, views: tuple[int, ...], blur: float, stretched: bool) -> np.ndarray:
+    """frames() of one batch of (N, H, W) grey images, every step over the whole batch at once."""
     n, h, w = grey.shape
     side = max(h, w)
-    out = np.zeros((len(views), n, SIZE * SIZE), dtype=np.float32)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    background = np.median(np.concatenate([grey[:, 0], grey[:, -1], grey[:, :, 0], grey[:, :, -1]], axis=1),
+                           axis=1).astype(np.float32)
+    moment_sigma = _MOMENT_BLUR * side / 28
+    dev = np.abs(ndimage.gaussian_filter(grey, (0, moment_sigma, moment_sigma), mode="nearest")
+                 - background[:, None, None])
+    floor = _FLOOR * np.quantile(dev.reshape(n, -1), 0.99, axis=1)
+    weight = np.maximum(dev - floor[:, None, None].astype(np.float32), 0)
+    total = weight.sum(axis=(1, 2))
+    found = total > 0
+    safe = np.where(found, total, 1)
+    cy = np.where(found, (weight * yy).sum(axis=(1, 2)) / safe, (h - 1) / 2)
+    cx = np.where(found, (weight * xx).sum(axis=(1, 2)) / safe, (w - 1) / 2)
+    radii = np.sqrt(2 * np.stack([(weight * (yy - cy[:, None, None]) ** 2).sum(axis=(1, 2)),
+                                  (weight * (xx - cx[:, None, None]) ** 2).sum(axis=(1, 2))], axis=1) / safe[:, None])
+    radii = radii if stretched else np.repeat(np.sqrt(np.mean(radii ** 2, axis=1, keepdims=True)), 2, axis=1)
+    radii = np.where(found[:, None], radii, _RADIUS * side)
+    scale = np.clip(radii / (_RADIUS * SIZE), 0.25 * side / SIZE, 2 * side / SIZE)
     sigma = np.hypot(_BLUR * side / SIZE, blur * side / 28)
+    # Background subtracted (and outside the image: 0), which the mean-centring removes again.
+    smooth = ndimage.gaussian_filter(grey, (0, sigma, sigma), mode="nearest") - background[:, None, None]
     half = (SIZE - 1) / 2
-    for i, img in enumerate(grey):
-        background = float(np.median(np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])))
-        dev = np.abs(ndimage.gaussian_filter(img, _MOMENT_BLUR * side / 28, mode="nearest") - background)
-        weight = np.maximum(dev - _FLOOR * np.quantile(dev, 0.99), 0)
-        total = weight.sum()
-        cy, cx, radii = (h - 1) / 2, (w - 1) / 2, np.full(2, _RADIUS * side)
-        if total > 0:
-            cy, cx = (weight * yy).sum() / total, (weight * xx).sum() / total
-            radii = np.sqrt(2 * np.array([(weight * (yy - cy) ** 2).sum(), (weight * (xx - cx) ** 2).sum()]) / total)
-            radii = radii if stretched else np.full(2, np.sqrt(np.mean(radii ** 2)))
-        scale = np.clip(radii / (_RADIUS * SIZE), 0.25 * side / SIZE, 2 * side / SIZE)
-        smooth = ndimage.gaussian_filter(img, sigma, mode="nearest")
-        for v, view in enumerate(views):
-            mirrored, angle = VIEWS[view]
-            t = np.deg2rad(angle)
-            rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
-            matrix = rot @ np.diag([scale[0], -scale[1] if mirrored else scale[1]])
-            offset = np.array([cy, cx]) - matrix @ np.array([half, half])
-            frame = ndimage.affine_transform(smooth, matrix, offset, output_shape=(SIZE, SIZE), order=1,
-                                             mode="constant", cval=background).ravel()
-            out[v, i] = frame - frame.mean()
+    grid = np.stack(np.mgrid[0:SIZE, 0:SIZE].reshape(2, -1)).astype(np.float64) - half
+    out = np.empty((len(views), n, SIZE * SIZE), dtype=np.float32)
+    for v, view in enumerate(views):
+        mirrored, angle = VIEWS[view]
+        t = np.deg2rad(angle)
+        rot = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+        # matrix_i = rot @ diag(scale_i (x mirrored)); input = matrix_i @ (output - half) + centre_i
+        diag = scale * np.array([1.0, -1.0 if mirrored else 1.0])
+        coords = (rot @ (diag[:, :, None] * grid[None]) + np.stack([cy, cx], axis=1)[:, :, None])
+        image = np.broadcast_to(np.arange(n, dtype=np.float64)[:, None], (n, SIZE * SIZE))
+        frame = ndimage.map_coordinates(smooth, [image, coords[:, 0], coords[:, 1]], order=1, mode="constant",
+                                        cval=0.0)
+        out[v] = frame - frame.mean(axis=1, keepdims=True)
     return out
 
 
