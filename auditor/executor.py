@@ -44,6 +44,7 @@ class BlockTask:
     test_curve: bool = False
     epoch_points: int = 0      # > 0: points drawn per epoch by every model (equal SGD steps across shard sizes)
     probs: str = "none"        # the training points' class probabilities to keep (shadow_engine.PROBS_KEPT)
+    checkpoints: tuple[int, ...] = ()  # epochs after which every training point is also predicted (same models)
 
 
 @contextlib.contextmanager
@@ -63,7 +64,8 @@ def train_task(data: ShadowData, task: BlockTask, cfg: AuditConfig) -> ShadowBlo
     with _threads(cfg.executor.threads):
         return train_shadow_block(data.x_train, data.y_train, data.x_test, data.y_test, data.num_classes,
                                   task.membership, list(task.seeds), cfg, stop_at_train_acc=task.stop_at_train_acc,
-                                  test_curve=task.test_curve, epoch_points=task.epoch_points, probs=task.probs)
+                                  test_curve=task.test_curve, epoch_points=task.epoch_points, probs=task.probs,
+                                  checkpoints=task.checkpoints)
 
 
 class Executor(ABC):

@@ -48,6 +48,8 @@ class ShadowBlock:
     batched: bool
     epoch_test_acc: np.ndarray | None = None  # float (K, epochs) test accuracy after each epoch (NaN once stopped);
                                               # filled only when asked (`test_curve`), for convergence checks
+    checkpoint_pred: np.ndarray | None = None  # int16 (C, K, n_train) predicted class of every training point after
+                                               # each epoch of `checkpoints` (a model stopped early: its final one)
 
 
 @functools.cache
@@ -146,7 +148,8 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
                        num_classes: int, membership: np.ndarray, seeds: Sequence[int], cfg: AuditConfig, *,
                        batched: bool | None = None, stop_at_train_acc: float | None = None,
                        on_model_done: Callable[[int], None] | None = None, test_curve: bool = False,
-                       amp: bool | None = None, epoch_points: int = 0, probs: str = "none") -> ShadowBlock:
+                       amp: bool | None = None, epoch_points: int = 0, probs: str = "none",
+                       checkpoints: Sequence[int] = ()) -> ShadowBlock:
     """Train model m on x_train[membership[m]] with seed seeds[m], then predict all training and test points.
 
     `batched` (default: whenever the architecture allows) trains all K models as one vmapped stack; the stack runs
@@ -159,10 +162,15 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
     shard makes every epoch draw that many points per model (wrapping around its shard): a reduced training set then
     trains the same number of SGD steps as one of that size. `probs` keeps class probabilities of the training points
     (see ShadowBlock.train_probs): 'none' keeps memory independent of the class count beyond one batch's logits.
+    `checkpoints` (epochs in 1..epochs) also predicts every training point with the same models after each of those
+    epochs (`checkpoint_pred`), which leaves training unchanged: memorization within one run.
     """
     membership = np.asarray(membership, dtype=bool)
     if probs not in PROBS_KEPT:
         raise ValueError(f"probs must be one of {', '.join(PROBS_KEPT)}, got {probs!r}")
+    checkpoints = [int(e) for e in checkpoints]
+    if any(not 1 <= e <= cfg.train.epochs for e in checkpoints):
+        raise ValueError(f"checkpoints {checkpoints} must be epochs in 1..{cfg.train.epochs} (train.epochs)")
     batched = can_batch(cfg.train.arch) if batched is None else batched
     _validate(x_train, membership, seeds, cfg.train.arch, batched)
     device = resolve_device(cfg.device)
@@ -177,9 +185,10 @@ def train_shadow_block(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndar
                      "out_of_shard": lambda: np.zeros((len(xt), num_classes), np.float32)}[probs](),
         test_pred=np.zeros((k, len(xs)), np.int16), test_p_label=np.zeros((k, len(xs)), np.float32),
         epochs_run=np.zeros(k, np.int64), shard_train_acc=np.zeros(k), test_acc=np.zeros(k), seconds=0.0,
-        batched=batched, epoch_test_acc=np.full((k, cfg.train.epochs), np.nan) if test_curve else None)
+        batched=batched, epoch_test_acc=np.full((k, cfg.train.epochs), np.nan) if test_curve else None,
+        checkpoint_pred=np.zeros((len(checkpoints), k, len(xt)), np.int16) if checkpoints else None)
     trainer = _Trainer(xt, yt, xs, ys, num_classes, cfg, device, block, membership, on_model_done,
-                       device.type == "cuda" if amp is None else amp, epoch_points)
+                       device.type == "cuda" if amp is None else amp, epoch_points, checkpoints)
     started = time.perf_counter()
     for group in ([list(range(k))] if batched else [[m] for m in range(k)]):
         trainer.train(group, [seeds[m] for m in group], batched, stop_at_train_acc)
@@ -194,9 +203,10 @@ class _Trainer:
 
     def __init__(self, xt: torch.Tensor, yt: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, num_classes: int,
                  cfg: AuditConfig, device: torch.device, block: ShadowBlock, membership: np.ndarray,
-                 on_model_done: Callable[[int], None] | None, amp: bool, epoch_points: int = 0):
+                 on_model_done: Callable[[int], None] | None, amp: bool, epoch_points: int = 0,
+                 checkpoints: Sequence[int] = ()):
         self.xt, self.yt, self.xs, self.ys = xt, yt, xs, ys
-        self.epoch_points = epoch_points
+        self.epoch_points, self.checkpoints = epoch_points, list(checkpoints)
         self.norm = _Normaliser(xt)
         self.num_classes, self.tc = num_classes, cfg.train
         self.device, self.amp = device, amp
@@ -238,6 +248,9 @@ class _Trainer:
                 step += 1
             if self.block.epoch_test_acc is not None:
                 self._test_accuracy(stack, models, epoch)
+            for c, at in enumerate(self.checkpoints):
+                if at == epoch < tc.epochs:  # the last epoch's predictions are the final ones (`_evaluate`)
+                    self.block.checkpoint_pred[c, models] = self._predict(stack, self.xt).cpu().numpy()
             if epoch == tc.epochs:
                 done = torch.ones(len(models), dtype=torch.bool, device=device)
             elif stop_at is not None:
@@ -255,18 +268,22 @@ class _Trainer:
             models, shards, gens = ([items[i] for i in remaining.tolist()] for items in (models, shards, gens))
 
     @torch.inference_mode()
+    def _predict(self, stack: _Stack, x: torch.Tensor) -> torch.Tensor:
+        """Predicted class (models in the stack, len(x)) of every row of `x`, in eval mode (the next epoch switches
+        back to training mode, so training itself is unchanged)."""
+        stack.module.eval()
+        preds = []
+        for start in range(0, len(x), EVAL_BATCH):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                preds.append(stack.forward(self.norm(x[start:start + EVAL_BATCH])).argmax(-1))
+        return torch.cat(preds, dim=1)
+
     def _test_accuracy(self, stack: _Stack, models: list[int], epoch: int) -> None:
-        """Record the test accuracy of every model still in the stack after `epoch` (in eval mode; the next epoch
-        switches back to training mode, so training itself is unchanged)."""
+        """Record the test accuracy of every model still in the stack after `epoch`."""
         if not len(self.xs):
             return
-        stack.module.eval()
-        correct = torch.zeros(len(models), device=self.device)
-        for start in range(0, len(self.xs), EVAL_BATCH):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                logits = stack.forward(self.norm(self.xs[start:start + EVAL_BATCH]))
-            correct += (logits.argmax(-1) == self.ys[start:start + EVAL_BATCH]).sum(1)
-        self.block.epoch_test_acc[models, epoch - 1] = (correct / len(self.xs)).cpu().numpy()
+        correct = (self._predict(stack, self.xs) == self.ys).float().mean(1)
+        self.block.epoch_test_acc[models, epoch - 1] = correct.cpu().numpy()
 
     @torch.inference_mode()
     def _evaluate(self, stack: _Stack, index: torch.Tensor, models: list[int], epoch: int) -> None:
@@ -290,6 +307,9 @@ class _Trainer:
                         out = ~self.membership[m, start:start + len(xb)]
                         probs_out[start:start + len(xb)][out] += probs[row].numpy()[out]
         y_train, y_test = self.yt.cpu().numpy(), self.ys.cpu().numpy()
+        for c, at in enumerate(self.checkpoints):
+            if at >= epoch:
+                block.checkpoint_pred[c, models] = block.train_pred[models]
         for m in models:
             shard = self.membership[m]
             block.epochs_run[m] = epoch

@@ -128,3 +128,22 @@ def test_invalid_blocks_are_rejected():
         _block(_cfg(), _halves(2), [0])
     with pytest.raises(ValueError, match="non-empty shard"):
         _block(_cfg(), np.zeros((1, 96), dtype=bool), [0])
+
+
+def test_checkpoints_predict_the_same_models_mid_training():
+    # A constant schedule makes epoch e of an 8-epoch run the same model as a run of e epochs.
+    cfg, membership = _cfg(epochs=8, lr=0.01, schedule="constant"), _halves(4)
+    long = _block(cfg, membership, range(4), checkpoints=[2, 5, 8])
+    assert long.checkpoint_pred.shape == (3, 4, 96) and long.checkpoint_pred.dtype == np.int16
+    np.testing.assert_array_equal(long.checkpoint_pred[2], long.train_pred)
+    for c, epochs in enumerate((2, 5)):
+        short = _block(_cfg(epochs=epochs, lr=0.01, schedule="constant"), membership, range(4))
+        np.testing.assert_array_equal(long.checkpoint_pred[c], short.train_pred)
+    assert not np.array_equal(long.checkpoint_pred[0], long.train_pred)  # the model changed after epoch 2
+    plain = _block(cfg, membership, range(4))
+    np.testing.assert_array_equal(plain.train_p_label, long.train_p_label)  # checkpoints leave training unchanged
+    assert plain.checkpoint_pred is None
+    stopped = _block(cfg, membership, range(4), stop_at_train_acc=0.8, checkpoints=[8])
+    np.testing.assert_array_equal(stopped.checkpoint_pred[0], stopped.train_pred)  # a stopped model keeps its last
+    with pytest.raises(ValueError, match="checkpoints"):
+        _block(cfg, membership, range(4), checkpoints=[9])
