@@ -17,6 +17,11 @@ def save_embedder(store: Store, row: dict) -> None:
                 deletes=[("DELETE FROM embedders WHERE embedder_id = ?", [row["embedder_id"]])])
 
 
+def latest_embedder(store: Store) -> str | None:
+    """The most recently recorded embedder's id; None before the embeddings stage ran."""
+    return store.scalar("SELECT embedder_id FROM embedders ORDER BY created_at DESC LIMIT 1")
+
+
 def unembedded_samples(store: Store, embedder_id: str) -> pd.DataFrame:
     """The samples (sample_id, path) that `embedder_id` has no vector for yet, in sample_id order."""
     return store.query("SELECT sample_id, path FROM samples WHERE sample_id NOT IN "

@@ -26,3 +26,9 @@ def save_ingest(store: Store, samples: pd.DataFrame, classes: pd.DataFrame, prob
                 deletes=[("DELETE FROM samples", []), ("DELETE FROM classes", []),
                          ("DELETE FROM problems WHERE stage = 'ingest'", []),
                          ("DELETE FROM meta WHERE key = ?", [DATA_SOURCE_KEY])])
+
+
+def labelled_samples(store: Store) -> pd.DataFrame:
+    """Every sample's sample_id, split, label, label_index, file_hash and pixel_hash, in sample_id order."""
+    return store.query("SELECT sample_id, split, label, label_index, file_hash, pixel_hash FROM samples "
+                       "ORDER BY sample_id")

@@ -1,7 +1,9 @@
-"""The `dynamics` log as the scores stage reads it, and the `scores` it writes with the foundation's flags."""
+"""The `dynamics` log as the scores stage reads it, the `scores` it writes with the foundation's flags, and the
+scores and flags later stages read."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from auditor.store import Store
@@ -19,3 +21,18 @@ def save_scores(store: Store, scores: pd.DataFrame, flags: pd.DataFrame) -> None
     store.write([("scores", scores), ("flags", flags)],
                 deletes=[("DELETE FROM scores", []),
                          ("DELETE FROM flags WHERE kind IN ('memorized_candidate', 'unreadable')", [])])
+
+
+def mem_run_id(store: Store) -> str | None:
+    """The memorization run behind `scores.mem` (the latest); None before one."""
+    return store.scalar("SELECT max(mem_run_id) FROM scores")
+
+
+def mem_scores(store: Store) -> pd.Series:
+    """mem of every scored training point, indexed by sample_id."""
+    return store.query("SELECT sample_id, mem FROM scores WHERE mem IS NOT NULL").set_index("sample_id")["mem"]
+
+
+def flagged_ids(store: Store, kind: str) -> np.ndarray:
+    """The sample ids flagged `kind`."""
+    return store.query("SELECT sample_id FROM flags WHERE kind = ?", [kind])["sample_id"].to_numpy()

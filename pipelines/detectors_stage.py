@@ -15,6 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from auditor import detector_rows, queries, sample_rows
 from auditor.config import AuditConfig
 from auditor.detectors.duplicates import (
     copy_pairs, duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
@@ -23,13 +24,15 @@ from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
+from auditor.embedding_rows import latest_embedder, load_embeddings
 from auditor.flag_kinds import detector_modules, kinds_of_stage, threshold_kinds
+from auditor.influence_rows import influence, mean_influence
 from auditor.neighbors import graph_frame, knn
 from auditor.provenance import fingerprint
+from auditor.score_rows import flagged_ids, mem_run_id, mem_scores
 from auditor.shadow_engine import train_shadow_block
 from auditor.store import Store
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
-from pipelines.embeddings_stage import load_embeddings
 from pipelines.progress import ProgressFactory, notice, silent
 from pipelines.runs import finish_run, start_run
 from pipelines.stages import StageReport
@@ -41,9 +44,7 @@ THRESHOLD_KINDS = threshold_kinds()
 
 def _shadow_oof(store: Store, train_ids: np.ndarray) -> np.ndarray | None:
     """Mean out-of-shard class probabilities of the current memorization run, if they cover every training point."""
-    frame = store.query("SELECT p.sample_id, p.probs FROM shadow_predictions p JOIN shadow_models m USING (model_id) "
-                        "JOIN shadow_designs d USING (design_id) WHERE p.split = 'train' AND NOT p.in_shard "
-                        "AND p.probs IS NOT NULL AND d.run_id = (SELECT max(mem_run_id) FROM scores)")
+    frame = detector_rows.shadow_out_of_shard_probs(store)
     if frame.empty or frame["sample_id"].nunique() < len(train_ids):
         return None
     probs = np.stack(frame["probs"].to_numpy())
@@ -65,7 +66,7 @@ def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactor
         notice(progress, f"warning: {few} of {len(data.labels)} classes have fewer than {k} training images; the "
                          f"{k}-fold models behind their label-issue flags saw few or none of their class")
     run_id = f"oof-{fingerprint(training_fingerprint(cfg, data.data_hash), k, cfg.seed)}"
-    stored = store.query("SELECT sample_id, probs FROM oof_probs WHERE run_id = ?", [run_id])
+    stored = detector_rows.oof_probs(store, run_id)
     if len(stored) == len(data.train_ids):
         order = pd.Series(np.arange(len(stored)), index=stored["sample_id"].to_numpy()).reindex(data.train_ids)
         return np.stack(stored["probs"].to_numpy()[order.to_numpy()]).astype(np.float32), f"{k}-fold (reused)"
@@ -78,18 +79,13 @@ def out_of_sample_probs(store: Store, cfg: AuditConfig, progress: ProgressFactor
     bar.update(1)
     bar.close()
     probs = block.train_probs  # each point is out of exactly one fold's shard: that model's probabilities
-    store.write([("oof_probs", pd.DataFrame({"sample_id": data.train_ids, "probs": list(probs),
-                                             "source": f"{k}-fold", "run_id": run_id}))],
-                deletes=[("DELETE FROM oof_probs WHERE run_id = ?", [run_id])])
+    detector_rows.save_oof_probs(store, run_id, data.train_ids, probs, f"{k}-fold")
     return probs, f"{k}-fold"
 
 
 def _judged(store: Store, pair_kind: str) -> Threshold | None:
     """The threshold reviewer judgements of this kind's pairs give, when both answers exist."""
-    judged = store.query("SELECT p.similarity, j.is_duplicate FROM pair_judgements j JOIN pairs p "
-                         "ON p.a_id = j.a_id AND p.b_id = j.b_id AND p.kind = ? "
-                         "QUALIFY row_number() OVER (PARTITION BY j.a_id, j.b_id ORDER BY j.decided_at DESC) = 1",
-                         [pair_kind])
+    judged = detector_rows.judged_pairs(store, pair_kind)
     if judged["is_duplicate"].nunique() < 2:
         return None
     return calibrate_from_labels(judged["similarity"].to_numpy(), judged["is_duplicate"].to_numpy(bool))
@@ -123,7 +119,7 @@ def pixel_pairs(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[p
 
 def _embedder(store: Store) -> str:
     """The most recently computed embedder."""
-    embedder_id = store.scalar("SELECT embedder_id FROM embedders ORDER BY created_at DESC LIMIT 1")
+    embedder_id = latest_embedder(store)
     if embedder_id is None:
         raise RuntimeError("no embeddings yet: run the embeddings stage first (memaudit run --stages embeddings)")
     return embedder_id
@@ -132,9 +128,8 @@ def _embedder(store: Store) -> str:
 def _run_id(store: Store, cfg: AuditConfig, embedder_id: str, samples: pd.DataFrame) -> str:
     """The run id of the detectors on their inputs: the embedder, the config, the `samples`, the memorization run and
     the reviewers' pair judgements; a re-run on the same inputs replaces its own rows."""
-    mem_run = store.scalar("SELECT max(mem_run_id) FROM scores")
-    judged = store.query("SELECT a_id, b_id, is_duplicate, decided_at FROM pair_judgements "
-                         "ORDER BY decided_at, a_id, b_id")
+    mem_run = mem_run_id(store)
+    judged = detector_rows.pair_judgements(store)
     spec = {k: v for k, v in cfg.to_dict().items() if k not in ("profile", "executor")}
     return f"detect-{fingerprint(embedder_id, spec, samples.to_numpy().tolist(), mem_run, judged.to_numpy().tolist())}"
 
@@ -149,11 +144,10 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     t0 = time.perf_counter()
     dc = cfg.detectors
     embedder_id = _embedder(store)
-    samples = store.query("SELECT sample_id, split, label, label_index, file_hash, pixel_hash FROM samples "
-                          "ORDER BY sample_id")
+    samples = sample_rows.labelled_samples(store)
     run_id = _run_id(store, cfg, embedder_id, samples)
     start_run(store, run_id, "detectors", cfg, seed=cfg.seed)
-    labels = store.query("SELECT label FROM classes ORDER BY label_index")["label"].tolist()
+    labels = queries.class_labels(store)
     train, test = samples[samples["split"] == "train"], samples[samples["split"] == "test"]
     train_ids, test_ids = train["sample_id"].to_numpy(), test["sample_id"].to_numpy()
     x_train = load_embeddings(store, embedder_id, train_ids)
@@ -179,13 +173,11 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
 
     clusters = class_clusters(x_train, y_train, seed=cfg.seed)
     density = local_density(graph)
-    subpops = subpopulations_from_influence(
-        store.query("SELECT train_id, test_id, score FROM influence"),
-        store.query("SELECT sample_id FROM flags WHERE kind = 'memorized'")["sample_id"].to_numpy())
+    subpops = subpopulations_from_influence(influence(store), flagged_ids(store, "memorized"))
 
     probs, prob_source = out_of_sample_probs(store, cfg, progress, arrays())
-    mem = store.query("SELECT sample_id, mem FROM scores WHERE mem IS NOT NULL").set_index("sample_id")["mem"]
-    cross = store.query("SELECT train_id, avg(score) AS s FROM influence GROUP BY train_id").set_index("train_id")["s"]
+    mem = mem_scores(store)
+    cross = mean_influence(store)
     mislabeled = label_issue_flags(confident_learning(probs, y_train), knn_label_disagreement(graph, y_train,
                                                                                              len(labels)),
                                    train_ids, class_names=labels, self_influence=mem, cross_influence=cross)
@@ -206,15 +198,10 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
                                 "method": t.method, "detail": json.dumps(t.detail, default=float)}
                                for kind, t in [*((THRESHOLD_KINDS[k], t) for k, t in thresholds.items()),
                                                *(i for r in contract.values() for i in r.thresholds.items())]])
-    marks = ", ".join("?" * len(DETECTOR_KINDS))
-    store.write([("flags", flags), ("pairs", pairs.drop(columns=evidence_columns).assign(embedder_id=embedder_id,
-                                                                                         run_id=run_id)),
-                 ("thresholds", threshold_rows), ("clusters", cluster_frame), ("neighbors", neighbors),
-                 ("subpopulations", subpops.assign(run_id=run_id))],
-                deletes=[(f"DELETE FROM flags WHERE kind IN ({marks})", list(DETECTOR_KINDS)),
-                         ("DELETE FROM thresholds WHERE run_id = ?", [run_id]),
-                         ("DELETE FROM pairs", []), ("DELETE FROM clusters", []), ("DELETE FROM subpopulations", []),
-                         ("DELETE FROM neighbors WHERE embedder_id = ?", [embedder_id])])
+    detector_rows.save_detections(store, run_id, embedder_id, DETECTOR_KINDS, {
+        "flags": flags, "pairs": pairs.drop(columns=evidence_columns).assign(embedder_id=embedder_id, run_id=run_id),
+        "thresholds": threshold_rows, "clusters": cluster_frame, "neighbors": neighbors,
+        "subpopulations": subpops.assign(run_id=run_id)})
     counts = flags["kind"].value_counts().to_dict()
     seconds = time.perf_counter() - t0
     finish_run(store, run_id, seconds=seconds, message=json.dumps(counts))
