@@ -20,20 +20,28 @@ def resolve_channels(setting: str | int, modes: Sequence[str]) -> int:
 
 
 def load_images(paths: Sequence[str], size: int, channels: int, *, workers: int = 2,
-                progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict[int, str]]:
+                progress: Callable[[int], None] | None = None,
+                pixel_hashes: Sequence[str] | None = None) -> tuple[np.ndarray, dict[int, str]]:
     """Decode and resize every path into an (N, C, size, size) uint8 array, in the order given.
 
     Files that became unreadable since ingest are returned as {index: reason} (their slot stays zero) so the
-    caller can report and exclude them instead of aborting the run.
+    caller can report and exclude them instead of aborting the run. With `pixel_hashes` (recorded at ingest), a file
+    whose decoded pixels hash otherwise raises RuntimeError naming it: it changed since ingest.
     """
     out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
     failed: dict[int, str] = {}
 
     def work(i: int) -> None:
         try:
-            out[i] = to_model_input(decode_image(paths[i]).pixels, size, channels)
+            decoded = decode_image(paths[i])
+            out[i] = to_model_input(decoded.pixels, size, channels)
         except ImageError as exc:
             failed[i] = f"{exc} ({paths[i]})"
+            return
+        if pixel_hashes is not None and decoded.pixel_hash != pixel_hashes[i]:
+            raise RuntimeError(f"{paths[i]} changed since ingest (its pixels no longer match the pixel_hash recorded "
+                               "then); re-run the ingest stage (memaudit run --stages ingest,...) to audit the files "
+                               "as they are now")
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(work, range(len(paths)), chunksize=64):

@@ -60,7 +60,8 @@ def _load_split(store: Store, frame: pd.DataFrame, cfg: AuditConfig, channels: i
     """Decode a split for training; files that vanished since ingest become `problems` and are left out."""
     bar = progress(f"load {split}", len(frame), "img")
     pixels, failed = load_images(frame["path"].tolist(), cfg.data.image_size, channels,
-                                 workers=cfg.data.workers, progress=bar.update)
+                                 workers=cfg.data.workers, progress=bar.update,
+                                 pixel_hashes=frame["pixel_hash"].tolist())
     bar.close()
     if failed:
         rows = [{"source": frame["path"].iloc[i], "sample_id": frame["sample_id"].iloc[i], "reason": reason,
