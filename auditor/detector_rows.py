@@ -54,3 +54,13 @@ def save_detections(store: Store, run_id: str, embedder_id: str, kinds: Sequence
                          ("DELETE FROM thresholds WHERE run_id = ?", [run_id]),
                          ("DELETE FROM pairs", []), ("DELETE FROM clusters", []), ("DELETE FROM subpopulations", []),
                          ("DELETE FROM neighbors WHERE embedder_id = ?", [embedder_id])])
+
+
+def pair_ids(store: Store) -> pd.DataFrame:
+    """Every pair's a_id, b_id and kind."""
+    return store.query("SELECT a_id, b_id, kind FROM pairs")
+
+
+def cluster_sizes(store: Store) -> pd.DataFrame:
+    """Every clustered training point's sample_id and cluster_size."""
+    return store.query("SELECT sample_id, cluster_size FROM clusters")

@@ -62,8 +62,7 @@ def control_models(store: Store, experiment_id: str) -> pd.DataFrame:
     if frame.empty or "removed_ids" not in frame.columns or frame["removed_ids"].isna().all():
         return pd.DataFrame(columns=["arm", "model_index", "n_removed", "distinct_from_model_0", "test_acc",
                                      "drop_vs_full_mean"])
-    full = store.scalar("SELECT avg(test_acc) FROM experiment_models WHERE experiment_id = ? AND arm = ?",
-                        [experiment_id, FULL])
+    full = mean_accuracy(store, experiment_id, FULL)
     first = frame.groupby("arm")["removed_ids"].transform("first")
     return pd.DataFrame({
         "arm": frame["arm"], "model_index": frame["model_index"], "n_removed": frame["removed_ids"].map(len),
@@ -88,3 +87,14 @@ def seconds_per_model(store: Store) -> float | None:
     """Median training seconds of one experiment model on `store` (1x-schedule arms), None before any experiment."""
     value = store.scalar("SELECT median(seconds) FROM experiment_models WHERE arm <> ?", [FULL_LONGER])
     return None if value is None else float(value)
+
+
+def mean_accuracy(store: Store, experiment_id: str, arm: str) -> float | None:
+    """The mean test accuracy of one arm's models; None before any is trained."""
+    return store.scalar("SELECT avg(test_acc) FROM experiment_models WHERE experiment_id = ? AND arm = ?",
+                        [experiment_id, arm])
+
+
+def experiment_status(store: Store, experiment_id: str) -> str | None:
+    """An experiment's status (running, done, failed); None when there is no such experiment."""
+    return store.scalar("SELECT status FROM experiments WHERE experiment_id = ?", [experiment_id])

@@ -124,6 +124,11 @@ def current_decisions(store: Store, sample_ids: Sequence[str] | None = None, *, 
                  pd.DataFrame(columns=DECISION_COLUMNS))
 
 
+def removed_ids(store: Store) -> pd.Series:
+    """The samples whose decision that counts is 'remove'."""
+    return store.query("SELECT sample_id FROM current_reviews WHERE action = 'remove'")["sample_id"]
+
+
 def reviewers(store: Store) -> list[str]:
     """Everyone who has recorded a decision or an undo, by name."""
     return _read(store, "SELECT DISTINCT reviewer FROM reviews ORDER BY reviewer", [],

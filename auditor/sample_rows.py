@@ -3,6 +3,7 @@ detectors read them)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from auditor.store import Store
@@ -32,3 +33,8 @@ def labelled_samples(store: Store) -> pd.DataFrame:
     """Every sample's sample_id, split, label, label_index, file_hash and pixel_hash, in sample_id order."""
     return store.query("SELECT sample_id, split, label, label_index, file_hash, pixel_hash FROM samples "
                        "ORDER BY sample_id")
+
+
+def sample_ids(store: Store) -> np.ndarray:
+    """Every sample's id."""
+    return store.query("SELECT sample_id FROM samples")["sample_id"].to_numpy()

@@ -36,3 +36,11 @@ def mem_scores(store: Store) -> pd.Series:
 def flagged_ids(store: Store, kind: str) -> np.ndarray:
     """The sample ids flagged `kind`."""
     return store.query("SELECT sample_id FROM flags WHERE kind = ?", [kind])["sample_id"].to_numpy()
+
+
+def audit_memorized(store: Store) -> np.ndarray:
+    """The audit's memorized set: training points the memorization stage put in state 'memorized'."""
+    if "mem_state" not in set(store.query("SELECT * FROM scores LIMIT 0").columns):
+        return np.array([], dtype=str)
+    return store.query("SELECT sample_id FROM scores WHERE mem_state = 'memorized' ORDER BY sample_id")[
+        "sample_id"].to_numpy().astype(str)

@@ -22,17 +22,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from auditor import experiment_rows
 from auditor.config import AuditConfig
 from auditor.dynamics_scores import dynamics_scores
 from auditor.executor import BlockTask, make_executor
-from auditor.experiment_queries import experiment_results, schedule_check_row, schedule_line
+from auditor.detector_rows import cluster_sizes, pair_ids
+from auditor.experiment_queries import (
+    experiment_results, experiment_status, mean_accuracy, schedule_check_row, schedule_line)
 from auditor.experiments import (
     FULL, FULL_LONGER, SCHEDULE_FACTOR, Arm, arm_from_ids, control_name, format_results, influenced_test_points,
     leakage_bucket, leaked_test_points, memorized_remainder, memorized_share, model_control, model_converged,
     schedule_check, subpopulation_bucket, subset_accuracy)
 from auditor.flags import memorized_candidates
+from auditor.influence_rows import influence
 from auditor.memorization_queries import estimate
 from auditor.provenance import fingerprint
+from auditor.reviews import removed_ids
+from auditor.sample_rows import sample_ids
+from auditor.score_rows import audit_memorized, flagged_ids
 from auditor.store import Store
 from auditor.training import train_model
 from pipelines.arrays import TrainingArrays, TrainLabels, load_training_arrays, train_labels, training_fingerprint
@@ -59,21 +66,12 @@ class ExperimentSpec:
 DESIGN = "per-model controls, equal SGD steps, 2x schedule check"
 
 
-def audit_memorized(store: Store) -> np.ndarray:
-    """The audit's memorized set: training points the memorization stage put in state 'memorized'."""
-    if "mem_state" not in set(store.query("SELECT * FROM scores LIMIT 0").columns):
-        return np.array([], dtype=str)
-    return store.query("SELECT sample_id FROM scores WHERE mem_state = 'memorized' ORDER BY sample_id")[
-        "sample_id"].to_numpy().astype(str)
-
-
 def paper_buckets(store: Store, small_cluster_size: int) -> dict[str, np.ndarray]:
     """The audit's memorized set (scores.mem_state) and the paper's three buckets of it, from pairs, influence and
     clusters."""
     memorized = audit_memorized(store)
-    leakage = leakage_bucket(memorized, store.query("SELECT a_id, b_id, kind FROM pairs"))
-    subpop = subpopulation_bucket(memorized, store.query("SELECT train_id, test_id, score FROM influence"),
-                                  store.query("SELECT sample_id, cluster_size FROM clusters"), small_cluster_size)
+    leakage = leakage_bucket(memorized, pair_ids(store))
+    subpop = subpopulation_bucket(memorized, influence(store), cluster_sizes(store), small_cluster_size)
     return {"memorized": memorized, "leakage": leakage, "subpopulation": subpop,
             "memorized_remainder": memorized_remainder(memorized, leakage, subpop)}
 
@@ -115,12 +113,12 @@ def resolve_arms(store: Store, spec: ExperimentSpec, data: TrainingArrays | Trai
         if name in BUCKETS:
             ids, source = buckets[name], _BUCKET_SOURCES[name].format(size=spec.small_cluster_size)
         elif name == "decisions":
-            ids = store.query("SELECT sample_id FROM current_reviews WHERE action = 'remove'")["sample_id"]
+            ids = removed_ids(store)
             source = "review decisions 'remove'"
         elif kind == "flag":
-            ids, source = store.query("SELECT sample_id FROM flags WHERE kind = ?", [arg])["sample_id"], f"flag {arg}"
+            ids, source = flagged_ids(store, arg), f"flag {arg}"
         else:
-            all_ids = set(store.query("SELECT sample_id FROM samples")["sample_id"])
+            all_ids = set(sample_ids(store))
             ids, source = _ids_file(arg, data.train_ids, all_ids), f"ids from {arg}"
         if any(a.name == name for a in arms):
             raise ValueError(f"two arms are named {name!r}; give the ids files different names")
@@ -150,9 +148,8 @@ def _model_seed(seed: int, arm: str, index: int) -> int:
 
 def _test_sets(store: Store, arms: list[Arm]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per arm, the (influenced, leaked) test points of its removed ids; a control is measured on its arm's sets."""
-    influence = store.query("SELECT train_id, test_id, score FROM influence")
-    pairs = store.query("SELECT a_id, b_id, kind FROM pairs")
-    own = {a.name: (influenced_test_points(a.ids, influence), leaked_test_points(a.ids, pairs)) for a in arms}
+    scores, pairs = influence(store), pair_ids(store)
+    own = {a.name: (influenced_test_points(a.ids, scores), leaked_test_points(a.ids, pairs)) for a in arms}
     return {a.name: own[a.control_of or a.name] for a in arms}
 
 
@@ -197,9 +194,7 @@ def _memorized_columns(store: Store, arms: list[Arm]) -> tuple[dict, list[dict]]
 def _save_design(store: Store, experiment_id: str, spec: ExperimentSpec, arms: list[Arm], data: TrainingArrays,
                  cfg: AuditConfig, run_id: str, sets: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     """Record the experiment and its arms once (a re-run only marks it running again)."""
-    if store.scalar("SELECT count(*) FROM experiments WHERE experiment_id = ?", [experiment_id]):
-        store.execute("UPDATE experiments SET status = 'running', finished_at = NULL WHERE experiment_id = ?",
-                      [experiment_id])
+    if experiment_rows.reopen(store, experiment_id):
         return
     spec_json = json.dumps({"arms": list(spec.arms), "models": spec.models, "seed": spec.seed,
                             "small_cluster_size": spec.small_cluster_size, "data_hash": data.data_hash,
@@ -258,8 +253,7 @@ def train_arms(store: Store, experiment_id: str, spec: ExperimentSpec, arms: lis
     the full arm on their schedule. Returns (trained now, reused)."""
     by_name = {a.name: a for a in arms}
     trainable = trainable_arms(arms)
-    done = set(store.query("SELECT arm, model_index FROM experiment_models WHERE experiment_id = ?",
-                           [experiment_id]).itertuples(index=False, name=None))
+    done = experiment_rows.trained_models(store, experiment_id)
     total = len(trainable) * spec.models
     job = Job(store, f"job-{run_id}", "experiment", run_id, total, "models")
     bar = progress("experiment models", total, "model")
@@ -286,11 +280,8 @@ def train_arms(store: Store, experiment_id: str, spec: ExperimentSpec, arms: lis
         arm_cfg = _arm_cfg(cfg, arm_of[group[0].key][0])
         for task, result in make_executor(cfg.executor).run(data.shadow_data(), group, arm_cfg):
             (arm, removed), models = arm_of[task.key], list(task.models)
-            marks = ", ".join("?" * len(models))
-            store.write([("experiment_models", _model_rows(experiment_id, arm, task, result, data, sets[arm.name],
-                                                           arm_cfg, removed))],
-                        deletes=[("DELETE FROM experiment_models WHERE experiment_id = ? AND arm = ? AND model_index "
-                                  f"IN ({marks})", [experiment_id, arm.name, *models])])
+            experiment_rows.save_models(store, experiment_id, arm.name, models, _model_rows(
+                experiment_id, arm, task, result, data, sets[arm.name], arm_cfg, removed))
             done.update((arm.name, m) for m in models)
             trained += len(models)
             bar.update(len(models))
@@ -315,9 +306,8 @@ def reaudit(store: Store, experiment_id: str, arms: list[Arm], data: TrainingArr
     """Re-run ApB (cfg.train.seeds audit models with dynamics) on each arm's reduced training set (a control's: its
     model 0's draw) and store its memorized candidates, marking those not flagged before; arms already re-audited
     are skipped. Returns arms done."""
-    before = set(store.query("SELECT sample_id FROM flags WHERE kind = 'memorized_candidate'")["sample_id"])
-    stored = set(store.query("SELECT DISTINCT arm FROM experiment_reaudit WHERE experiment_id = ?",
-                             [experiment_id])["arm"])
+    before = set(flagged_ids(store, "memorized_candidate"))
+    stored = experiment_rows.reaudited_arms(store, experiment_id)
     by_name = {a.name: a for a in arms}
     todo = [a for a in arms if (a.ids or a.control_of) and a.name not in stored]
     bar = progress("re-audit", len(todo), "arm")
@@ -329,8 +319,7 @@ def reaudit(store: Store, experiment_id: str, arms: list[Arm], data: TrainingArr
                                           cfg.candidates)
         rows = pd.DataFrame({"experiment_id": experiment_id, "arm": arm.name, "sample_id": candidates["sample_id"],
                              "apb": 1.0 - candidates["score"], "newly_flagged": ~candidates["sample_id"].isin(before)})
-        store.write([("experiment_reaudit", rows)], deletes=[
-            ("DELETE FROM experiment_reaudit WHERE experiment_id = ? AND arm = ?", [experiment_id, arm.name])])
+        experiment_rows.save_reaudit(store, experiment_id, arm.name, rows)
         bar.update(1)
     bar.close()
     return len(todo)
@@ -355,21 +344,16 @@ def run_experiment(store: Store, spec: ExperimentSpec, cfg: AuditConfig,
         trained, reused = train_arms(store, experiment_id, spec, arms, data, cfg, run_id, sets, progress)
         reaudited = reaudit(store, experiment_id, arms, data, cfg, spec.seed, progress) if spec.reaudit else 0
     except BaseException:
-        store.execute("UPDATE experiments SET status = 'failed' WHERE experiment_id = ?", [experiment_id])
+        experiment_rows.mark_failed(store, experiment_id)
         finish_run(store, run_id, status="failed", seconds=time.perf_counter() - t0)
         raise
     seconds = time.perf_counter() - t0
-    accs = store.query("SELECT arm, test_acc FROM experiment_models WHERE experiment_id = ? AND arm IN (?, ?)",
-                       [experiment_id, FULL, FULL_LONGER])
+    accs = experiment_rows.arm_accuracies(store, experiment_id, [FULL, FULL_LONGER])
     check = schedule_check(accs.loc[accs["arm"] == FULL, "test_acc"], accs.loc[accs["arm"] == FULL_LONGER, "test_acc"],
                            cfg.convergence.tolerance)
-    store.execute("UPDATE experiments SET status = 'done', finished_at = ?, check_gain = ?, check_low = ?, "
-                  "check_high = ?, check_p = ?, trained_to_max = ? WHERE experiment_id = ?",
-                  [now(), *(None if np.isnan(v) else float(v) for v in (check.gain, check.low, check.high,
-                                                                        check.p_value)),
-                   check.trained_to_max, experiment_id])
-    full_acc = store.scalar("SELECT avg(test_acc) FROM experiment_models WHERE experiment_id = ? AND arm = ?",
-                            [experiment_id, FULL])
+    experiment_rows.finish(store, experiment_id, now(), [None if np.isnan(v) else float(v) for v in (
+        check.gain, check.low, check.high, check.p_value)], check.trained_to_max)
+    full_acc = mean_accuracy(store, experiment_id, FULL)
     finish_run(store, run_id, seconds=seconds, test_acc=full_acc,
                message=f"{len(arms)} arms x {spec.models} models ({trained} trained, {reused} reused)")
     return StageReport("experiment", seconds, {"experiment_id": experiment_id, "arms": len(arms),
@@ -379,7 +363,7 @@ def run_experiment(store: Store, spec: ExperimentSpec, cfg: AuditConfig,
 def experiment_text(store: Store, experiment_id: str) -> str:
     """The `memaudit experiment` report: the experiment's id and status, then its results table."""
     table = experiment_results(store, experiment_id)
-    status = store.scalar("SELECT status FROM experiments WHERE experiment_id = ?", [experiment_id])
+    status = experiment_status(store, experiment_id)
     lines = [f"experiment {experiment_id} ({status}); drop = full-data accuracy minus the arm's, positive = worse",
              format_results(table), schedule_line(schedule_check_row(store, experiment_id))]
     share = table[table["mem_share"].notna() & (table["n_memorized_removed"] > 0)]
