@@ -114,6 +114,9 @@ CREATE TABLE IF NOT EXISTS sweep_variants(
     test_acc DOUBLE, gap DOUBLE, n_memorized INTEGER, method VARCHAR, run_id VARCHAR, seconds DOUBLE);
 CREATE TABLE IF NOT EXISTS sweep_members(
     sweep_id VARCHAR, variant VARCHAR, sample_id VARCHAR, apb DOUBLE, mem DOUBLE, memorized BOOLEAN);
+CREATE TABLE IF NOT EXISTS sweep_checkpoints(
+    sweep_id VARCHAR, variant VARCHAR, epoch INTEGER, shadow_test_acc DOUBLE, n_memorized INTEGER,
+    n_memorized_low DOUBLE, n_memorized_high DOUBLE, memorized_ids VARCHAR[]);
 CREATE TABLE IF NOT EXISTS memorization_estimates(
     run_id VARCHAR, method VARCHAR, threshold DOUBLE, n_train INTEGER, n_scored INTEGER, n_memorized INTEGER,
     n_memorized_certain INTEGER, n_uncertain INTEGER, n_not_memorized INTEGER, n_not_scored INTEGER,
@@ -158,6 +161,22 @@ ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_sampled VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS apb_band INTEGER;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_weight DOUBLE;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS command VARCHAR;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS gap_low DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS gap_high DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS n_seeds INTEGER;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS converged_share DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS check_gain DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS check_low DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS check_high DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS trained_to_max BOOLEAN;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS n_memorized_low DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS n_memorized_high DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS n_null INTEGER;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS n_null_high DOUBLE;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS n_models INTEGER;
+ALTER TABLE sweep_variants ADD COLUMN IF NOT EXISTS mem_fraction DOUBLE;
+ALTER TABLE sweep_members ADD COLUMN IF NOT EXISTS mem_low DOUBLE;
+ALTER TABLE sweep_members ADD COLUMN IF NOT EXISTS mem_high DOUBLE;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS log_path VARCHAR;
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS token VARCHAR;
 ALTER TABLE experiments ADD COLUMN IF NOT EXISTS est_memorized DOUBLE;

@@ -7,8 +7,12 @@ import pandas as pd
 from auditor.store import Store
 from auditor.sweep import TRANSIENT_COLUMNS, GapCorrelation, gap_correlation, memorized_sets_compare, transient
 
-SUMMARY_COLUMNS = ["sweep_id", "variant", "arch", "width", "epochs", "train_acc", "test_acc", "gap", "n_memorized",
-                   "method", "run_id", "seconds"]
+SUMMARY_COLUMNS = ["sweep_id", "variant", "arch", "width", "epochs", "train_acc", "test_acc", "gap", "gap_low",
+                   "gap_high", "n_seeds", "n_memorized", "n_memorized_low", "n_memorized_high", "n_null",
+                   "n_models", "trained_to_max", "check_gain", "converged_share", "method", "run_id", "seconds"]
+# How transient memorization is measured: a `ploo` sweep reads the same shadow models at checkpoints of one run;
+# the other methods compare variants trained separately for different numbers of epochs.
+WITHIN_RUN, ACROSS_RUNS = "checkpoints of one run", "separate runs per training length"
 
 
 def sweeps(store: Store) -> pd.DataFrame:
@@ -42,13 +46,29 @@ def sweep_set_differences(store: Store, sweep_id: str) -> pd.DataFrame:
     return memorized_sets_compare(memorized_sets(store, sweep_id))
 
 
+def sweep_checkpoints(store: Store, sweep_id: str) -> pd.DataFrame:
+    """A `ploo` sweep's checkpoints (variant, epoch order): shadow test accuracy and memorized count with interval."""
+    return store.query("SELECT variant, epoch, shadow_test_acc, n_memorized, n_memorized_low, n_memorized_high "
+                       "FROM sweep_checkpoints WHERE sweep_id = ? ORDER BY variant, epoch", [sweep_id])
+
+
 def sweep_transient(store: Store, sweep_id: str) -> pd.DataFrame:
-    """Temporal transient memorization per (arch, width): points memorized at one training length, not at a later."""
+    """Temporal transient memorization: points memorized at one epoch and not at a later one, within each variant's
+    run (checkpoints, `ploo`), else per (arch, width) across the variants' training lengths; `compared` says which."""
     summary = sweep_summary(store, sweep_id)
-    sets = memorized_sets(store, sweep_id)
-    parts = [transient(dict(zip(group["epochs"], (sets[v] for v in group["variant"])))).assign(arch=arch, width=width)
-             for (arch, width), group in summary.groupby(["arch", "width"], sort=True)]
-    columns = ["arch", "width", *TRANSIENT_COLUMNS]
+    columns = ["compared", "variant", "arch", "width", *TRANSIENT_COLUMNS]
+    checkpoints = store.query("SELECT variant, epoch, memorized_ids FROM sweep_checkpoints WHERE sweep_id = ?",
+                              [sweep_id])
+    if len(checkpoints):
+        parts = [transient({e: set(ids) for e, ids in zip(group["epoch"], group["memorized_ids"])}).assign(
+                     compared=WITHIN_RUN, variant=variant, arch=row.arch, width=row.width)
+                 for variant, group in checkpoints.groupby("variant", sort=True)
+                 for row in summary[summary["variant"] == variant].itertuples()]
+    else:
+        sets = memorized_sets(store, sweep_id)
+        parts = [transient(dict(zip(group["epochs"], (sets[v] for v in group["variant"])))).assign(
+                     compared=ACROSS_RUNS, variant=None, arch=arch, width=width)
+                 for (arch, width), group in summary.groupby(["arch", "width"], sort=True)]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
@@ -63,5 +83,6 @@ def sweep_difference_points(store: Store, sweep_id: str, a: str, b: str) -> pd.D
 
 
 def sweep_correlation(store: Store, sweep_id: str) -> GapCorrelation:
-    """Pearson r between train-test gap and memorized count across the sweep's variants (None with a reason)."""
+    """Pearson r between train-test gap and memorized count across the sweep's variants, with its bootstrap interval
+    (None with a reason)."""
     return gap_correlation(sweep_summary(store, sweep_id))

@@ -212,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--widths", help="comma-separated widths, config units (default: the config's)")
     sweep.add_argument("--epochs", help="comma-separated training lengths (default: the config's)")
     sweep.add_argument("--method", choices=METHODS, default="apb",
-                       help="apb: memorized = lowest-ApB rule; ploo_improved: mem from shadow models >= threshold")
+                       help="apb: a cheap proxy, memorized = lowest-ApB rule (not memorization); ploo_improved: mem "
+                            "of each variant's ApB candidates; ploo: mem of every point from plain pLOO, the gap over "
+                            ">= 3 seeds, a 2x-schedule check and checkpoints within one run")
     sweep.add_argument("--apb-cutoff", type=float,
                        help="memorized candidates = ApB below this (the default fraction rule fixes their count)")
     sweep.add_argument("--config", help="TOML file merged over the defaults")

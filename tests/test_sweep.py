@@ -12,8 +12,11 @@ import pytest
 
 from auditor.config import load_config
 from auditor.store import Store
-from auditor.sweep import SweepSpec, gap_correlation, memorized_sets_compare, transient
-from auditor.sweep_queries import memorized_sets, sweep_summary, sweep_transient
+from auditor.memorization import memorization_scores
+from auditor.sharding import ploo_design
+from auditor.sweep import (SweepSpec, checkpoint_epochs, gap_correlation, memorized_count, memorized_sets_compare,
+                           seed_interval, shuffled_memberships, transient)
+from auditor.sweep_queries import WITHIN_RUN, memorized_sets, sweep_checkpoints, sweep_summary, sweep_transient
 from pipelines import cli
 from pipelines.sweep_stage import run_sweep
 
@@ -55,6 +58,57 @@ def test_gap_correlation_known_values_and_degenerate_cases():
     assert two.r is None and two.n == 2 and "at least 3" in two.reason
     flat = gap_correlation(pd.DataFrame({"gap": [0.1, 0.2, 0.3], "n_memorized": [5, 5, 5]}))
     assert flat.r is None and "memorized count" in flat.reason
+
+
+def _planted(n_memorized: int, n: int = 400, models: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Shadow correctness where the first `n_memorized` points are right only when trained on (in: 0.95, out: 0.2)
+    and every other point is right with probability 0.9 either way; plain pLOO memberships at r = 0.5."""
+    rng = np.random.default_rng(seed)
+    membership = ploo_design(n, models, 0.5, seed=seed).membership
+    p = np.full((models, n), 0.9)
+    p[:, :n_memorized] = np.where(membership[:, :n_memorized], 0.95, 0.2)
+    return rng.random((models, n)) < p, membership
+
+
+def test_memorized_count_finds_planted_points_and_nothing_when_memberships_are_shuffled():
+    for planted in (0, 30, 80):
+        correct, membership = _planted(planted)
+        count = memorized_count(correct, membership, 0.25)
+        assert count.low <= planted <= count.high and count.high - count.low < 20, (planted, count)
+        null = shuffled_memberships(membership, seed=1)
+        assert (null.sum(axis=0) == membership.sum(axis=0)).all() and not np.array_equal(null, membership)
+        mem = memorization_scores(correct, null)["mem"]
+        assert abs(mem.mean()) < 0.01 and abs(mem[:max(planted, 1)].mean()) < 0.06  # centred on 0, planted too
+        shuffled = memorized_count(correct, null, 0.25)
+        assert shuffled.count <= 2 and shuffled.low == 0, (planted, shuffled)
+
+
+def test_gap_correlation_interval_follows_the_variants_and_not_the_null():
+    gaps = np.array([0.01, 0.03, 0.05, 0.07, 0.09])
+    planted = [memorized_count(*_planted(k, seed=k), 0.25) for k in (5, 25, 45, 65, 85)]
+    frame = pd.DataFrame({"gap": gaps, "gap_low": gaps - 0.005, "gap_high": gaps + 0.005,
+                          "n_memorized": [c.count for c in planted], "n_memorized_low": [c.low for c in planted],
+                          "n_memorized_high": [c.high for c in planted]})
+    corr = gap_correlation(frame)
+    # Redrawn within their intervals, the counts' noise pulls r towards 0: the interval may sit just below r.
+    assert corr.r > 0.95 and 0.5 < corr.low < corr.high <= 1 and corr.high > 0.99, corr
+    assert gap_correlation(frame.assign(gap=gaps[::-1], gap_low=gaps[::-1] - 0.005,
+                                        gap_high=gaps[::-1] + 0.005)).high < -0.5
+    # The same variants with memberships shuffled: counts are noise, and the interval does not exclude r = 0.
+    nulls = [memorized_count(c, shuffled_memberships(m, 1), 0.25)
+             for c, m in (_planted(k, seed=k) for k in (5, 25, 45, 65, 85))]
+    null = gap_correlation(frame.assign(n_memorized=[c.count for c in nulls], n_memorized_low=[c.low for c in nulls],
+                                        n_memorized_high=[c.high for c in nulls]))
+    assert null.r is None or null.low is None or null.low <= 0 <= null.high, null
+    assert gap_correlation(frame.drop(columns=["gap_low"])).low is None  # no intervals, no bootstrap
+
+
+def test_seed_interval_and_checkpoint_epochs():
+    mean, low, high = seed_interval(np.array([0.04, 0.05, 0.06]))
+    assert mean == pytest.approx(0.05) and (low, high) == pytest.approx((0.05 - 4.303 * 0.01 / math.sqrt(3),
+                                                                         0.05 + 4.303 * 0.01 / math.sqrt(3)), abs=1e-4)
+    assert math.isnan(seed_interval(np.array([0.1]))[1])
+    assert checkpoint_epochs(15) == (4, 8, 11, 15) and checkpoint_epochs(2) == (1, 2) and checkpoint_epochs(1) == (1,)
 
 
 @pytest.fixture
@@ -142,3 +196,35 @@ def test_ploo_improved_sweep_scores_candidates_with_shadow_models(audit_copy):
     assert (members.loc[members["memorized"], "mem"] >= cfg.memorization.threshold).all()
     assert store.scalar("SELECT count(DISTINCT method) FROM sweep_variants WHERE sweep_id = ?", [sweep_id]) == 1
     _assert_same(before, _audit_state(store))
+
+
+def test_ploo_sweep_scores_every_point_with_intervals_checkpoints_and_the_schedule_check(audit_copy):
+    store = Store(audit_copy)
+    before = _audit_state(store)
+    cfg = load_config(profile="quick", overrides={"memorization": {"models": 6}})
+    report = run_sweep(store, SweepSpec.grid(["mlp"], [4, 8], [2], "ploo"), cfg)
+    sweep_id = report.facts["sweep_id"]
+    n_train = store.scalar("SELECT count(*) FROM samples WHERE split = 'train'")
+    summary = sweep_summary(store, sweep_id).set_index("variant")
+    assert (summary["n_seeds"] == 3).all() and (summary["n_models"] == 6).all()
+    assert (summary["gap_low"] <= summary["gap"]).all() and (summary["gap"] <= summary["gap_high"]).all()
+    assert summary["trained_to_max"].notna().all() and summary["check_gain"].notna().all()
+    assert ((summary["n_memorized_low"] <= summary["n_memorized"])
+            & (summary["n_memorized"] <= summary["n_memorized_high"])).all()
+    members = store.query("SELECT * FROM sweep_members WHERE sweep_id = ?", [sweep_id])
+    assert len(members) == 2 * n_train and members["mem"].notna().all() and members["apb"].isna().all()
+    assert (members.loc[members["memorized"], "mem"] >= cfg.memorization.threshold).all()
+    checkpoints = sweep_checkpoints(store, sweep_id)
+    assert checkpoints.groupby("variant")["epoch"].agg(list).tolist() == [[1, 2], [1, 2]]
+    last = checkpoints[checkpoints["epoch"] == 2].set_index("variant")["n_memorized"]
+    assert (last == summary.loc[last.index, "n_memorized"]).all()  # the last checkpoint is the final model
+    moved = sweep_transient(store, sweep_id)
+    assert (moved["compared"] == WITHIN_RUN).all()
+    sets = memorized_sets(store, sweep_id)
+    ids = store.query("SELECT variant, epoch, memorized_ids FROM sweep_checkpoints WHERE sweep_id = ?", [sweep_id])
+    for variant, group in ids.groupby("variant"):
+        at = {e: set(i) for e, i in zip(group["epoch"], group["memorized_ids"])}
+        assert at[2] == sets[variant]
+        assert set(moved.loc[moved["variant"] == variant, "sample_id"]) == at[1] - at[2]
+    _assert_same(before, _audit_state(store))
+    assert run_sweep(store, SweepSpec.grid(["mlp"], [4, 8], [2], "ploo"), cfg).facts["reused_variants"] == 2
