@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 400
 # auditor modules over MAX_LINES today -> their line count now (the most they may have until they are split).
-OVER_LINES = {"auditor/store.py": 423}
+OVER_LINES: dict[str, int] = {}
 # pipelines modules that still hold SQL -> how many SQL string literals they hold now.
 SQL_HOLDERS = {
     "pipelines/memorization_stage.py": 19,
