@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from auditor.config import load_config
+from auditor.detectors.label_issues import confident_learning, knn_label_disagreement
+from auditor.neighbors import KnnGraph
 from auditor.shadow_engine import train_shadow_block
 from tests.test_shadow_engine import _cfg, _halves
 
@@ -66,3 +68,45 @@ def test_the_detectors_warn_about_classes_smaller_than_k(tmp_path, data_home):
     k = load_config(profile="quick").detectors.kfold
     assert (f"warning: 40 of 40 classes have fewer than {k} training images; the {k}-fold models behind their "
             "label-issue flags saw few or none of their class") in done.stderr
+
+
+def _traced(fn, *args):
+    """fn(*args) and its peak numpy/Python memory in MiB (tracemalloc)."""
+    tracemalloc.start()
+    try:
+        out = fn(*args)
+        return out, tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_confident_learning_builds_nothing_of_classes_squared():
+    # 20,000 classes: a dense (classes x classes) confident joint alone would be 3.2 GB of float64.
+    n, classes = 300, 20_000
+    rng = np.random.default_rng(0)
+    given = rng.choice(classes, n, replace=False)
+    truth = given.copy()
+    flipped, hosts = np.split(rng.choice(n, 30, replace=False), 2)
+    truth[flipped] = given[hosts]  # each really belongs to the class of a correctly labelled point
+    probs = np.full((n, classes), 0.2 / classes, np.float32)
+    probs[np.arange(n), truth] += 0.8
+    cl, peak = _traced(confident_learning, probs, given)
+    assert peak < 64  # MiB: the (n x classes) input is 23 MiB; chunked passes, sparse joint
+    assert set(np.flatnonzero(cl["is_issue"])) == set(flipped)
+    assert (cl["suggested"].to_numpy()[flipped] == truth[flipped]).all()
+
+
+def test_knn_votes_are_kept_per_neighbour_not_per_class():
+    # 1,000 points x 1,000,000 classes of dense votes would be 8 GB; the votes are (points x k).
+    n, k, classes = 1_000, 5, 1_000_000
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, classes, n)
+    graph = KnnGraph(indices=(np.arange(n)[:, None] + np.arange(1, k + 1)) % n,
+                     similarities=rng.uniform(0.1, 1, (n, k)).astype(np.float32), exact=True, index_kind="exact")
+    labels[graph.indices[:10, :3]] = 7  # three of the first ten points' five neighbours say 7
+    frame, peak = _traced(knn_label_disagreement, graph, labels, classes)
+    assert peak < 16
+    assert (frame["knn_label"].to_numpy()[:10] == 7).all() and (frame["n_neighbors"] == k).all()
+    sims = graph.similarities.astype(np.float64)
+    own = (labels[graph.indices] == labels[:, None])
+    np.testing.assert_allclose(frame["disagreement"], 1 - (sims * own).sum(1) / sims.sum(1))

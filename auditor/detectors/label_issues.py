@@ -18,6 +18,7 @@ its score moves halfway to 1 and CL's issue alone flags it; positive reads as ra
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,51 +31,74 @@ CL_COLUMNS = ["index", "given", "suggested", "self_confidence", "in_off_diagonal
 KNN_COLUMNS = ["index", "disagreement", "knn_label", "n_disagreeing", "n_neighbors"]
 # cleanlab's slack on the per-class thresholds, so a probability equal to the threshold counts as above it.
 _THRESHOLD_SLACK = 1e-6
+# Cells (rows x classes) of probabilities read at once: bounds the temporaries whatever the class count.
+_CHUNK_CELLS = 1 << 20
 
 
-def _round_preserving_sum(x: np.ndarray) -> np.ndarray:
-    """Integers per row of x that sum to the row's rounded total (largest remainders round up)."""
-    floor = np.floor(x).astype(np.int64)
-    missing = np.round(x.sum(axis=1)).astype(np.int64) - floor.sum(axis=1)
-    order = np.argsort(-(x - floor), axis=1, kind="stable")
-    bump = np.zeros_like(floor)
-    np.put_along_axis(bump, order, (np.arange(x.shape[1]) < missing[:, None]).astype(np.int64), axis=1)
-    return floor + bump
+def _round_preserving_sum(rows: np.ndarray, values: np.ndarray, n_rows: int) -> np.ndarray:
+    """Integers for the nonzero cells (`rows`, `values`: sorted by row, then column) of a sparse matrix that sum,
+    per row, to the row's rounded total: the largest remainders round up, ties by column."""
+    floor = np.floor(values).astype(np.int64)
+    missing = (np.round(np.bincount(rows, weights=values, minlength=n_rows)).astype(np.int64)
+               - np.bincount(rows, weights=floor, minlength=n_rows).astype(np.int64))
+    order = np.lexsort((np.arange(len(values)), -(values - floor), rows))
+    rank = np.empty(len(values), dtype=np.int64)
+    rank[order] = np.arange(len(values)) - np.searchsorted(rows[order], rows[order])
+    return floor + (rank < missing[rows])
+
+
+def _confident_labels(probs: np.ndarray, rows: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(confident label or -1, argmax) of probs[rows], read in row chunks so no (n x classes) temporary is built."""
+    confident, argmax = np.empty(len(rows), dtype=np.int64), np.empty(len(rows), dtype=np.int64)
+    step = _chunk(probs.shape[1])
+    for start in range(0, len(rows), step):
+        p = np.asarray(probs[rows[start:start + step]], dtype=np.float64)
+        above = p >= thresholds - _THRESHOLD_SLACK
+        confident[start:start + len(p)] = np.where(above.any(axis=1), np.argmax(np.where(above, p, -np.inf), axis=1),
+                                                   -1)
+        argmax[start:start + len(p)] = p.argmax(axis=1)
+    return confident, argmax
+
+
+def _chunk(n_classes: int) -> int:
+    """Rows per chunk of a (rows x classes) pass: about _CHUNK_CELLS cells."""
+    return max(1, _CHUNK_CELLS // max(n_classes, 1))
 
 
 def confident_learning(pred_probs: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     """Confident learning (module docstring) per point with finite probabilities: suggested = the confident label,
-    else the argmax; rank_score = 1 - self_confidence (p of the given label)."""
-    probs = np.asarray(pred_probs, dtype=np.float64)
-    labels = np.asarray(labels)
+    else the argmax; rank_score = 1 - self_confidence (p of the given label). Memory beyond `pred_probs` is
+    O(points + classes): the confident joint is kept as its nonzero cells, never as a (classes x classes) matrix."""
+    probs, labels = np.asarray(pred_probs), np.asarray(labels)
     if probs.ndim != 2 or len(probs) != len(labels):
         raise ValueError(f"pred_probs {probs.shape} must be (n, classes) with one label per row ({len(labels)})")
-    n_classes = probs.shape[1]
-    rows = np.flatnonzero(np.isfinite(probs).all(axis=1))
-    p, y = probs[rows], labels[rows].astype(np.int64)
+    n_classes, step = probs.shape[1], _chunk(probs.shape[1])
+    rows = np.flatnonzero(np.concatenate([np.zeros(0, bool), *(np.isfinite(probs[start:start + step]).all(axis=1)
+                                                               for start in range(0, len(probs), step))]))
+    y = labels[rows].astype(np.int64)
     if np.any((y < 0) | (y >= n_classes)):
         raise ValueError(f"labels must be class indices in [0, {n_classes})")
+    self_confidence = probs[rows, y].astype(np.float64)
     counts = np.bincount(y, minlength=n_classes)
-    sums = np.bincount(y, weights=p[np.arange(len(y)), y], minlength=n_classes)
+    sums = np.bincount(y, weights=self_confidence, minlength=n_classes)
     with np.errstate(invalid="ignore", divide="ignore"):
         thresholds = np.where(counts > 0, sums / counts, np.inf)  # no point is confidently an unused class
-    above = p >= thresholds - _THRESHOLD_SLACK
-    confident = np.where(above.any(axis=1), np.argmax(np.where(above, p, -np.inf), axis=1), -1)
+    confident, argmax = _confident_labels(probs, rows, thresholds)
     has = confident >= 0
-    joint = np.zeros((n_classes, n_classes))
-    np.add.at(joint, (y[has], confident[has]), 1)
-    row_totals = joint.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        calibrated = np.where(row_totals > 0, joint / row_totals * counts[:, None], 0.0)
-    prune = _round_preserving_sum(calibrated / max(calibrated.sum(), 1) * len(y))
-    argmax = p.argmax(axis=1)
+    cells, joint = np.unique(y[has] * n_classes + confident[has], return_counts=True)
+    given, column = cells // n_classes, cells % n_classes
+    calibrated = joint / np.bincount(given, weights=joint, minlength=n_classes)[given] * counts[given]
+    prune = _round_preserving_sum(given, calibrated / max(math.fsum(calibrated), 1) * len(y), n_classes)
+    by_class = np.argsort(y, kind="stable")
+    first = np.searchsorted(y[by_class], np.arange(n_classes + 1))
     issue = np.zeros(len(y), dtype=bool)
-    for i, j in zip(*np.nonzero(prune * (1 - np.eye(n_classes, dtype=np.int64)))):
-        members = np.flatnonzero(y == i)
-        margin = p[members, j] - p[members, i]
-        issue[members[np.argsort(-margin, kind="stable")[:prune[i, j]]]] = True  # stable: ties go by row
+    for i, j, count in zip(given, column, prune):
+        if i == j or not count:
+            continue
+        members = by_class[first[i]:first[i + 1]]
+        margin = probs[rows[members], j].astype(np.float64) - self_confidence[members]
+        issue[members[np.argsort(-margin, kind="stable")[:count]]] = True  # stable: ties go by row
     issue &= argmax != y
-    self_confidence = p[np.arange(len(y)), y]
     return pd.DataFrame({"index": rows, "given": y, "suggested": np.where(has, confident, argmax),
                          "self_confidence": self_confidence, "in_off_diagonal": has & (confident != y),
                          "is_issue": issue, "rank_score": 1.0 - self_confidence}, columns=CL_COLUMNS)
@@ -82,19 +106,29 @@ def confident_learning(pred_probs: np.ndarray, labels: np.ndarray) -> pd.DataFra
 
 def knn_label_disagreement(graph_self: KnnGraph, labels: np.ndarray, num_classes: int) -> pd.DataFrame:
     """Per point: the similarity-weighted share of its neighbours' votes for another label (negative
-    similarities count 0; NaN without votes), the winning neighbour label (-1 without votes) and the counts."""
+    similarities count 0; NaN without votes), the winning neighbour label (-1 without votes; ties: the lower label)
+    and the counts. Votes are summed per (point, neighbour label) pair: O(points x k), whatever `num_classes`."""
     labels = np.asarray(labels, dtype=np.int64)
+    if len(labels) and not 0 <= labels.min() <= labels.max() < num_classes:
+        raise ValueError(f"labels must be class indices in [0, {num_classes})")
     found = graph_self.indices >= 0
     neighbor_labels = np.where(found, labels[np.where(found, graph_self.indices, 0)], -1)
     weights = np.where(found, np.clip(np.nan_to_num(graph_self.similarities.astype(np.float64)), 0, None), 0.0)
-    votes = np.zeros((len(labels), num_classes))
-    rows = np.broadcast_to(np.arange(len(labels))[:, None], found.shape)
-    np.add.at(votes, (rows[found], neighbor_labels[found]), weights[found])
-    total = votes.sum(axis=1)
+    point = np.broadcast_to(np.arange(len(labels))[:, None], found.shape)[found]
+    cells, cell = np.unique(point * num_classes + neighbor_labels[found], return_inverse=True)
+    votes = np.bincount(cell, weights=weights[found], minlength=len(cells))
+    owner, voted = cells // num_classes, cells % num_classes
+    total = np.bincount(owner, weights=votes, minlength=len(labels))
+    own = np.zeros(len(labels))
+    own[owner[voted == labels[owner]]] = votes[voted == labels[owner]]
+    winner = np.full(len(labels), -1)
+    best = np.lexsort((voted, -votes, owner))  # per point: the most votes first, ties by the lower label
+    starts = np.flatnonzero(np.r_[True, owner[best][1:] != owner[best][:-1]]) if len(best) else best
+    winner[owner[best[starts]]] = voted[best[starts]]
     with np.errstate(invalid="ignore", divide="ignore"):
-        disagreement = 1.0 - votes[np.arange(len(labels)), labels] / total
+        disagreement = 1.0 - own / total
     return pd.DataFrame({"index": np.arange(len(labels)), "disagreement": np.where(total > 0, disagreement, np.nan),
-                         "knn_label": np.where(total > 0, votes.argmax(axis=1), -1),
+                         "knn_label": np.where(total > 0, winner, -1),
                          "n_disagreeing": (found & (neighbor_labels != labels[:, None])).sum(axis=1),
                          "n_neighbors": found.sum(axis=1)}, columns=KNN_COLUMNS)
 

@@ -40,8 +40,8 @@ def class_clusters(vectors: np.ndarray, labels: np.ndarray, *, k_per_class: int 
     if len(vectors) != len(labels):
         raise ValueError(f"{len(vectors)} vectors but {len(labels)} labels")
     clusters = np.zeros(len(labels), dtype=np.int64)
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
+    order = np.argsort(labels, kind="stable")  # grouped once: no pass over every point per class
+    for rows in np.split(order, np.flatnonzero(labels[order][1:] != labels[order][:-1]) + 1):
         n = len(rows)
         k = round(math.sqrt(n / 2)) if k_per_class == "auto" else int(k_per_class)
         k = max(1, min(k, max_k, n // min_cluster))
