@@ -234,21 +234,36 @@ def _run_variant(store: Store, sweep_id: str, variant: Variant, vcfg: AuditConfi
     row = pd.DataFrame([{"sweep_id": sweep_id, "variant": variant.name, "arch": variant.arch, "width": variant.width,
                          "epochs": variant.epochs, "n_memorized": n_memorized, "method": method, "run_id": run_id,
                          "seconds": seconds, **facts}])
-    key = [sweep_id, variant.name]
     store.write([("sweep_variants", row), ("sweep_members", members), ("sweep_checkpoints", checkpoints),
                  ("run_inputs", inputs)],
-                deletes=[("DELETE FROM sweep_variants WHERE sweep_id = ? AND variant = ?", key),
-                         ("DELETE FROM sweep_members WHERE sweep_id = ? AND variant = ?", key),
-                         ("DELETE FROM sweep_checkpoints WHERE sweep_id = ? AND variant = ?", key),
-                         ("DELETE FROM run_inputs WHERE run_id = ?", [run_id])])
+                deletes=[*((f"DELETE FROM {t} WHERE sweep_id = ? AND variant = ?", [sweep_id, variant.name])
+                           for t in VARIANT_TABLES), ("DELETE FROM run_inputs WHERE run_id = ?", [run_id])])
     finish_run(store, run_id, converged=facts["converged_share"] >= 0.5, train_acc=facts["train_acc"],
                test_acc=facts["test_acc"], seconds=seconds,
                message=f"sweep {sweep_id} variant {variant.name}: {n_memorized} memorized ({method})")
 
 
+VARIANT_TABLES = ("sweep_variants", "sweep_members", "sweep_checkpoints")
+
+
+def _copy_variant(store: Store, sweep_id: str, run_id: str) -> bool:
+    """Copy a variant another sweep finished with the same identity (`run_id`) into this sweep; False when none."""
+    other = store.query("SELECT sweep_id, variant FROM sweep_variants WHERE run_id = ? AND sweep_id <> ? LIMIT 1",
+                        [run_id, sweep_id])
+    if not len(other) or run_status(store, run_id) != "done":
+        return False
+    key = [other["sweep_id"].iloc[0], other["variant"].iloc[0]]
+    frames = [(t, store.query(f"SELECT * FROM {t} WHERE sweep_id = ? AND variant = ?", key).assign(sweep_id=sweep_id))
+              for t in VARIANT_TABLES]
+    store.write(frames, deletes=[(f"DELETE FROM {t} WHERE sweep_id = ? AND variant = ?", [sweep_id, key[1]])
+                                 for t in VARIANT_TABLES])
+    return True
+
+
 def run_sweep(store: Store, spec: SweepSpec, cfg: AuditConfig, progress: ProgressFactory = silent) -> StageReport:
-    """Run every variant of `spec` not yet finished in this sweep (id = hash of the variants' identities); the
-    `sweeps` row and a `jobs` row (variants done / total) show its progress."""
+    """Run every variant of `spec` not yet finished in this sweep (id = hash of the variants' identities); a variant
+    another sweep finished with the same identity is copied, not retrained. The `sweeps` row and a `jobs` row
+    (variants done / total) show its progress."""
     t0 = time.perf_counter()
     store.init()
     data = load_training_arrays(store, cfg, progress)
@@ -266,7 +281,7 @@ def run_sweep(store: Store, spec: SweepSpec, cfg: AuditConfig, progress: Progres
     reused = 0
     try:
         for done, variant in enumerate(spec.variants, start=1):
-            if variant.name in finished:
+            if variant.name in finished or _copy_variant(store, sweep_id, runs[variant]):
                 reused += 1
             else:
                 _run_variant(store, sweep_id, variant, configs[variant], runs[variant], spec.method, data, progress)

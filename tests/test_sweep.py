@@ -228,3 +228,9 @@ def test_ploo_sweep_scores_every_point_with_intervals_checkpoints_and_the_schedu
         assert set(moved.loc[moved["variant"] == variant, "sample_id"]) == at[1] - at[2]
     _assert_same(before, _audit_state(store))
     assert run_sweep(store, SweepSpec.grid(["mlp"], [4, 8], [2], "ploo"), cfg).facts["reused_variants"] == 2
+    # Another sweep holding one of these variants copies it rather than training it again.
+    other = run_sweep(store, SweepSpec.grid(["mlp"], [8], [2], "ploo"), cfg).facts
+    assert other["reused_variants"] == 1 and other["sweep_id"] != sweep_id
+    copied = sweep_summary(store, other["sweep_id"]).drop(columns="sweep_id")
+    pd.testing.assert_frame_equal(copied, summary.reset_index()[copied.columns].iloc[[1]].reset_index(drop=True))
+    assert memorized_sets(store, other["sweep_id"])["mlp-w8-e2"] == sets["mlp-w8-e2"]

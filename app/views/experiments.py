@@ -153,10 +153,14 @@ def _sweeps(store: Store) -> None:
     sweep_id = st.selectbox("Sweep", listing["sweep_id"].tolist(), key="sweep_id")
     summary = sweep_queries.sweep_summary(store, sweep_id)
     st.dataframe(summary, hide_index=True, width="stretch")
+    if set(summary["method"]) == {"apb"}:
+        st.caption("Method apb: memorized = ApB below the cut-off, a cheap proxy for late learning, not memorization; "
+                   "`--method ploo` measures mem.")
     corr = sweep_queries.sweep_correlation(store, sweep_id)
+    interval = "" if corr.low is None else f", 95% bootstrap interval {corr.low:.2f} to {corr.high:.2f}"
     st.markdown("Train–test gap vs memorized count across variants: " + (
-        f"Pearson r = **{corr.r:.3f}** (p {corr.p:.3g}, {corr.n} variants; the paper found 0.99)" if corr.r is not None
-        else f"no correlation ({corr.reason})"))
+        f"Pearson r = **{corr.r:.3f}** (p {corr.p:.3g}, {corr.n} variants{interval}; the paper found 0.99)"
+        if corr.r is not None else f"no correlation ({corr.reason})"))
     if len(summary) > 1:
         st.altair_chart(alt.Chart(summary).mark_circle(size=90).encode(
             x=alt.X("gap:Q", title="train − test accuracy"), y=alt.Y("n_memorized:Q", title="memorized points"),
@@ -164,8 +168,13 @@ def _sweeps(store: Store) -> None:
     st.markdown("**Memorized sets compared** (real set differences: points memorized by one variant and not the other)")
     st.dataframe(sweep_queries.sweep_set_differences(store, sweep_id), hide_index=True, width="stretch")
     transient = sweep_queries.sweep_transient(store, sweep_id)
+    checkpoints = sweep_queries.sweep_checkpoints(store, sweep_id)
+    if not checkpoints.empty:
+        st.markdown("**Memorized count at checkpoints** of each variant's own shadow models (95% interval)")
+        st.dataframe(checkpoints, hide_index=True, width="stretch")
     if not transient.empty:
-        st.markdown("**Transient memorization** (memorized at a shorter training length, not at a longer one)")
+        st.markdown(f"**Transient memorization** (memorized at one epoch, not at a later one; compared: "
+                    f"{transient['compared'].iloc[0]})")
         st.dataframe(transient, hide_index=True, width="stretch")
 
 
