@@ -35,6 +35,9 @@ KIND = "pipeline"
 CANCEL_GRACE_S = 5.0
 # A process that started this long after its job row cannot be the job's process (its pid was reused).
 START_SLACK = timedelta(seconds=5)
+# The config of a job launched with allow_outside_root (e.g. re-auditing an exported manifest, whose paths are
+# absolute).
+OUTSIDE_ROOT_CONFIG = "[data]\nallow_outside_root = true\n"
 
 
 def logs_dir(db: str | Path) -> Path:
@@ -43,16 +46,19 @@ def logs_dir(db: str | Path) -> Path:
 
 
 def launch(db: str | Path, stages: Sequence[str], *, data: str | None = None, profile: str | None = None,
-           config: Path | None = None) -> str:
+           config: Path | None = None, allow_outside_root: bool = False) -> str:
     """Start `memaudit run` on `db` for `stages` as a detached process and return its job id without waiting.
 
-    Without `data`, an ingest re-reads the source of the last finished ingest. Raises ValueError (or ConfigError)
-    before starting anything when the stages, data, profile or config are unusable, WriterBusy (a ValueError) when
-    another process writes `db`."""
+    Without `data`, an ingest re-reads the source of the last finished ingest. `allow_outside_root` runs the job with
+    a config file of its own (next to its log) setting `data.allow_outside_root = true`, so an exported manifest can
+    be audited again. Raises ValueError (or ConfigError) before starting anything when the stages, data, profile or
+    config are unusable, WriterBusy (a ValueError) when another process writes `db`."""
     unknown = sorted(set(stages) - set(STAGES))
     if not stages or unknown:
         raise ValueError(f"unknown stage(s) {', '.join(unknown)}; use: {', '.join(STAGES)}" if unknown else
                          f"no stages chosen; use some of: {', '.join(STAGES)}")
+    if allow_outside_root and config:
+        raise ValueError(f"allow_outside_root with a config file: set data.allow_outside_root = true in {config}")
     ordered = [s for s in STAGES if s in stages]
     load_config(config, profile)  # a bad profile or config file fails here, not in the background
     store = Store(Path(db).resolve())
@@ -65,7 +71,7 @@ def launch(db: str | Path, stages: Sequence[str], *, data: str | None = None, pr
         argv += ["--profile", profile]
     if config:
         argv += ["--config", str(Path(config).resolve())]
-    return _spawn(store, argv, KIND, len(ordered), "stages")
+    return _spawn(store, argv, KIND, len(ordered), "stages", OUTSIDE_ROOT_CONFIG if allow_outside_root else None)
 
 
 def launch_experiment(db: str | Path, arms: Sequence[str], *, models: int, profile: str | None = None,
@@ -84,14 +90,19 @@ def launch_experiment(db: str | Path, arms: Sequence[str], *, models: int, profi
     return _spawn(store, argv, "experiment", 1, "experiment")
 
 
-def _spawn(store: Store, argv: list[str], kind: str, total: int, unit: str) -> str:
+def _spawn(store: Store, argv: list[str], kind: str, total: int, unit: str, config_text: str | None = None) -> str:
     """Mark stale running jobs failed, register a running `jobs` row, start `argv --job-id ID` detached with its
-    output in the job's log and the row's token in its environment, and return the job id (the child ends its row)."""
+    output in the job's log and the row's token in its environment, and return the job id (the child ends its row).
+    With `config_text`, the job also gets `--config` of a file holding it, next to its log."""
     refresh(store)
     job_id = f"{kind}-{now():%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
     argv = [*argv, "--job-id", job_id]
     log_path = logs_dir(store.path) / f"{job_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    if config_text is not None:
+        config_path = log_path.with_suffix(".toml")
+        config_path.write_text(config_text)
+        argv += ["--config", str(config_path)]
     job = Job(store, job_id, kind, None, total, unit)
     token = secrets.token_hex(16)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{TOKEN_ENV: token})

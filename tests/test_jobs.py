@@ -234,3 +234,23 @@ def test_start_launches_without_waiting_and_cancel_stops_it(store, tiny_manifest
     at.button(key=f"cancel-{job_id}").click().run(timeout=60)
     assert not at.exception and job_queries.job(store, job_id)["status"] == "cancelled"
     assert gone(int(job["pid"])) and not at.get("progress")
+
+
+def test_start_can_read_files_outside_the_root(store, tiny_manifest, monkeypatch):
+    # The tiny manifest names its files by absolute path, as an exported manifest does: outside its folder.
+    at = run_page(JOBS_PAGE, monkeypatch, store.path)
+    at.multiselect[0].set_value(["ingest"])
+    at.text_input[0].input(str(tiny_manifest))
+    at.checkbox[0].check()
+    at.button[0].click().run(timeout=60)
+    at.button(key="jobs_pending-confirm").click().run(timeout=60)
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    job_id = job_queries.jobs(store).loc[0, "job_id"]
+    assert wait_for(store, job_id)["status"] == "done", launcher.read_log(store, job_row(store, job_id)["log_path"])
+    config = launcher.logs_dir(store.path) / f"{job_id}.toml"
+    assert f"--config {config}" in job_row(store, job_id)["command"]
+    assert config.read_text() == "[data]\nallow_outside_root = true\n"
+    assert store.scalar("SELECT count(*) FROM samples") == 40
+    assert not store.scalar("SELECT count(*) FROM problems WHERE code = 'outside_root'")
+    with pytest.raises(ValueError, match="set data.allow_outside_root = true in"):
+        launcher.launch(store.path, ["ingest"], data=str(tiny_manifest), config=config, allow_outside_root=True)

@@ -32,12 +32,15 @@ def _start(store: Store) -> None:
                                     ".csv/.parquet/.jsonl manifest, as a path on the machine running the dashboard.")
         profile = right.text_input("Profile", placeholder="standard", help="quick | standard (see [profiles] in "
                                                                            "the config)")
+        outside = st.checkbox("Read files outside the dataset root (ingest)", help="Sets data.allow_outside_root = "
+                              "true for this job: needed to audit an exported manifest again, which names the audited "
+                              "files by absolute path. Off, such paths become `outside_root` problems.")
         submitted = st.form_submit_button("Start", type="primary")
     if submitted and not stages:
         st.warning("Choose at least one stage to start.")
     elif submitted:
         request = {"stages": [s for s in STAGES if s in stages], "data": data.strip() or None,
-                   "profile": profile.strip() or None}
+                   "profile": profile.strip() or None, "allow_outside_root": outside}
         try:
             hold(PENDING, request, job_plan.plan_run(store.path, request["stages"], profile=request["profile"]))
         except (ValueError, OSError) as exc:
@@ -47,7 +50,8 @@ def _start(store: Store) -> None:
     if request is None:
         return
     try:
-        job_id = launcher.launch(store.path, request["stages"], data=request["data"], profile=request["profile"])
+        job_id = launcher.launch(store.path, request["stages"], data=request["data"], profile=request["profile"],
+                                 allow_outside_root=request["allow_outside_root"])
     except (ValueError, OSError) as exc:
         st.error(f"Could not start the job: {exc}")
         return
