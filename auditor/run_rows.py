@@ -80,3 +80,13 @@ def run_results(store: Store, run_ids: list[str]) -> pd.DataFrame:
 def problem_reasons(store: Store) -> pd.DataFrame:
     """Every recorded problem's sample_id, reason and code."""
     return store.query("SELECT sample_id, reason, code FROM problems")
+
+
+def done_runs(store: Store, kind: str) -> pd.DataFrame:
+    """Every column of the finished runs of `kind`."""
+    return store.query("SELECT * FROM runs WHERE kind = ? AND status = 'done'", [kind])
+
+
+def restore_run(store: Store, run_id: str, rows: pd.DataFrame) -> None:
+    """Put back the `runs` row of `run_id` as `rows` holds it (undoing a restart of that run)."""
+    store.write([("runs", rows)], deletes=[("DELETE FROM runs WHERE run_id = ?", [run_id])])

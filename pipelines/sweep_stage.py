@@ -22,6 +22,7 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
+from auditor import variant_rows
 from auditor.config import AuditConfig, config_from_dict
 from auditor.dynamics_scores import dynamics_scores
 from auditor.executor import BlockTask, make_executor
@@ -29,6 +30,8 @@ from auditor.experiments import SCHEDULE_FACTOR, model_converged, schedule_check
 from auditor.flags import memorized_candidates
 from auditor.memorization import flag_memorized, memorization_scores
 from auditor.provenance import fingerprint
+from auditor.run_rows import done_runs, restore_run
+from auditor.score_rows import dynamics_log
 from auditor.shadow_engine import ShadowBlock
 from auditor.sharding import default_shard_count, ploo_improved_design
 from auditor.store import Store
@@ -66,12 +69,12 @@ def variant_identity(vcfg: AuditConfig, data_hash: str, method: str) -> str:
 def _train(store: Store, vcfg: AuditConfig, progress: ProgressFactory) -> StageReport:
     """`train_stage` for one variant. An audit's finished ApB run that the variant shares keeps its record; an ApB
     run the sweep started is closed here (its scores go to `sweep_members`, never to `scores`)."""
-    audits = store.query("SELECT * FROM runs WHERE kind = 'apb' AND status = 'done'")
+    audits = done_runs(store, "apb")
     report = train_stage(store, vcfg, progress)
     facts, parent = report.facts, report.facts["parent_run_id"]
     kept = audits[audits["run_id"] == parent]
     if len(kept):
-        store.write([("runs", kept)], deletes=[("DELETE FROM runs WHERE run_id = ?", [parent])])
+        restore_run(store, parent, kept)
     else:
         finish_run(store, parent, converged=facts["converged"], train_acc=float(np.mean(facts["train_acc"])),
                    test_acc=float(np.mean(facts["test_acc"])) if facts["test_acc"] else None,
@@ -82,9 +85,7 @@ def _train(store: Store, vcfg: AuditConfig, progress: ProgressFactory) -> StageR
 def _apb(store: Store, vcfg: AuditConfig, seed_runs: list[str]) -> pd.DataFrame:
     """ApB (and the other dynamics scores) of every training point from the variant's seed runs."""
     phase = "batch" if "batch" in vcfg.dynamics.record else "epoch_end"
-    log = store.query("SELECT run_id, sample_id, step, epoch, correct, p_label, el2n FROM dynamics WHERE phase = ? "
-                      f"AND run_id IN ({', '.join('?' * len(seed_runs))})", [phase, *seed_runs])
-    return dynamics_scores(log, vcfg.dynamics.el2n_epoch)
+    return dynamics_scores(dynamics_log(store, phase, seed_runs), vcfg.dynamics.el2n_epoch)
 
 
 def _ploo_improved(store: Store, data: TrainingArrays, vcfg: AuditConfig, candidate_ids: np.ndarray,
@@ -234,29 +235,18 @@ def _run_variant(store: Store, sweep_id: str, variant: Variant, vcfg: AuditConfi
     row = pd.DataFrame([{"sweep_id": sweep_id, "variant": variant.name, "arch": variant.arch, "width": variant.width,
                          "epochs": variant.epochs, "n_memorized": n_memorized, "method": method, "run_id": run_id,
                          "seconds": seconds, **facts}])
-    store.write([("sweep_variants", row), ("sweep_members", members), ("sweep_checkpoints", checkpoints),
-                 ("run_inputs", inputs)],
-                deletes=[*((f"DELETE FROM {t} WHERE sweep_id = ? AND variant = ?", [sweep_id, variant.name])
-                           for t in VARIANT_TABLES), ("DELETE FROM run_inputs WHERE run_id = ?", [run_id])])
+    variant_rows.save_variant(store, sweep_id, variant.name, run_id, row, members, checkpoints, inputs)
     finish_run(store, run_id, converged=facts["converged_share"] >= 0.5, train_acc=facts["train_acc"],
                test_acc=facts["test_acc"], seconds=seconds,
                message=f"sweep {sweep_id} variant {variant.name}: {n_memorized} memorized ({method})")
 
 
-VARIANT_TABLES = ("sweep_variants", "sweep_members", "sweep_checkpoints")
-
-
 def _copy_variant(store: Store, sweep_id: str, run_id: str) -> bool:
     """Copy a variant another sweep finished with the same identity (`run_id`) into this sweep; False when none."""
-    other = store.query("SELECT sweep_id, variant FROM sweep_variants WHERE run_id = ? AND sweep_id <> ? LIMIT 1",
-                        [run_id, sweep_id])
+    other = variant_rows.variant_of_run(store, run_id, sweep_id)
     if not len(other) or run_status(store, run_id) != "done":
         return False
-    key = [other["sweep_id"].iloc[0], other["variant"].iloc[0]]
-    frames = [(t, store.query(f"SELECT * FROM {t} WHERE sweep_id = ? AND variant = ?", key).assign(sweep_id=sweep_id))
-              for t in VARIANT_TABLES]
-    store.write(frames, deletes=[(f"DELETE FROM {t} WHERE sweep_id = ? AND variant = ?", [sweep_id, key[1]])
-                                 for t in VARIANT_TABLES])
+    variant_rows.copy_variant(store, other["sweep_id"].iloc[0], other["variant"].iloc[0], sweep_id)
     return True
 
 
@@ -273,9 +263,8 @@ def run_sweep(store: Store, spec: SweepSpec, cfg: AuditConfig, progress: Progres
     spec_json = json.dumps({"variants": [asdict(v) for v in spec.variants], "method": spec.method,
                             "profile": cfg.profile, "seed": cfg.seed, "seeds": cfg.train.seeds,
                             "data_hash": data.data_hash}, sort_keys=True)
-    store.execute("INSERT INTO sweeps VALUES (?, ?, 'running', ?, NULL) ON CONFLICT (sweep_id) "
-                  "DO UPDATE SET status = 'running', finished_at = NULL", [sweep_id, spec_json, now()])
-    stored = store.query("SELECT variant, run_id FROM sweep_variants WHERE sweep_id = ?", [sweep_id])
+    variant_rows.start_sweep(store, sweep_id, spec_json, now())
+    stored = variant_rows.variant_runs(store, sweep_id)
     finished = {v for v, r in zip(stored["variant"], stored["run_id"]) if run_status(store, r) == "done"}
     job = Job(store, f"job-{sweep_id}", "sweep", sweep_id, len(spec.variants), "variants")
     reused = 0
@@ -287,10 +276,10 @@ def run_sweep(store: Store, spec: SweepSpec, cfg: AuditConfig, progress: Progres
                 _run_variant(store, sweep_id, variant, configs[variant], runs[variant], spec.method, data, progress)
             job.update(done, variant.name)
     except BaseException as exc:
-        store.execute("UPDATE sweeps SET status = 'failed' WHERE sweep_id = ?", [sweep_id])
+        variant_rows.fail_sweep(store, sweep_id)
         job.finish("failed", f"{type(exc).__name__}: {exc}")
         raise
-    store.execute("UPDATE sweeps SET status = 'done', finished_at = ? WHERE sweep_id = ?", [now(), sweep_id])
+    variant_rows.finish_sweep(store, sweep_id, now())
     job.finish("done", f"{len(spec.variants)} variants ({reused} reused)")
     return StageReport("sweep", time.perf_counter() - t0, {"sweep_id": sweep_id, "variants": len(spec.variants),
                                                            "reused_variants": reused, "method": spec.method})

@@ -15,7 +15,6 @@ OVER_LINES: dict[str, int] = {}
 # pipelines modules that still hold SQL -> how many SQL string literals they hold now.
 SQL_HOLDERS = {
     "pipelines/memorization_stage.py": 19,
-    "pipelines/sweep_stage.py": 10,
 }
 _SQL = re.compile(r"\s*\(?\s*(SELECT|INSERT|UPDATE|DELETE|CREATE|DROP|ALTER|WITH|COPY|PRAGMA|ATTACH)\s")
 
