@@ -153,14 +153,16 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
         st.error(f"Could not read the audit database: {exc}")
 
 
-def shown_image(path: str | None, size: int = 112) -> tuple[bytes | None, str]:
+def shown_image(path: str | None, size: int = 112, file_hash: str | None = None) -> tuple[bytes | None, str]:
     """What to show for the image at `path`, fitted into size x size: (PNG bytes, '') when its bytes still hash to
     the `file_hash` recorded at ingest; (a placeholder saying so, CHANGED) when the file changed since the audit;
-    (None, UNREADABLE) when it cannot be read or `samples` has no such path. Paths only ever come from `samples`."""
+    (None, UNREADABLE) when it cannot be read or `samples` has no such path. Paths only ever come from `samples`;
+    pass the row's `file_hash` along when the query that gave the path has it (else it is looked up by path)."""
     db = db_path()
     if not path or not isinstance(path, str) or db is None:
         return None, UNREADABLE
-    recorded = queries.recorded_file_hash(_PAGE_STORE.get() or Store(db, timeout_s=10.0), path)
+    recorded = file_hash if isinstance(file_hash, str) else queries.recorded_file_hash(
+        _PAGE_STORE.get() or Store(db, timeout_s=10.0), path)
     try:
         stat = os.stat(path)
     except OSError:
@@ -193,6 +195,6 @@ def _changed_placeholder(size: int) -> bytes:
     return out.getvalue()
 
 
-def thumbnail(path: str | None, size: int = 112) -> bytes | None:
+def thumbnail(path: str | None, size: int = 112, file_hash: str | None = None) -> bytes | None:
     """The image part of shown_image: PNG bytes (a placeholder for a file changed since the audit), or None."""
-    return shown_image(path, size)[0]
+    return shown_image(path, size, file_hash)[0]

@@ -46,10 +46,11 @@ def label_text(value: Any) -> str:
     return "–" if value is None or pd.isna(value) else md(value)
 
 
-def picture(path: str | None, caption: str, size: int = EVIDENCE_IMAGE) -> None:
+def picture(path: str | None, caption: str, size: int = EVIDENCE_IMAGE, file_hash: str | None = None) -> None:
     """An image from a path recorded in `samples` (`size` pixels wide, or as wide as its column for a strip of small
-    ones), or a note when it cannot be shown (unreadable, or changed since the audit: then a placeholder)."""
-    image, note = shown_image(path, size)
+    ones), or a note when it cannot be shown (unreadable, or changed since the audit: then a placeholder);
+    `file_hash`: the one recorded with the path, when the caller's query has it."""
+    image, note = shown_image(path, size, file_hash)
     if image is None:
         st.caption(f"{caption} ({note})")
     else:
@@ -68,9 +69,9 @@ def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thre
     method = info.get("threshold_method", thresholds.get(kind, {}).get("method"))
     left, middle, right = st.columns([1, 1, 2])
     with left:
-        picture(row["path"], f"{row['sample_id']} ({row['split']})")
+        picture(row["path"], f"{row['sample_id']} ({row['split']})", file_hash=row["file_hash"])
     with middle:
-        picture(best["path"], f"twin {best['twin_id']} ({best['split'] or '–'})")
+        picture(best["path"], f"twin {best['twin_id']} ({best['split'] or '–'})", file_hash=best["file_hash"])
     with right:
         same = label_text(row["label"]) == label_text(best["label"])
         labels = (f"**{label_text(row['label'])}** and **{label_text(best['label'])}**" if same else
@@ -94,7 +95,7 @@ def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thre
         st.markdown(f"**Other twins** ({int(info.get('twins', len(pairs))) - 1} in all)")
         for column, twin in zip(st.columns(TWINS_SHOWN), pairs.iloc[1:].itertuples()):
             with column:
-                picture(twin.path, f"{twin.twin_id} {twin.similarity:.3f}", STRIP_IMAGE)
+                picture(twin.path, f"{twin.twin_id} {twin.similarity:.3f}", STRIP_IMAGE, twin.file_hash)
                 if label_text(twin.label) != label_text(row["label"]):
                     st.markdown(f":small[:red[label **{label_text(twin.label)}**]]")
 
@@ -139,7 +140,7 @@ def cluster_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, t
                + (" (densest first)" if int(info.get("cluster_size", 0) or 0) - 1 > len(members) else "") + ":")
     for column, member in zip(st.columns(CLUSTER_MEMBERS_SHOWN), members.itertuples()):
         with column:
-            picture(member.path, member.sample_id, STRIP_IMAGE)
+            picture(member.path, member.sample_id, STRIP_IMAGE, member.file_hash)
 
 
 def label_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thresholds: dict) -> None:
@@ -169,7 +170,7 @@ def label_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thr
     st.caption("Nearest training images (rank, id; label · similarity), those with another label in red:")
     for column, neighbor in zip(st.columns(NEIGHBORS_SHOWN), neighbors.itertuples()):
         with column:
-            picture(neighbor.path, f"{neighbor.rank}. {neighbor.neighbor_id}", STRIP_IMAGE)
+            picture(neighbor.path, f"{neighbor.rank}. {neighbor.neighbor_id}", STRIP_IMAGE, neighbor.file_hash)
             text = f"**{label_text(neighbor.label)}** · {neighbor.similarity:.2f}"
             st.markdown(f":red[{text}]" if neighbor.disagrees else text)
 

@@ -96,7 +96,7 @@ def focused_id(ids: list[str], rows: dict[str, dict[str, Any]], has_flag) -> str
 def panel(store: Store, row: dict[str, Any], ids: list[str], pages: int) -> None:
     """The focused image with its label, prediction and suggestion, the decision buttons and the key legend."""
     sample_id = row["sample_id"]
-    picture(row["path"], sample_id, FOCUS_IMAGE)
+    picture(row["path"], sample_id, FOCUS_IMAGE, row["file_hash"])
     suggested = suggested_label(row)
     st.markdown(f"label **{label_text(row['label'])}**, predicted {label_text(row['pred_label'])}"
                 + ("" if row["p_pred"] is None or row["p_pred"] != row["p_pred"] else f" ({row['p_pred']:.2f})")

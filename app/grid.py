@@ -74,7 +74,7 @@ def tile(row: dict[str, Any], size: str, focused: bool) -> None:
     decided = row["decision"] is not None and not pd.isna(row["decision"])
     key = f"tile{'done' if decided else ''}{'focus' if focused else ''}_{sample_id}"
     with st.container(border=True, key=key, width=THUMB_WIDTHS[size]):
-        image = thumbnail(row["path"])
+        image = thumbnail(row["path"], file_hash=row["file_hash"])
         if image is None:
             st.warning(f"{sample_id}: image unreadable")
         else:

@@ -26,7 +26,7 @@ def influenced_tests(store: Store, sample_id: str, limit: int = 8) -> pd.DataFra
     """The test points `sample_id` influences most (cross-influence from the shadow models: accuracy on the test
     point with the training point in minus out), strongest first, with their images."""
     return store.query(
-        "SELECT i.test_id, i.score, i.low, i.high, i.n_in, i.n_out, s.label, s.path "
+        "SELECT i.test_id, i.score, i.low, i.high, i.n_in, i.n_out, s.label, s.path, s.file_hash "
         "FROM influence i LEFT JOIN samples s ON s.sample_id = i.test_id "
         "WHERE i.train_id = ? ORDER BY abs(i.score) DESC, i.test_id LIMIT ?", [sample_id, limit])
 

@@ -178,7 +178,7 @@ def twins(store: Store, sample_id: str, kind: str, limit: int = 6) -> pd.DataFra
         raise ValueError(f"no pairs behind flag kind {kind!r}; use one of {', '.join(PAIR_KINDS)}")
     return store.query(
         "SELECT t.twin_id, t.kind AS pair_kind, t.kind LIKE 'exact%' AS exact, t.similarity, t.conflicting, "
-        "       s.split, s.label, s.path "
+        "       s.split, s.label, s.path, s.file_hash "
         "FROM (SELECT CASE WHEN a_id = ? THEN b_id ELSE a_id END AS twin_id, kind, similarity, conflicting "
         "      FROM pairs WHERE (a_id = ? OR b_id = ?) AND list_contains(?, kind)) t "
         "LEFT JOIN samples s ON s.sample_id = t.twin_id "
@@ -192,7 +192,7 @@ def cluster_members(store: Store, sample_id: str, limit: int = 8) -> pd.DataFram
     return store.query(
         "WITH me AS (SELECT embedder_id, label, cluster FROM clusters WHERE sample_id = ? "
         f"           ORDER BY embedder_id = {_DETECTOR_EMBEDDER} DESC LIMIT 1) "
-        "SELECT c.sample_id, c.label, c.cluster, c.cluster_size, c.density, s.path "
+        "SELECT c.sample_id, c.label, c.cluster, c.cluster_size, c.density, s.path, s.file_hash "
         "FROM clusters c JOIN me USING (embedder_id, label, cluster) LEFT JOIN samples s USING (sample_id) "
         "WHERE c.sample_id <> ? ORDER BY c.density DESC NULLS LAST, c.sample_id LIMIT ?",
         [sample_id, sample_id, limit])
@@ -201,7 +201,7 @@ def cluster_members(store: Store, sample_id: str, limit: int = 8) -> pd.DataFram
 def sample_neighbors(store: Store, sample_id: str, limit: int = 10) -> pd.DataFrame:
     """Nearest training images of `sample_id` (detectors' embedder), closest first, `disagrees` when labelled else."""
     return store.query(
-        "SELECT n.rank, n.neighbor_id, n.similarity, s.label, s.label <> me.label AS disagrees, s.path "
+        "SELECT n.rank, n.neighbor_id, n.similarity, s.label, s.label <> me.label AS disagrees, s.path, s.file_hash "
         "FROM neighbors n LEFT JOIN samples s ON s.sample_id = n.neighbor_id "
         "LEFT JOIN (SELECT label FROM samples WHERE sample_id = ?) me ON true "
         f"WHERE n.sample_id = ? AND n.embedder_id = {_DETECTOR_EMBEDDER} ORDER BY n.rank LIMIT ?",
@@ -224,7 +224,7 @@ REVIEW_STATES: dict[str, str] = {"any": "true", "undecided": "d.action IS NULL",
 # Rows of the grid (CTE `r`): every scored training image, or every sample carrying the chosen flag kind (test images
 # too, e.g. the test side of a leak, whose ApB and mem are NULL; the one parameter is the kind), or every sample
 # with any flag but `memorized_candidate` (flag 'any').
-_REVIEW_COLUMNS = ("s.split, s.label, s.path, sc.apb, sc.first_learned, sc.forgetting_events, sc.el2n, "
+_REVIEW_COLUMNS = ("s.split, s.label, s.path, s.file_hash, sc.apb, sc.first_learned, sc.forgetting_events, sc.el2n, "
                    "sc.confidence, sc.mem, sc.mem_low, sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, "
                    "sc.mem_note")
 _REVIEW_SCORED = (f"r AS (SELECT sc.sample_id, {_REVIEW_COLUMNS}, NULL::DOUBLE AS flag_score "
@@ -305,7 +305,7 @@ def review_score_range(store: Store, score: str, flag: str | None = None) -> tup
 def review_page(store: Store, label: str | None = None, flag: str | None = None, sort: str = "apb_asc",
                 limit: int = 24, offset: int = 0, *, where: ReviewFilter | None = None) -> pd.DataFrame:
     """One page of the review grid in `sort` order (a REVIEW_SORTS key) with every flag and the current decision
-    of each image (filters: `where`, else class and flag only)."""
+    of each image, and the path and recorded file_hash of its image (filters: `where`, else class and flag only)."""
     if sort not in REVIEW_SORTS:
         raise ValueError(f"unknown review sort {sort!r}; use one of {', '.join(REVIEW_SORTS)}")
     f = where or ReviewFilter(label=label, flag=flag)
@@ -326,7 +326,8 @@ def review_page(store: Store, label: str | None = None, flag: str | None = None,
         f"      WHERE run_id = {_PREDICTION_RUN} AND sample_id IN (SELECT sample_id FROM pg)) "
         "SELECT r.sample_id, r.split, r.label, p.pred_label, p.p_pred, r.apb, r.first_learned, r.forgetting_events, "
         "       r.el2n, r.confidence, r.mem, r.mem_low, r.mem_high, r.mem_n_in, r.mem_n_out, r.mem_method, "
-        "       r.mem_note, r.path, r.flag_score, coalesce(fl.memorized_candidate, false) AS memorized_candidate, "
+        "       r.mem_note, r.path, r.file_hash, r.flag_score, "
+        "       coalesce(fl.memorized_candidate, false) AS memorized_candidate, "
         "       coalesce(fl.memorized, false) AS memorized, coalesce(fl.flags, []) AS flags, "
         "       r.decision, r.decision_label, r.decided_by "
         "FROM pg r LEFT JOIN fl ON fl.sample_id = r.sample_id LEFT JOIN p ON p.sample_id = r.sample_id "
@@ -344,7 +345,8 @@ def sample_detail(store: Store, sample_id: str) -> dict | None:
         "fl AS (SELECT list({'kind': kind, 'score': score, 'detail': detail} "
         f"                  ORDER BY {_PRIORITY.format(kind='kind')}, kind, score DESC) AS flags "
         "       FROM flags WHERE sample_id = ?) "
-        "SELECT s.sample_id, s.split, s.label, s.path, s.width, s.height, s.mode, s.source, sc.run_id, sc.apb, "
+        "SELECT s.sample_id, s.split, s.label, s.path, s.file_hash, s.width, s.height, s.mode, s.source, sc.run_id, "
+        "       sc.apb, "
         "       sc.first_learned, sc.forgetting_events, sc.confidence, sc.variability, sc.el2n, sc.n_seeds, "
         "       sc.converged, sc.mem, sc.mem_low, sc.mem_high, sc.mem_n_in, sc.mem_n_out, sc.mem_method, sc.mem_note, "
         "       sc.mem_run_id, p.pred_label, p.p_pred, p.p_label, (SELECT flags FROM fl) AS flags, "

@@ -87,7 +87,7 @@ def _strip(frame: pd.DataFrame, id_column: str, caption: callable) -> None:
     """A row of small images with a caption line each."""
     for column, item in zip(st.columns(max(len(frame), 1)), frame.itertuples()):
         with column:
-            picture(item.path, getattr(item, id_column), STRIP_IMAGE)
+            picture(item.path, getattr(item, id_column), STRIP_IMAGE, item.file_hash)
             st.markdown(caption(item))
 
 
@@ -168,7 +168,7 @@ def render(store: Store) -> None:
     left, right = st.columns([1, 2])
     with left:
         picture(row["path"], f"{row['sample_id']} ({row['split']}, {row['width']}×{row['height']} {row['mode']})",
-                DETAIL_IMAGE)
+                DETAIL_IMAGE, row["file_hash"])
     with right:
         _scores(row)
         _loo(store, sample_id)
