@@ -4,13 +4,14 @@ names, colours and one-line evidence of the flag kinds."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import contextvars
 import io
 import json
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,8 @@ def db_path(argv: list[str] | None = None) -> Path | None:
 
 
 def open_store() -> Store:
-    """The audit database as a short-timeout read-only Store; shows an error and stops the page when unusable."""
+    """The audit database as a short-timeout read-only Store; shows an error and stops the page when there is no
+    such file (its tables are checked by `check_store`, on the render's own connection)."""
     path = db_path()
     if path is None:
         st.error(f"No audit database given: {USAGE}.")
@@ -121,16 +123,49 @@ def open_store() -> Store:
     if not path.is_file():
         st.error(f"The audit database `{path}` does not exist; create it with `memaudit run --db {path}`.")
         st.stop()
-    store = Store(path, timeout_s=10.0)
+    return Store(path, timeout_s=10.0)
+
+
+def check_store(store: Store) -> None:
+    """Show an error and stop the page unless `store` holds the tables of a memaudit database with memorization."""
     missing = _TABLES - store.tables()
     if missing:
-        st.error(f"`{path}` is not a memaudit database (missing tables: {', '.join(sorted(missing))}).")
+        st.error(f"`{store.path}` is not a memaudit database (missing tables: {', '.join(sorted(missing))}).")
         st.stop()
     if not queries.has_memorization_schema(store):
-        st.error(f"`{path}` was written by an older memaudit without memorization scores; upgrade it (and score "
-                 f"memorization) with `memaudit run --stages memorization --db {path}`.")
+        st.error(f"`{store.path}` was written by an older memaudit without memorization scores; upgrade it (and "
+                 f"score memorization) with `memaudit run --stages memorization --db {store.path}`.")
         st.stop()
-    return store
+
+
+@contextlib.contextmanager
+def reading(store: Store) -> Iterator[None]:
+    """One read-only connection for a whole render (a page's, or a fragment's rerun alone), which the images'
+    checks reuse too; a locked or unreadable file becomes an error message."""
+    try:
+        with store.reading():  # released when the render ends
+            token = _PAGE_STORE.set(store)
+            try:
+                yield
+            finally:
+                _PAGE_STORE.reset(token)
+    except StoreUnwritable as exc:
+        st.error(f"Could not save: {exc}")
+    except (StoreBusy, StoreCorrupt, duckdb.Error) as exc:
+        st.error(f"Could not read the audit database: {exc}")
+
+
+@contextlib.contextmanager
+def fragment_reading(path: Path) -> Iterator[Store]:
+    """The Store a fragment reads: the page's, on its connection, while the page runs; for a rerun of the fragment
+    alone, a connection of its own (errors shown as `reading` shows them)."""
+    store = _PAGE_STORE.get()
+    if store is not None:
+        yield store
+        return
+    store = Store(path, timeout_s=10.0)
+    with reading(store):
+        yield store
 
 
 def run_page(title: str, render: Callable[[Store], None]) -> None:
@@ -138,19 +173,11 @@ def run_page(title: str, render: Callable[[Store], None]) -> None:
     sidebar names the reviewer (app.reviewer)."""
     reviewer_box()
     st.title(title)
-    try:
-        store = open_store()
-        st.caption(f"Audit database: `{store.path}`")
-        with store.reading():  # one read-only connection for the whole render, released when it ends
-            token = _PAGE_STORE.set(store)
-            try:
-                render(store)
-            finally:
-                _PAGE_STORE.reset(token)
-    except StoreUnwritable as exc:
-        st.error(f"Could not save: {exc}")
-    except (StoreBusy, StoreCorrupt, duckdb.Error) as exc:
-        st.error(f"Could not read the audit database: {exc}")
+    store = open_store()
+    st.caption(f"Audit database: `{store.path}`")
+    with reading(store):
+        check_store(store)
+        render(store)
 
 
 def shown_image(path: str | None, size: int = 112, file_hash: str | None = None) -> tuple[bytes | None, str]:

@@ -10,18 +10,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import pandas as pd
 import streamlit as st
 
 from app import focus
-from app.common import flag_name, run_page
+from app.common import flag_name, fragment_reading, run_page
 from app.evidence import flag_evidence, label_text, mem_text, models_text
 from app.grid import DEFAULT_THUMBS, GRID_CSS, THUMB_WIDTHS, decision_bar, flags, tile
 from app.reviewer import KEY as REVIEWER_KEY, reviewer
 from auditor import queries
 from auditor.queries import ReviewFilter
-from auditor.store import Store, StoreBusy, StoreCorrupt
+from auditor.store import Store
 
 PAGE_SIZES = (12, 24, 48, 96)
 SCORE_NAMES = {"apb": "ApB", "mem": "mem", "score": "flag strength", "first_learned": "first learned",
@@ -211,13 +210,9 @@ def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
 
 @st.fragment
 def _queue_fragment(path: Path, where: ReviewFilter, sort: str, size: int) -> None:
-    """The queue on a connection of its own: a rerun of the fragment alone is outside the page's read."""
-    store = Store(path, timeout_s=10.0)
-    try:
-        with store.reading():
-            _queue(store, where, sort, size)
-    except (StoreBusy, StoreCorrupt, duckdb.Error) as exc:
-        st.error(f"Could not read the audit database: {exc}")
+    """The queue, on the page's connection while the page runs, else (a rerun of the fragment alone) its own."""
+    with fragment_reading(path) as store:
+        _queue(store, where, sort, size)
     _save_view()
 
 
