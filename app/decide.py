@@ -19,6 +19,10 @@ from auditor.store import Store, StoreBusy
 DECISION_BADGES = {"keep": ":green-badge[keep]", "remove": ":red-badge[remove]", "relabel": ":blue-badge[relabel]"}
 PICK_PREFIX = "pick_"
 PICKS_KEY = "picks"  # the picked ids, kept apart from the checkboxes so that picks survive paging and filtering
+# Keyed fragments of the Review queue: the whole queue (grid, focused image, evidence) and the decision bar with its
+# pick count. A tick reruns the bar alone (the box shows its own state), unless the focused image's panel shows it too.
+QUEUE_FRAGMENT, BAR_FRAGMENT = "review_queue", "decision_bar"
+FOCUS_KEY = "evidence"  # the focused image of the Review grid (app.focus)
 
 
 def picked() -> set[str]:
@@ -41,8 +45,10 @@ def pick_box(sample_id: str, compact: bool = False) -> None:
 
 
 def _toggle(sample_id: str) -> None:
-    """Follow a pick checkbox's new state."""
+    """Follow a pick checkbox's new state; rerun the pick count, not the grid (the queue when the image is focused:
+    its panel's pick button follows). One fragment only: a list of them reruns as one script run each."""
     set_picks([sample_id], bool(st.session_state[f"{PICK_PREFIX}{sample_id}"]))
+    st.rerun(QUEUE_FRAGMENT if st.session_state.get(FOCUS_KEY) == sample_id else BAR_FRAGMENT)
 
 
 def decision_badge(action: str | None, new_label: str | None) -> str:

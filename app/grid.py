@@ -3,15 +3,17 @@ decision bar for the images picked on any page, and the focused image beside the
 
 from __future__ import annotations
 
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from app.common import evidence_line, thumbnail
-from app.decide import accept_suggestions, decide, decision_badge, pick_box, picked, set_picks, show_decision_error
+from app.common import evidence_line, fragment_reading, thumbnail
+from app.decide import (BAR_FRAGMENT, QUEUE_FRAGMENT, accept_suggestions, decide, decision_badge, pick_box, picked,
+                        set_picks, show_decision_error)
 from app.evidence import label_text, mem_text, models_text
-from auditor import queries
 from auditor.reviews import ACTIONS, current_decisions
 from auditor.store import Store, StoreBusy
 
@@ -117,38 +119,61 @@ def _apply(store: Store) -> None:
         state["decision_replace"] = False
         if skipped:
             state["decision_done"] += f"; {skipped} already decided left as they were (still picked)"
+        st.rerun(QUEUE_FRAGMENT)  # the tiles show the decisions; a failure reruns the bar alone, with its error
 
 
 def _accept(store: Store) -> None:
     """Relabel every picked image to its own suggested label."""
     if accept_suggestions(store, sorted(picked()), bool(st.session_state.get("decision_replace"))):
         st.session_state["decision_replace"] = False
+        st.rerun(QUEUE_FRAGMENT)
 
 
-def _already_decided(store: Store, chosen: list[str], action: str) -> None:
-    """A warning when picked images already have a decision, and the box that lets Apply replace them."""
+def _pick_all(ids: list[str], on: bool) -> None:
+    """Pick `ids`, or clear their picks, and redraw the tiles' boxes."""
+    set_picks(ids, on)
+    st.rerun(QUEUE_FRAGMENT)
+
+
+def _already_decided(store: Store, chosen: list[str], action: str, page: dict[str, tuple[str, str] | None]) -> None:
+    """A warning when picked images already have a decision, and the box that lets Apply replace them: the picks on
+    this page as its tiles show them, the others as the database holds them (Apply checks them all again)."""
     if action == "undo" or not chosen:
         return
-    decided = current_decisions(store, chosen)
-    if decided.empty:
+    decided = [page[i] for i in chosen if page.get(i) is not None]
+    elsewhere = [i for i in chosen if i not in page]
+    if elsewhere:
+        decided += list(current_decisions(store, elsewhere)[["action", "reviewer"]].itertuples(index=False, name=None))
+    if not decided:
         return
-    counts = ", ".join(f"{n} {a} by {who}" for (a, who), n in decided[["action", "reviewer"]].value_counts().items())
+    counts = ", ".join(f"{n} {a} by {who}" for (a, who), n in Counter(decided).most_common())
     st.warning(f"{len(decided)} of the {len(chosen)} picked images already have a decision ({counts}): Apply "
                "leaves them as they are unless you tick 'Replace'.")
     st.checkbox(f"Replace their decisions with '{action}'", key="decision_replace")
 
 
-def decision_bar(store: Store, page_ids: list[str]) -> None:
+@st.fragment(key=BAR_FRAGMENT)
+def decision_bar(path: Path, labels: list[str], page: dict[str, tuple[str, str] | None]) -> None:
     """How many images are picked across pages, pick the page or clear every pick, and one decision (with an
-    optional note) for all of them, or each to its suggested label, or undo; a warning when some are decided."""
-    chosen = sorted(picked())
+    optional note) for all of them, or each to its suggested label, or undo; a warning when some are decided.
+    `page`: the page's images with their (action, reviewer) as shown, None when undecided. A fragment: a tick or a
+    change of its own widgets reruns the bar alone (it reads the database only for picks on other pages), a
+    stored decision the whole queue."""
+    with fragment_reading(path) as store:
+        _bar(store, labels, page)
+    show_decision_error()
+
+
+def _bar(store: Store, labels: list[str], page: dict[str, tuple[str, str] | None]) -> None:
+    """The decision bar's widgets (see decision_bar)."""
+    chosen, page_ids = sorted(picked()), list(page)
     elsewhere = len(set(chosen) - set(page_ids))
     with st.container(border=True):  # two rows, so that no label is clipped in a 1,000 px window
         count, pick, clear, accept = st.columns([2, 1.2, 1.2, 1.8], vertical_alignment="center")
         count.markdown(f"**{len(chosen)} picked**")
         count.caption(f"{len(chosen)} picked across pages" + (f", {elsewhere} not on this one" if elsewhere else ""))
-        pick.button("Pick page", on_click=set_picks, args=(page_ids, True), key="bulk_pick_page", width="stretch")
-        clear.button("Clear all", on_click=set_picks, args=(chosen, False), key="bulk_pick_clear", width="stretch",
+        pick.button("Pick page", on_click=_pick_all, args=(page_ids, True), key="bulk_pick_page", width="stretch")
+        clear.button("Clear all", on_click=_pick_all, args=(chosen, False), key="bulk_pick_clear", width="stretch",
                      help="Clear every pick, on every page")
         accept.button("Accept suggested", disabled=not chosen, key="bulk_accept", on_click=_accept, args=(store,),
                       width="stretch", help="Relabel each picked image to its own suggested label (the mislabeled "
@@ -156,9 +181,8 @@ def decision_bar(store: Store, page_ids: list[str]) -> None:
         decision, label, note, apply = st.columns([1.4, 1.2, 2.4, 1], vertical_alignment="bottom")
         action = decision.selectbox("Decision", [*ACTIONS, "undo"], key="decision_action",
                                     format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
-        label.selectbox("New label", queries.class_labels(store), key="decision_label", disabled=action != "relabel")
+        label.selectbox("New label", labels, key="decision_label", disabled=action != "relabel")
         note.text_input("Note (optional)", key="decision_note")
         apply.button("Apply", type="primary", disabled=not chosen, key="decision_apply", on_click=_apply,
                      args=(store,), width="stretch")
-        _already_decided(store, chosen, action)
-    show_decision_error()
+        _already_decided(store, chosen, action, page)

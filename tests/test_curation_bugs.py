@@ -19,7 +19,7 @@ from auditor import queries
 from auditor.export import plan_export
 from auditor.reviews import current_decisions, record_decisions
 from auditor.store import Store
-from test_dashboard_pages import PAGES, errors, page
+from test_dashboard_pages import PAGES, errors, page, tick
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,7 @@ def decide_in_review(at: AppTest, ids: list[str], action: str, note: str | None 
 def test_picks_survive_paging_and_apply_decides_them_all(db):
     at = page("review", flag="long_tail", page_size=12)
     first_page = grid_ids(at)[:2]
-    for sample_id in first_page:
-        at.checkbox(key=f"pick_{sample_id}").check().run(timeout=60)
+    tick(at, *first_page)
     at.number_input(key="page").set_value(2).run(timeout=60)
     assert not set(first_page) & set(grid_ids(at))
     assert any(m.value == "**2 picked**" for m in at.markdown)
@@ -286,7 +285,7 @@ def test_review_keeps_filters_page_and_picks_across_point_detail(db):
     at.selectbox(key="page_size").select(12).run(timeout=60)
     at.number_input(key="page").set_value(2).run(timeout=60)
     shown = grid_ids(at)
-    at.checkbox(key=f"pick_{shown[0]}").check().run(timeout=60)
+    tick(at, shown[0])
     at.button(key=f"detail_{shown[1]}").click().run(timeout=60)
     assert at.text_input(key="point_search").value == shown[1]
     at.switch_page("views/review.py").run(timeout=60)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from auditor.reviews import current_decisions
 from auditor.store import Store
-from test_dashboard_pages import db, errors, grid_ids, page  # noqa: F401 (fixture)
+from test_dashboard_pages import db, errors, grid_ids, page, tick  # noqa: F401 (fixture)
 
 
 def test_the_small_thumbnails_show_a_dense_grid_of_images_only(db):
@@ -59,8 +59,7 @@ def test_accept_suggested_relabels_each_picked_image_to_its_own_suggestion(db):
     assert len(set(wanted.values())) >= 2, "the page needs images with different suggestions"
     picks = sorted(wanted, key=wanted.get)[:1] + sorted(wanted, key=wanted.get)[-1:]
     without = next(i for i in ids if i not in wanted)
-    for sample_id in [*picks, without]:
-        at.checkbox(key=f"pick_{sample_id}").check().run(timeout=60)
+    tick(at, *picks, without)
     at.button(key="bulk_accept").click().run(timeout=60)
     assert not errors(at)
     decided = current_decisions(store).set_index("sample_id")

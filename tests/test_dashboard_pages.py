@@ -47,6 +47,15 @@ def grid_ids(at: AppTest) -> list[str]:
     return [c.key.removeprefix("pick_") for c in at.checkbox if c.key and c.key.startswith("pick_")]
 
 
+def tick(at: AppTest, *sample_ids: str) -> AppTest:
+    """Tick the pick boxes of `sample_ids`: that reruns the decision bar alone, after which AppTest holds only the
+    bar's elements (a browser keeps showing the rest of the page); then run the whole page."""
+    for sample_id in sample_ids:
+        at.checkbox(key=f"pick_{sample_id}").check()
+    at.run(timeout=60)
+    return at.run(timeout=60)
+
+
 def test_review_decides_for_picked_images_in_bulk_and_undoes(db):
     at = page("review")
     assert not errors(at)
@@ -91,8 +100,8 @@ def test_review_relabels_and_filters_by_review_state(db):
     at.checkbox(key=f"pick_{target}").check().run(timeout=60)
     at.selectbox(key="decision_action").select("relabel").run(timeout=60)
     at.selectbox(key="decision_label").select(new)
-    at.button(key="decision_apply").click().run(timeout=60)
-    at.selectbox(key="state").select("relabel").run(timeout=60)
+    at.button(key="decision_apply").click().run(timeout=60)  # reruns the queue alone: then the whole page
+    at.run(timeout=60).selectbox(key="state").select("relabel").run(timeout=60)
     assert grid_ids(at) == [target]
     assert any("relabel" in m.value and new in m.value for m in at.markdown)
     at.selectbox(key="state").select("undecided").run(timeout=60)

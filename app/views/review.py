@@ -2,7 +2,8 @@
 by any score; pick images on any page and decide keep / remove / relabel with a note, each to its suggested label, or
 undo; the focused image beside the grid with one-key decisions, its evidence below, its Point detail one click away.
 
-Everything below the filters is a fragment: picking, deciding and paging rerun only the queue, not the page."""
+Everything below the filters is a fragment: deciding and paging rerun only the queue, not the page; a tick or a
+change of the decision widgets reruns only the decision bar (app.grid)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import streamlit as st
 
 from app import focus
 from app.common import flag_name, fragment_reading, run_page
+from app.decide import QUEUE_FRAGMENT
 from app.evidence import flag_evidence, label_text, mem_text, models_text
 from app.grid import DEFAULT_THUMBS, GRID_CSS, THUMB_WIDTHS, decision_bar, flags, tile
 from app.reviewer import KEY as REVIEWER_KEY, reviewer
@@ -204,11 +206,13 @@ def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
                "mem [95% interval]: accuracy of the shadow models trained with the image (in) minus that of "
                "those trained without it (out). **Focus** shows an image beside the grid and its evidence "
                "below, **Details** everything about it.")
-    decision_bar(store, [row["sample_id"] for row in rows])
+    decision_bar(store.path, queries.class_labels(store),
+                 {row["sample_id"]: (row["decision"], row["decided_by"]) if isinstance(row["decision"], str) else None
+                  for row in rows})
     _grid(store, rows, pages)
 
 
-@st.fragment
+@st.fragment(key=QUEUE_FRAGMENT)
 def _queue_fragment(path: Path, where: ReviewFilter, sort: str, size: int) -> None:
     """The queue, on the page's connection while the page runs, else (a rerun of the fragment alone) its own."""
     with fragment_reading(path) as store:
