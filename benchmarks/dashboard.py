@@ -529,10 +529,11 @@ def _median_time(fn: Callable[[], object], repeats: int, before: Callable[[], No
 def measure(path: str | Path, repeats: int = 3) -> list[dict]:
     """Per scenario: median seconds of its queries called directly (total and the slowest) and of an AppTest first
     render (thumbnail cache cleared each time); rows also carry the target and any page errors."""
-    import streamlit as st
     from streamlit.logger import set_log_level
 
-    set_log_level("error")  # clearing the cache outside a script run warns 'missing ScriptRunContext' every time
+    from app.common import clear_image_cache
+
+    set_log_level("error")  # quiet streamlit's warnings about running outside a server
     path = Path(path)
     os.environ["MEMAUDIT_DB"] = str(path)
     store = Store(path)
@@ -545,7 +546,7 @@ def measure(path: str | Path, repeats: int = 3) -> list[dict]:
         total = _median_time(lambda calls=per_page[scenario]: [fn() for _, fn in calls], repeats)
         errors = page_errors(render(page, state))
         rendered = _median_time(lambda page=page, state=state: render(page, state), repeats,
-                                before=st.cache_data.clear)
+                                before=clear_image_cache)
         slowest = max(each, key=each.get)
         results.append({"scenario": scenario, "queries_s": total, "slowest": slowest, "slowest_s": each[slowest],
                         "each": each, "render_s": rendered, "target_s": target,
