@@ -223,7 +223,7 @@ def _queue_fragment(path: Path, where: ReviewFilter, sort: str, size: int) -> No
 def render(store: Store) -> None:
     """The review view, kept in the URL; an info message while nothing is scored or flagged."""
     kinds = queries.flag_kinds(store)
-    if queries.review_count(store) == 0 and not kinds:
+    if not kinds and queries.review_count(store) == 0:  # the count (a join of scores and samples) only when needed
         st.info("No ApB scores yet: the review grid fills in once `memaudit run --db ...` has trained and scored.")
         return
     where, sort, size = _filters(store, kinds)
