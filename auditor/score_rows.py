@@ -44,3 +44,15 @@ def audit_memorized(store: Store) -> np.ndarray:
         return np.array([], dtype=str)
     return store.query("SELECT sample_id FROM scores WHERE mem_state = 'memorized' ORDER BY sample_id")[
         "sample_id"].to_numpy().astype(str)
+
+
+def candidates_by_apb(store: Store) -> pd.Series:
+    """The sample ids flagged `memorized_candidate`, lowest ApB first."""
+    return store.query("SELECT f.sample_id FROM flags f JOIN scores s USING (sample_id) "
+                       "WHERE f.kind = 'memorized_candidate' ORDER BY s.apb, f.sample_id")["sample_id"]
+
+
+def proxy_scores(store: Store) -> pd.DataFrame:
+    """Every scored point's sample_id and training-dynamics proxies (apb, el2n, forgetting_events, confidence,
+    variability)."""
+    return store.query("SELECT sample_id, apb, el2n, forgetting_events, confidence, variability FROM scores")

@@ -14,14 +14,17 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from auditor import shadow_rows
 from auditor.config import AuditConfig
 from auditor.audit_sample import (SHORTLIST, TotalEstimate, apb_bands, audit_sample, band_table, bands_to_extend,
                                   classification_noise, estimate_total, stratified_pick)
 from auditor.memorization import (benjamini_hochberg, cross_influence, influence_tests, loo_scores,
                                   memorization_scores, memorization_states)
+from auditor.memorization_rows import save_loo_scores, save_memorization
 from auditor.provenance import fingerprint
 from auditor.executor import BlockTask, make_executor
 from auditor.proxy_calibration import proxy_calibration
+from auditor.score_rows import candidates_by_apb, mem_scores, proxy_scores
 from auditor.shadow_budget import DesignPlan, half_width, models_for_half_width
 from auditor.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
 from auditor.store import Store
@@ -46,8 +49,7 @@ def _model_seed(design_id: str, index: int) -> int:
 
 def _candidates(store: Store, data: TrainingArrays | TrainLabels) -> np.ndarray:
     """Indices (into the training arrays) of the `memorized_candidate` points, lowest ApB first."""
-    ids = store.query("SELECT f.sample_id FROM flags f JOIN scores s USING (sample_id) "
-                      "WHERE f.kind = 'memorized_candidate' ORDER BY s.apb, f.sample_id")["sample_id"]
+    ids = candidates_by_apb(store)
     position = pd.Series(np.arange(len(data.train_ids)), index=data.train_ids)
     found = position.reindex(ids.to_numpy()).dropna().astype(int).to_numpy()
     if not len(found):
@@ -58,8 +60,7 @@ def _candidates(store: Store, data: TrainingArrays | TrainLabels) -> np.ndarray:
 
 def _proxies(store: Store, data: TrainingArrays | TrainLabels) -> pd.DataFrame:
     """The training-dynamics scores (ApB and the other proxies) of every training point, in training-array order."""
-    frame = store.query("SELECT sample_id, apb, el2n, forgetting_events, confidence, variability FROM scores")
-    frame = frame.set_index("sample_id").reindex(data.train_ids)
+    frame = proxy_scores(store).set_index("sample_id").reindex(data.train_ids)
     if frame["apb"].isna().any():
         missing = data.train_ids[frame["apb"].isna().to_numpy()][:5].tolist()
         raise RuntimeError(f"training samples without ApB (e.g. {missing}): run the train and scores stages first")
@@ -68,7 +69,7 @@ def _proxies(store: Store, data: TrainingArrays | TrainLabels) -> pd.DataFrame:
 
 def _seconds_per_model(store: Store) -> float | None:
     """Median training time of one shadow model measured on this database so far (None before the first)."""
-    value = store.scalar("SELECT median(seconds) FROM shadow_models")
+    value = shadow_rows.median_model_seconds(store)
     return None if value is None or not value > 0 else float(value)
 
 
@@ -124,7 +125,7 @@ def _design_id(design: ShardDesign, data: TrainingArrays, cfg: AuditConfig) -> s
 def _save_design(store: Store, design_id: str, design: ShardDesign, data: TrainingArrays, run_id: str,
                  cfg: AuditConfig) -> None:
     """Record the design once: its parameters, which point each bit is, and each model's packed membership."""
-    if store.scalar("SELECT count(*) FROM shadow_designs WHERE design_id = ?", [design_id]):
+    if shadow_rows.design_saved(store, design_id):
         return
     candidate = np.zeros(len(data.train_ids), bool)
     candidate[design.candidates] = True
@@ -177,7 +178,7 @@ def train_design(store: Store, design: ShardDesign, design_id: str, data: Traini
     """Train every model not yet committed, block by block on the configured executor; returns (trained now,
     reused). This process is the only writer: each finished block is committed in one short transaction."""
     mc = cfg.memorization
-    done = set(store.query("SELECT model_index FROM shadow_models WHERE design_id = ?", [design_id])["model_index"])
+    done = shadow_rows.committed_models(store, design_id)
     job = Job(store, f"job-{run_id}", design.method, run_id, design.n_models, "models")
     bar = progress(f"{METHOD_NAMES[design.method]} shadow models", design.n_models, "model")
     bar.update(len(done))
@@ -193,11 +194,8 @@ def train_design(store: Store, design: ShardDesign, design_id: str, data: Traini
     trained = 0
     for task, result in make_executor(cfg.executor).run(data.shadow_data(), tasks, cfg):
         models, block_no = list(task.models), task.models[0] // mc.block
-        ids = [f"{design_id}-m{m:05d}" for m in models]
-        marks = ", ".join("?" * len(ids))
-        store.write(_block_frames(design_id, design, models, list(task.seeds), block_no, result, data),
-                    deletes=[(f"DELETE FROM shadow_models WHERE model_id IN ({marks})", ids),
-                             (f"DELETE FROM shadow_predictions WHERE model_id IN ({marks})", ids)])
+        shadow_rows.save_block(store, [f"{design_id}-m{m:05d}" for m in models],
+                               _block_frames(design_id, design, models, list(task.seeds), block_no, result, data))
         done.update(models)
         trained += len(models)
         bar.update(len(models))
@@ -209,8 +207,7 @@ def train_design(store: Store, design: ShardDesign, design_id: str, data: Traini
 
 def correctness(store: Store, design_id: str, data: TrainingArrays, n_models: int) -> tuple[np.ndarray, np.ndarray]:
     """(models x train points, models x test points) correctness of the design's committed models."""
-    frame = store.query("SELECT m.model_index, p.sample_id, p.split, p.correct FROM shadow_predictions p "
-                        "JOIN shadow_models m USING (model_id) WHERE m.design_id = ?", [design_id])
+    frame = shadow_rows.design_correctness(store, design_id)
     out = []
     for split, ids in (("train", data.train_ids), ("test", data.test_ids)):
         part = frame[frame["split"] == split]
@@ -415,25 +412,13 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
     influence, tested, influence_note = _significant_influence(phases, cfg)
     estimates = estimates.assign(influence_q=mc.influence_q, influence_tested=tested,
                                  influence_pairs=len(influence), influence_note=influence_note)
-    store.write([("flags", flags), ("influence", influence),
-                 ("memorization_estimates", estimates), ("memorization_bands", band_frame.assign(run_id=run_id)),
-                 ("proxy_calibration", calibration.assign(run_id=run_id))],
-                frames={"_mem": scores, "_sampling": updates}, deletes=[
-        ("UPDATE scores SET mem = NULL, mem_low = NULL, mem_high = NULL, mem_n_in = NULL, mem_n_out = NULL, "
-         "mem_state = NULL, mem_method = ?, mem_note = ?, mem_run_id = ?", [mc.method, note, run_id]),
-        ("UPDATE scores SET apb_band = s.apb_band, mem_sampled = s.mem_sampled, mem_weight = s.mem_weight "
-         "FROM _sampling s WHERE scores.sample_id = s.sample_id", []),
-        ("UPDATE scores SET mem = m.mem, mem_low = m.mem_low, mem_high = m.mem_high, mem_n_in = m.mem_n_in, "
-         "mem_n_out = m.mem_n_out, mem_state = m.mem_state, mem_run_id = m.mem_run_id, mem_note = NULL "
-         "FROM _mem m WHERE scores.sample_id = m.sample_id", []),
-        ("DELETE FROM flags WHERE kind IN ('memorized', 'memorized_uncertain')", []),
-        ("DELETE FROM influence", []), ("DELETE FROM memorization_estimates", []),
-        ("DELETE FROM memorization_bands", []), ("DELETE FROM proxy_calibration", [])])
+    save_memorization(store, mc.method, note, run_id, scores, updates, {
+        "flags": flags, "influence": influence, "memorization_estimates": estimates,
+        "memorization_bands": band_frame.assign(run_id=run_id), "proxy_calibration": calibration.assign(run_id=run_id)})
     seconds = time.perf_counter() - t0
     accs = []
     for phase in phases:
-        test_accs = store.query("SELECT m.test_acc FROM shadow_models m JOIN shadow_designs d USING (design_id) "
-                                "WHERE d.run_id = ?", [phase.run_id])["test_acc"]
+        test_accs = shadow_rows.run_test_accuracies(store, phase.run_id)
         accs.append(float(test_accs.mean()))
         finish_run(store, phase.run_id, seconds=seconds, test_acc=accs[-1],
                    message=f"{phase.design.n_models} models ({phase.trained} trained, {phase.reused} reused), "
@@ -462,7 +447,7 @@ def _loo_points(store: Store, data: TrainingArrays, cfg: AuditConfig) -> np.ndar
         if missing:
             raise ValueError(f"memorization.loo_points names training samples that do not exist: {missing[:5]}")
         return position[mc.loo_points].to_numpy()
-    mem = store.query("SELECT sample_id, mem FROM scores").set_index("sample_id")["mem"].reindex(data.train_ids)
+    mem = mem_scores(store).reindex(data.train_ids)
     if mem.isna().all():
         raise ValueError("the loo stage needs mem scores to draw its points from (run the memorization stage first), "
                          "or sample ids in memorization.loo_points")
@@ -480,8 +465,7 @@ def loo_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = silent
                      f"{cfg.memorization.loo_models} without each of {len(points)} points)")
     run_id, trained, reused, train_correct, _ = run_design(store, design, data, cfg, "loo", progress)
     frame = _score_frame(loo_scores(train_correct, design), data, "loo", run_id)
-    store.write([("loo_scores", frame.drop(columns=["index", "mem_method", "mem_run_id"]).assign(run_id=run_id))],
-                deletes=[("DELETE FROM loo_scores WHERE run_id = ?", [run_id])])
+    save_loo_scores(store, run_id, frame.drop(columns=["index", "mem_method", "mem_run_id"]))
     seconds = time.perf_counter() - t0
     finish_run(store, run_id, seconds=seconds, message=f"{design.n_models} models for {len(points)} points")
     return StageReport("loo", seconds, {"points": len(points), "models": design.n_models, "trained": trained,
