@@ -48,8 +48,9 @@ def sweep_set_differences(store: Store, sweep_id: str) -> pd.DataFrame:
 
 def sweep_checkpoints(store: Store, sweep_id: str) -> pd.DataFrame:
     """A `ploo` sweep's checkpoints (variant, epoch order): shadow test accuracy and memorized count with interval."""
-    return store.query("SELECT variant, epoch, shadow_test_acc, n_memorized, n_memorized_low, n_memorized_high "
-                       "FROM sweep_checkpoints WHERE sweep_id = ? ORDER BY variant, epoch", [sweep_id])
+    return store.query("SELECT c.variant, c.epoch, c.shadow_test_acc, c.n_memorized, c.n_memorized_low, "
+                       "c.n_memorized_high FROM sweep_checkpoints c JOIN sweep_variants v USING (sweep_id, variant) "
+                       "WHERE c.sweep_id = ? ORDER BY v.arch, v.width, v.epochs, c.epoch", [sweep_id])
 
 
 def sweep_transient(store: Store, sweep_id: str) -> pd.DataFrame:
