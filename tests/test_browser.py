@@ -26,14 +26,43 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TIMEOUT_MS = 30_000
 REVIEWER = "tester"
 
-# Counts the script runs that ended (the app root's data-test-script-state leaving 'running'), so a test can wait
-# for the rerun that its own action triggered, not just for the app to look idle before that rerun has begun.
+# Counts the script runs that ended, so a test can wait for the rerun that its own action triggered, not just for the
+# app to look idle before that rerun has begun. It reads the server's ForwardMsg.script_finished (field 6, a varint;
+# 2 is FINISHED_EARLY_FOR_RERUN, superseded by the next run) off the websocket, two frames after it arrived (the
+# page has drawn the run by then): a rerun of the decision bar alone can end before the app root's
+# data-test-script-state ever shows 'running', so that attribute misses it.
 RUN_COUNTER = """
 window.__memauditRuns = 0;
-new MutationObserver(records => {
-  for (const r of records) if (r.oldValue === 'running') window.__memauditRuns += 1;
-}).observe(document, {attributes: true, attributeOldValue: true, subtree: true,
-                      attributeFilter: ['data-test-script-state']});
+(() => {
+  const varint = (b, i) => {
+    let v = 0, s = 0, x;
+    do { x = b[i++]; v += (x & 127) * 2 ** s; s += 7; } while (x & 128);
+    return [v, i];
+  };
+  const finished = (b) => {
+    let i = 0, tag, v;
+    while (i < b.length) {
+      [tag, i] = varint(b, i);
+      const wire = tag & 7;
+      if (wire === 0) { [v, i] = varint(b, i); if (tag >>> 3 === 6) return v !== 2; }
+      else if (wire === 2) { [v, i] = varint(b, i); i += v; }
+      else if (wire === 1) i += 8;
+      else if (wire === 5) i += 4;
+      else return false;
+    }
+    return false;
+  };
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', e => {
+        if (e.data instanceof ArrayBuffer && finished(new Uint8Array(e.data)))
+          requestAnimationFrame(() => requestAnimationFrame(() => { window.__memauditRuns += 1; }));
+      });
+    }
+  };
+})();
 """
 
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(
