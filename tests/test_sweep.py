@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from streamlit.testing.v1 import AppTest
 
 from auditor.config import load_config
 from auditor.store import Store
@@ -198,7 +200,7 @@ def test_ploo_improved_sweep_scores_candidates_with_shadow_models(audit_copy):
     _assert_same(before, _audit_state(store))
 
 
-def test_ploo_sweep_scores_every_point_with_intervals_checkpoints_and_the_schedule_check(audit_copy):
+def test_ploo_sweep_scores_every_point_with_intervals_checkpoints_and_the_schedule_check(audit_copy, monkeypatch):
     store = Store(audit_copy)
     before = _audit_state(store)
     cfg = load_config(profile="quick", overrides={"memorization": {"models": 6}})
@@ -234,3 +236,12 @@ def test_ploo_sweep_scores_every_point_with_intervals_checkpoints_and_the_schedu
     copied = sweep_summary(store, other["sweep_id"]).drop(columns="sweep_id")
     pd.testing.assert_frame_equal(copied, summary.reset_index()[copied.columns].iloc[[1]].reset_index(drop=True))
     assert memorized_sets(store, other["sweep_id"])["mlp-w8-e2"] == sets["mlp-w8-e2"]
+    # The Experiments page shows the sweep's checkpoints and says how transient memorization was compared.
+    monkeypatch.setenv("MEMAUDIT_DB", str(audit_copy))
+    at = AppTest.from_file(str(Path(__file__).resolve().parent.parent / "app" / "views" / "experiments.py"))
+    at.session_state["reviewer"], at.session_state["sweep_id"] = "tester", sweep_id
+    at.run(timeout=120)
+    assert not at.exception and not at.error
+    text = " ".join(m.value for m in at.markdown)
+    assert "Memorized count at checkpoints" in text and "needs at least 3 variants" in text
+    assert moved.empty or WITHIN_RUN in text
