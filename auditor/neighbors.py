@@ -1,10 +1,12 @@
 """One cosine kNN graph over the embeddings, shared by every detector (cleanlab Datalab's design): faiss
 inner-product search on L2-normalised copies, exact below `exact_below` vectors, on a GPU when faiss has one.
 
-Above it, HNSW (the default; CPU only) keeps recall@10 ~0.97 even on unclustered data, but its multi-threaded
-build lets a rare neighbour differ between runs; IVF-Flat (nlist ~ 4 sqrt(n), trained on a seeded sample) is
-deterministic and GPU-capable, but its default nprobe = 16 suits clustered data such as image embeddings only
-(recall@10 ~0.35 on unclustered Gaussians).
+Above it, IVF-Flat (the default): 4 sqrt(n) lists, at most 1,024, trained on a seeded sample of 64 rows per list,
+searched in nprobe = 16 lists; deterministic and GPU-capable. Measured (docs/scaling.md, benchmarks/index_recall.py)
+on clustered, L2-normalised 1,280-d mixtures (3,000 clusters of uneven size and spread) with 1,000 queries:
+recall@10 0.9999 at 200,000 vectors (1,024 lists; 0.9991 with 1,789). HNSW (M 32, efSearch 128; CPU only) measured
+0.9994 at 20,000 but 0.950 at 200,000, with a build 1.7x IVF's. On unclustered random vectors both are poor
+(docs/benchmarks.md), so recall is only as good as the embeddings are clustered; `set_search` widens the search.
 
 `NeighborIndex.from_chunks` builds the same index from a base streamed in chunks (e.g. read from DuckDB), so only the
 index and one chunk are resident, and `search_chunks` searches streamed queries the same way.
@@ -28,6 +30,8 @@ _QUERY_CHUNK = 1 << 14
 _HNSW_M = 32
 # IVF training sample: faiss wants >= 39 points per list and gains little past 256.
 _IVF_TRAIN_PER_LIST = 64
+# IVF lists: 4 sqrt(n), at most this many (k-means training grows as lists squared; docs/scaling.md).
+_IVF_MAX_LISTS = 1024
 _SEED = 0
 
 
@@ -77,13 +81,13 @@ def _take(chunks: Iterable[np.ndarray], rows: np.ndarray) -> np.ndarray:
 
 
 def _build(chunks: Callable[[], Iterable[np.ndarray]], n: int, d: int, exact: bool, index: str, nlist: int | None,
-           nprobe: int, k: int, gpu: faiss.StandardGpuResources | None) -> tuple[faiss.Index, str]:
+           gpu: faiss.StandardGpuResources | None) -> tuple[faiss.Index, str, faiss.ParameterSpace]:
     """The index filled from `chunks()` (the n normalised base rows in order; read twice when IVF first gathers its
-    training sample) and its description (faiss factory style); `gpu` must outlive it."""
+    training sample), its description (faiss factory style) and its parameter space; `gpu` must outlive it."""
     if exact:
         cpu, kind = faiss.IndexFlatIP(d), "Flat"
     elif index == "ivf":
-        nlist = nlist or max(1, min(round(4 * math.sqrt(n)), n // 39))
+        nlist = nlist or max(1, min(round(4 * math.sqrt(n)), _IVF_MAX_LISTS, n // 39))
         cpu, kind = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT), f"IVF{nlist},Flat"
     else:
         cpu, kind = faiss.IndexHNSWFlat(d, _HNSW_M, faiss.METRIC_INNER_PRODUCT), f"HNSW{_HNSW_M},Flat"
@@ -100,11 +104,7 @@ def _build(chunks: Callable[[], Iterable[np.ndarray]], n: int, d: int, exact: bo
         built.add(chunk)
     if built.ntotal != n:
         raise ValueError(f"the chunks held {built.ntotal} rows, not the {n} announced")
-    if not exact:
-        name, value = ("nprobe", nprobe) if index == "ivf" else ("efSearch", max(128, 2 * k))
-        space.set_index_parameter(built, name, value)
-        kind += f",{name}={value}"
-    return built, kind
+    return built, kind, space
 
 
 def _drop_self(indices: np.ndarray, sims: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,14 +121,14 @@ class NeighborIndex:
     below exact_below base vectors, else the `index` approximation (module docstring)."""
 
     def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000,
-                 index: Literal["hnsw", "ivf"] = "hnsw", nlist: int | None = None, nprobe: int = 16,
+                 index: Literal["hnsw", "ivf"] = "ivf", nlist: int | None = None, nprobe: int = 16,
                  use_gpu: bool | None = None) -> None:
         self.base: np.ndarray | None = normalise(base)
         self._fill(lambda: [self.base], *self.base.shape, k, exact_below, index, nlist, nprobe, use_gpu)
 
     @classmethod
     def from_chunks(cls, chunks: Callable[[], Iterable[np.ndarray]], shape: tuple[int, int], k: int, *,
-                    exact_below: int = 200_000, index: Literal["hnsw", "ivf"] = "hnsw", nlist: int | None = None,
+                    exact_below: int = 200_000, index: Literal["hnsw", "ivf"] = "ivf", nlist: int | None = None,
                     nprobe: int = 16, use_gpu: bool | None = None) -> NeighborIndex:
         """The index __init__ builds over a base of `shape` whose rows each call of `chunks()` yields in order, a chunk
         at a time (called twice for IVF: its training sample, then the rows), never holding them all; `base` is None."""
@@ -148,7 +148,18 @@ class NeighborIndex:
         self.n, self.dim = n, dim
         self.exact = n < exact_below
         self._gpu = _gpu_resources(use_gpu, self.exact, index)
-        self._built, self.kind = _build(chunks, n, dim, self.exact, index, nlist, nprobe, k + 1, self._gpu)
+        self._built, self._kind, self._space = _build(chunks, n, dim, self.exact, index, nlist, self._gpu)
+        self.kind = self._kind
+        if not self.exact:
+            self.set_search(nprobe if index == "ivf" else max(128, 2 * (k + 1)))
+
+    def set_search(self, breadth: int) -> None:
+        """Search `breadth` lists (IVF's nprobe) or candidates (HNSW's efSearch) from now on; exact has neither."""
+        if self.exact:
+            raise ValueError("an exact index has no search breadth to set")
+        name = "nprobe" if "IVF" in self._kind else "efSearch"
+        self._space.set_index_parameter(self._built, name, int(breadth))
+        self.kind = f"{self._kind},{name}={int(breadth)}"
 
     def search(self, query: np.ndarray, k: int, *, own_rows: np.ndarray | None = None) -> KnnGraph:
         """The k most cosine-similar base rows of each query row; own_rows[q] (a base row, -1 for none) is left out
@@ -177,7 +188,7 @@ class NeighborIndex:
 
 
 def knn(base: np.ndarray, k: int, *, query: np.ndarray | None = None, exclude_self: bool = True,
-        exact_below: int = 200_000, index: Literal["hnsw", "ivf"] = "hnsw", nlist: int | None = None,
+        exact_below: int = 200_000, index: Literal["hnsw", "ivf"] = "ivf", nlist: int | None = None,
         nprobe: int = 16, use_gpu: bool | None = None) -> KnnGraph:
     """The k most cosine-similar base rows of each query row (query=None: of each base row, itself excluded when
     exclude_self); exact below exact_below base vectors, else the `index` approximation (module docstring)."""

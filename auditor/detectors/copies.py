@@ -140,7 +140,7 @@ def _merge(parts: list[KnnGraph], k: int) -> tuple[np.ndarray, np.ndarray, np.nd
 class CopyIndex:
     """The canonical frames of a base set of images, one index per BASES entry, searched with the views of queries."""
 
-    def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000, index: str = "hnsw") -> None:
+    def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000, index: str = "ivf") -> None:
         self.shape = np.shape(base)[1:]
         self.indices = [NeighborIndex(frames(base, blur=b, stretched=st)[0], k, exact_below=exact_below,
                                       index=index) for b, st in BASES]
@@ -163,7 +163,7 @@ class CopyIndex:
 
 
 def copy_knn(base: np.ndarray, k: int, *, query: np.ndarray | None = None, exact_below: int = 200_000,
-             index: str = "hnsw") -> tuple[KnnGraph, np.ndarray]:
+             index: str = "ivf") -> tuple[KnnGraph, np.ndarray]:
     """The k best copy matches per query image (query=None: the base against itself, own rows left out) and the
     match (MATCHES) of each."""
     built = CopyIndex(base, k, exact_below=exact_below, index=index)
