@@ -2,6 +2,7 @@
 for every tenth class), timed, with the run's peak resident memory and whether it warned about classes smaller than k.
 
 Usage: python benchmarks/many_classes.py [--classes 10000] [--stages ingest,train,scores,memorization,...]
+                                        [--config FILE]
 """
 
 from __future__ import annotations
@@ -32,11 +33,13 @@ def write_dataset(root: Path, classes: int, seed: int = SEED) -> Path:
     return root
 
 
-def run(classes: int, stages: str | None, workdir: Path) -> dict:
-    """Time one `memaudit run --profile quick` on the dataset and read its peak RSS (the only child of this call)."""
+def run(classes: int, stages: str | None, workdir: Path, config: Path | None = None) -> dict:
+    """Time one `memaudit run --profile quick` (with `config` over it) on the dataset and read its peak RSS (the only
+    child of this call)."""
     data = write_dataset(workdir / "data", classes)
     argv = [sys.executable, "-m", "pipelines.cli", "run", "--data", str(data), "--db", str(workdir / "audit.duckdb"),
-            "--profile", "quick", *(["--stages", stages] if stages else [])]
+            "--profile", "quick", *(["--stages", stages] if stages else []),
+            *(["--config", str(config.resolve())] if config else [])]
     t0 = time.perf_counter()
     done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     seconds = time.perf_counter() - t0
@@ -51,9 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classes", type=int, default=10_000)
     parser.add_argument("--stages", default=None, help="comma-separated stages (default: all of the quick profile)")
+    parser.add_argument("--config", type=Path, default=None, help="a TOML file over the quick profile")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.classes, args.stages, Path(tmp))
+        result = run(args.classes, args.stages, Path(tmp), args.config)
     for key, value in result.items():
         print(f"{key}: {value}" if key != "tail" else "\n".join(["run output:", *value]))
 
