@@ -50,13 +50,19 @@ def _open_detail(sample_id: str) -> None:
     st.session_state["point"] = sample_id
 
 
+def _prediction(row: dict[str, Any], label: Any, p: Any) -> str:
+    """A predicted label with its probability, red when it is not the image's label."""
+    text = label_text(label)
+    return (text if text == label_text(row["label"]) else f":red[**{text}**]") + ("" if pd.isna(p) else f" ({p:.2f})")
+
+
 def _facts(row: dict[str, Any]) -> list[str]:
-    """A tile's lines: label and both predictions, ApB and mem, one line of evidence per detector flag."""
-    predicted = label_text(row["pred_label"])
-    if predicted != label_text(row["label"]):
-        predicted = f":red[**{predicted}**]"
-    lines = [f"label **{label_text(row['label'])}**, predicted {predicted}"
-             + ("" if pd.isna(row["p_pred"]) else f" ({row['p_pred']:.2f})")]
+    """A tile's lines: label, the prediction of the model trained on it (in sample) and that of the shadow models
+    trained without it (out of sample, where there are any), ApB and mem, one line of evidence per detector flag."""
+    lines = [f"label **{label_text(row['label'])}**, predicted {_prediction(row, row['pred_label'], row['p_pred'])}"]
+    if not pd.isna(row["oos_label"]):
+        lines.append(f"out of sample {_prediction(row, row['oos_label'], row['oos_p'])} "
+                     f":gray[({int(row['oos_models'])} model{'s' if row['oos_models'] != 1 else ''} without it)]")
     if pd.isna(row["apb"]):
         lines.append(f"{'test' if row['split'] == 'test' else 'not a scored'} image: no ApB, no mem")
     else:

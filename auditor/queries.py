@@ -240,6 +240,21 @@ _NO_DECISIONS = ("d AS (SELECT NULL::VARCHAR AS sample_id, NULL::VARCHAR AS acti
                  "NULL::VARCHAR AS reviewer, NULL::TIMESTAMP AS decided_at WHERE false)")
 
 
+# The out-of-sample prediction of each image of the page `pg` (CTE `o`): the class with the highest mean probability
+# over the current memorization run's shadow models that were trained without it (their out-of-shard `probs`), that
+# mean probability, and how many models it averages.
+_OUT_OF_SAMPLE = (
+    "oo AS (SELECT sp.sample_id, sp.model_id, unnest(generate_series(0, len(sp.probs) - 1)) AS k, "
+    "              unnest(sp.probs) AS prob "
+    "       FROM shadow_predictions sp JOIN shadow_models m USING (model_id) JOIN shadow_designs sd USING (design_id) "
+    "       WHERE NOT sp.in_shard AND sp.probs IS NOT NULL AND sp.sample_id IN (SELECT sample_id FROM pg) "
+    "         AND sd.run_id = (SELECT max(mem_run_id) FROM scores)), "
+    "ok AS (SELECT sample_id, k, avg(prob) AS prob, count(DISTINCT model_id) AS models FROM oo GROUP BY sample_id, k), "
+    "o AS (SELECT ok.sample_id, c.label AS oos_label, ok.prob AS oos_p, ok.models AS oos_models FROM ok "
+    "      LEFT JOIN classes c ON c.label_index = ok.k "
+    "      QUALIFY row_number() OVER (PARTITION BY ok.sample_id ORDER BY ok.prob DESC, ok.k) = 1)")
+
+
 @dataclass(frozen=True)
 class ReviewFilter:
     """What the review grid shows: class, flag kind (None: scored training images, 'any': any flag but candidates),
@@ -305,7 +320,8 @@ def review_score_range(store: Store, score: str, flag: str | None = None) -> tup
 def review_page(store: Store, label: str | None = None, flag: str | None = None, sort: str = "apb_asc",
                 limit: int = 24, offset: int = 0, *, where: ReviewFilter | None = None) -> pd.DataFrame:
     """One page of the review grid in `sort` order (a REVIEW_SORTS key) with every flag and the current decision
-    of each image, and the path and recorded file_hash of its image (filters: `where`, else class and flag only)."""
+    of each image, its out-of-sample prediction (oos_label, oos_p, oos_models: NULL where no shadow model left it
+    out) and the path and recorded file_hash of its image (filters: `where`, else class and flag only)."""
     if sort not in REVIEW_SORTS:
         raise ValueError(f"unknown review sort {sort!r}; use one of {', '.join(REVIEW_SORTS)}")
     f = where or ReviewFilter(label=label, flag=flag)
@@ -323,14 +339,17 @@ def review_page(store: Store, label: str | None = None, flag: str | None = None,
         "              bool_or(kind = 'memorized') AS memorized "
         "       FROM flags WHERE sample_id IN (SELECT sample_id FROM pg) GROUP BY sample_id), "
         "p AS (SELECT sample_id, pred_label, p_pred FROM predictions "
-        f"      WHERE run_id = {_PREDICTION_RUN} AND sample_id IN (SELECT sample_id FROM pg)) "
-        "SELECT r.sample_id, r.split, r.label, p.pred_label, p.p_pred, r.apb, r.first_learned, r.forgetting_events, "
+        f"      WHERE run_id = {_PREDICTION_RUN} AND sample_id IN (SELECT sample_id FROM pg)), "
+        f"{_OUT_OF_SAMPLE} "
+        "SELECT r.sample_id, r.split, r.label, p.pred_label, p.p_pred, o.oos_label, o.oos_p, o.oos_models, r.apb, "
+        "       r.first_learned, r.forgetting_events, "
         "       r.el2n, r.confidence, r.mem, r.mem_low, r.mem_high, r.mem_n_in, r.mem_n_out, r.mem_method, "
         "       r.mem_note, r.path, r.file_hash, r.flag_score, "
         "       coalesce(fl.memorized_candidate, false) AS memorized_candidate, "
         "       coalesce(fl.memorized, false) AS memorized, coalesce(fl.flags, []) AS flags, "
         "       r.decision, r.decision_label, r.decided_by "
         "FROM pg r LEFT JOIN fl ON fl.sample_id = r.sample_id LEFT JOIN p ON p.sample_id = r.sample_id "
+        "LEFT JOIN o ON o.sample_id = r.sample_id "
         f"ORDER BY {REVIEW_SORTS[sort]}",
         [*row_params, *params, limit, offset, list(FLAG_PRIORITY)])
 
