@@ -233,6 +233,11 @@ class Store:
             self._reading = False
             self._close_shared()
 
+    def release(self) -> None:
+        """Close the burst's shared read-only connection now (the next read reopens it), so that a write through
+        another Store of this thread (a job launch) can open the file."""
+        self._close_shared()
+
     def _close_shared(self) -> None:
         self._fresh = None
         if self._shared is not None:
