@@ -98,3 +98,14 @@ def mean_accuracy(store: Store, experiment_id: str, arm: str) -> float | None:
 def experiment_status(store: Store, experiment_id: str) -> str | None:
     """An experiment's status (running, done, failed); None when there is no such experiment."""
     return store.scalar("SELECT status FROM experiments WHERE experiment_id = ?", [experiment_id])
+
+
+def experiments(store: Store) -> pd.DataFrame:
+    """Marginal-utility experiments, newest first (experiment_id, status, created_at, finished_at, arms, models)."""
+    if "experiments" not in store.tables():
+        return pd.DataFrame(columns=["experiment_id", "status", "created_at", "finished_at", "arms", "models"])
+    return store.query(
+        "SELECT e.experiment_id, e.status, e.created_at, e.finished_at, "
+        "       (SELECT count(*) FROM experiment_arms a WHERE a.experiment_id = e.experiment_id) AS arms, "
+        "       (SELECT count(*) FROM experiment_models m WHERE m.experiment_id = e.experiment_id) AS models "
+        "FROM experiments e ORDER BY e.created_at DESC, e.experiment_id")

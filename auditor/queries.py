@@ -392,22 +392,6 @@ def flag_class_counts(store: Store) -> pd.DataFrame:
         f"ORDER BY {_PRIORITY.format(kind='kind')}, kind, label_index", [list(FLAG_PRIORITY)])
 
 
-def experiments(store: Store) -> pd.DataFrame:
-    """Marginal-utility experiments, newest first (experiment_id, status, created_at, finished_at, arms, models)."""
-    if "experiments" not in store.tables():
-        return pd.DataFrame(columns=["experiment_id", "status", "created_at", "finished_at", "arms", "models"])
-    return store.query(
-        "SELECT e.experiment_id, e.status, e.created_at, e.finished_at, "
-        "       (SELECT count(*) FROM experiment_arms a WHERE a.experiment_id = e.experiment_id) AS arms, "
-        "       (SELECT count(*) FROM experiment_models m WHERE m.experiment_id = e.experiment_id) AS models "
-        "FROM experiments e ORDER BY e.created_at DESC, e.experiment_id")
-
-
 def recorded_file_hash(store: Store, path: str) -> str | None:
     """The `file_hash` ingest recorded for the image at `path`; None when no sample has that path."""
     return store.scalar("SELECT any_value(file_hash) FROM samples WHERE path = ?", [path])
-
-
-def train_samples(store: Store) -> pd.DataFrame:
-    """The ingested training samples' sample_id and label_index, in sample_id order."""
-    return store.query("SELECT sample_id, label_index FROM samples WHERE split = 'train' ORDER BY sample_id")

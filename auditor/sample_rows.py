@@ -38,3 +38,8 @@ def labelled_samples(store: Store) -> pd.DataFrame:
 def sample_ids(store: Store) -> np.ndarray:
     """Every sample's id."""
     return store.query("SELECT sample_id FROM samples")["sample_id"].to_numpy()
+
+
+def train_samples(store: Store) -> pd.DataFrame:
+    """The ingested training samples' sample_id and label_index, in sample_id order."""
+    return store.query("SELECT sample_id, label_index FROM samples WHERE split = 'train' ORDER BY sample_id")

@@ -48,7 +48,7 @@ class TrainLabels:
 
 def train_labels(store: Store) -> TrainLabels:
     """The ingested training samples' ids and label indices, in sample_id order."""
-    frame = queries.train_samples(store)
+    frame = sample_rows.train_samples(store)
     if frame.empty:
         raise RuntimeError("no training images in the database; run the ingest stage on a dataset with a train "
                            "split first")

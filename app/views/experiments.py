@@ -12,7 +12,7 @@ from app.common import flag_name, run_page
 from app.confirm import confirmed, hold
 from auditor import queries, sweep_queries
 from auditor.experiment_queries import (
-    control_models, control_spread, experiment_results, schedule_check_row, schedule_line)
+    control_models, control_spread, experiment_results, experiments, schedule_check_row, schedule_line)
 from auditor.store import Store
 from pipelines.job_plan import plan_experiment
 from pipelines.launcher import launch_experiment
@@ -87,7 +87,7 @@ def _drop_chart(table: pd.DataFrame) -> alt.Chart:
 def _results(store: Store) -> None:
     """One experiment's results table (the paper's format) and its error-bar chart."""
     st.subheader("Results")
-    listing = queries.experiments(store)
+    listing = experiments(store)
     if listing.empty:
         st.info("No experiment yet: start one above (or `memaudit experiment --db ...`).")
         return
