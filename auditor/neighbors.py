@@ -4,9 +4,10 @@ inner-product search on L2-normalised copies, exact below `exact_below` vectors,
 Above it, IVF-Flat (the default): 4 sqrt(n) lists, at most 1,024, trained on a seeded sample of 64 rows per list,
 searched in nprobe = 16 lists; deterministic and GPU-capable. Measured (docs/scaling.md, benchmarks/index_recall.py)
 on clustered, L2-normalised 1,280-d mixtures (3,000 clusters of uneven size and spread) with 1,000 queries:
-recall@10 0.9999 at 200,000 vectors (1,024 lists; 0.9991 with 1,789). HNSW (M 32, efSearch 128; CPU only) measured
-0.9994 at 20,000 but 0.950 at 200,000, with a build 1.7x IVF's. On unclustered random vectors both are poor
-(docs/benchmarks.md), so recall is only as good as the embeddings are clustered; `set_search` widens the search.
+recall@10 0.9999 at 200,000 vectors (1,024 lists; 0.9991 with 1,789) and 1.0000 at 1,000,000. HNSW (M 32,
+efSearch 128; CPU only) measured 0.9994 at 20,000 but 0.950 at 200,000, with a build 1.7x IVF's. On unclustered
+random vectors both are poor (docs/benchmarks.md), so recall is only as good as the embeddings are clustered;
+`set_search` widens the search.
 
 `NeighborIndex.from_chunks` builds the same index from a base streamed in chunks (e.g. read from DuckDB), so only the
 index and one chunk are resident, and `search_chunks` searches streamed queries the same way.
