@@ -18,6 +18,8 @@ from auditor.store import Store, StoreBusy
 
 DECISION_BADGES = {"keep": ":green-badge[keep]", "remove": ":red-badge[remove]", "relabel": ":blue-badge[relabel]"}
 PICK_PREFIX = "pick_"
+RANGE_PREFIX = "pickto_"  # a hidden button per tile that a shift-click of its pick box presses (app.focus)
+ANCHOR_KEY = "pick_anchor"  # the tile last picked or unpicked by a plain click, where a shift-click range starts
 PICKS_KEY = "picks"  # the picked ids, kept apart from the checkboxes so that picks survive paging and filtering
 # Keyed fragments of the Review queue: the whole queue (grid, focused image, evidence) and the decision bar with its
 # pick count. A tick reruns the bar alone (the box shows its own state), unless the focused image's panel shows it too.
@@ -48,7 +50,26 @@ def _toggle(sample_id: str) -> None:
     """Follow a pick checkbox's new state; rerun the pick count, not the grid (the queue when the image is focused:
     its panel's pick button follows). One fragment only: a list of them reruns as one script run each."""
     set_picks([sample_id], bool(st.session_state[f"{PICK_PREFIX}{sample_id}"]))
+    st.session_state[ANCHOR_KEY] = sample_id
     st.rerun(QUEUE_FRAGMENT if st.session_state.get(FOCUS_KEY) == sample_id else BAR_FRAGMENT)
+
+
+def range_button(ids: list[str], sample_id: str) -> None:
+    """The hidden button that a shift-click of `sample_id`'s pick box presses: it picks the range from the anchor."""
+    st.button("pick range", key=f"{RANGE_PREFIX}{sample_id}", on_click=pick_range, args=(ids, sample_id))
+
+
+def pick_range(ids: list[str], target: str) -> None:
+    """Pick every image of `ids` (the page, in grid order) from the anchor to `target`, both included, in one rerun;
+    `target` alone (and it becomes the anchor) when no plain click on this page set one."""
+    anchor = st.session_state.get(ANCHOR_KEY)
+    if anchor in ids and target in ids:
+        low, high = sorted((ids.index(anchor), ids.index(target)))
+        set_picks(ids[low:high + 1], True)
+    else:
+        st.session_state[ANCHOR_KEY] = target
+        set_picks([target], True)
+    st.rerun(QUEUE_FRAGMENT)  # every box of the range and the count follow
 
 
 def decision_badge(action: str | None, new_label: str | None) -> str:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from app.common import evidence_line, fragment_reading, thumbnail
 from app.decide import (BAR_FRAGMENT, QUEUE_FRAGMENT, accept_suggestions, decide, decision_badge, pick_box, picked,
-                        set_picks, show_decision_error)
+                        range_button, set_picks, show_decision_error)
 from app.evidence import label_text, mem_text, models_text
 from auditor.reviews import ACTIONS, current_decisions
 from auditor.store import Store, StoreBusy
@@ -32,6 +32,7 @@ GRID_CSS = """<style>
   width: 240px !important; min-width: 240px;}
 [class*="st-key-grid_"] [data-testid="stColumn"]:has(.st-key-tiles) {flex: 1 1 0 !important; min-width: 0;}
 .st-key-grid_small [class*="st-key-tile"] {padding: 6px !important; gap: 4px !important;}
+[class*="st-key-pickto_"] {display: none !important;}
 </style>"""
 
 
@@ -75,9 +76,10 @@ def _facts(row: dict[str, Any]) -> list[str]:
     return lines + ([" ".join(badges)] if badges else [])
 
 
-def tile(row: dict[str, Any], size: str, focused: bool) -> None:
-    """One image in a bordered tile: its thumbnail, id, pick box and decision; at the medium and large sizes also its
-    facts and the Details and Focus buttons. The path comes from the query, never the browser."""
+def tile(row: dict[str, Any], size: str, focused: bool, ids: list[str]) -> None:
+    """One image in a bordered tile: its thumbnail, id, pick box (shift+click picks the range of `ids`, the page in
+    grid order) and decision; at the medium and large sizes also its facts and the Details and Focus buttons. The
+    path comes from the query, never the browser."""
     sample_id = row["sample_id"]
     decided = row["decision"] is not None and not pd.isna(row["decision"])
     key = f"tile{'done' if decided else ''}{'focus' if focused else ''}_{sample_id}"
@@ -92,6 +94,7 @@ def tile(row: dict[str, Any], size: str, focused: bool) -> None:
         if badge or lines:
             st.markdown(":small[" + "  \n".join([*lines, badge] if badge else lines) + "]")
         pick_box(sample_id, compact=size == "small")  # on a row of its own: half a tile clips the label to '|'
+        range_button(ids, sample_id)
         if size == "small":
             return
         if st.button("Details", key=f"detail_{sample_id}", type="tertiary",

@@ -173,3 +173,45 @@ def test_the_small_grid_holds_thirty_images_on_one_screen(page, app_url, screens
         " return r.top >= 0 && r.bottom <= window.innerHeight && r.width > 0; }).length")
     page.screenshot(path=str(screenshot_dir / "review_small.png"))
     assert seen >= DENSE_MIN, seen
+
+
+def _picked(page) -> list[str]:
+    """Sample ids of the grid's ticked pick boxes, in page order."""
+    return page.locator("[class*='st-key-pick_']:has(input[type='checkbox']:checked)").evaluate_all(
+        "els => els.map(e => [...e.classList].find(c => c.startsWith('st-key-pick_')).slice('st-key-pick_'.length))")
+
+
+def _shift_pick(page, sample_id: str, picked_now: int) -> None:
+    """Shift+click the pick box of one tile and wait until the decision bar counts `picked_now` picks."""
+    with _rerun(page):
+        _tile(page, sample_id).get_by_test_id("stCheckbox").locator("label").click(modifiers=["Shift"])
+    page.get_by_text(f"{picked_now} picked", exact=True).wait_for()
+
+
+def test_shift_click_picks_a_range_and_apply_records_it(page, app_url, curation_db, clicks):
+    """A shift+click with no anchor picks its own tile; after a plain click on tile 2, a shift+click on tile 6 picks
+    tiles 2..6 in one rerun, and Apply records exactly those five."""
+    from auditor.reviews import current_decisions
+    from auditor.store import Store
+
+    store = Store(curation_db)
+    _open(page, app_url, "sort=apb_asc&page_size=12&state=undecided")
+    shown = _shown(page)
+    assert len(shown) >= 6, shown
+    _shift_pick(page, shown[3], 1)
+    assert _picked(page) == [shown[3]]
+    with _rerun(page):
+        page.get_by_role("button", name="Clear all", exact=True).click()
+    page.get_by_text("0 picked", exact=True).wait_for()
+
+    _pick(page, shown[1], 1)
+    _timed(clicks, "shift+click a range of 5", lambda: _shift_pick(page, shown[5], 5))
+    assert _picked(page) == shown[1:6]
+    page.get_by_text("5 picked across pages", exact=True).wait_for()
+    before = set(current_decisions(store)["sample_id"])
+    _choose(page, "Decision", "remove")
+    _apply(page, "remove recorded for 5 images")
+    decided = current_decisions(store).set_index("sample_id")
+    assert sorted(set(decided.index) - before) == sorted(shown[1:6])
+    assert set(decided.loc[shown[1:6], "action"]) == {"remove"}
+    assert page.locator("[data-testid='stException']").count() == 0

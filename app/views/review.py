@@ -170,7 +170,7 @@ def _grid(store: Store, rows: list[dict[str, Any]], pages: int) -> None:
     left, right = st.container(key=f"grid_{size}").columns([4, 1])
     with left.container(key="tiles", horizontal=True, gap="small"):
         for row in rows:
-            tile(row, size, row["sample_id"] == chosen)
+            tile(row, size, row["sample_id"] == chosen, ids)
     with right.container(key="focus_panel"):
         st.selectbox("Focused image", ids, key="evidence", format_func=lambda i: f"{i}: " + (
             ", ".join(flag_name(f["kind"]) for f in flags(by_id[i])) or "no flag"))
