@@ -27,8 +27,9 @@ def confirmed(key: str) -> dict[str, Any] | None:
         st.markdown("**Start this job?** Nothing runs until you confirm.")
         st.markdown("\n".join(f"- {md(step)}" for step in plan.steps))
         models = "none" if plan.models is None else f"{plan.models:,}"
-        st.markdown(f"Models planned ahead: **{models}** · time: **{plan.estimate()}** (from the seconds per model "
-                    "measured in this database)")
+        later = f" + up to **{plan.conditional:,}** if a later phase runs (above)" if plan.conditional else ""
+        st.markdown(f"Models planned ahead: **{models}**{later} · time: **{plan.estimate()}** (from the seconds per "
+                    "model measured in this database)")
         left, right, _ = st.columns([1, 1, 6])
         confirm = left.button("Confirm", type="primary", key=f"{key}-confirm")
         cancel = right.button("Cancel", key=f"{key}-cancel")

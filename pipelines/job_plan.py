@@ -22,30 +22,33 @@ BEFORE_MEMORIZATION = ("ingest", "train", "scores")
 
 @dataclass(frozen=True)
 class JobPlan:
-    """One line per step, the models planned ahead (None when none can be) and the estimated seconds (None when
-    nothing was measured on this database to estimate from)."""
+    """One line per step, the models planned ahead (None when none can be), up to how many more a later phase may
+    train if an earlier one calls for it (an upper bound), and the estimated seconds of both (None when nothing was
+    measured on this database to estimate from)."""
 
     steps: tuple[str, ...]
     models: int | None
     seconds: float | None
+    conditional: int = 0
 
     def estimate(self) -> str:
-        """The time estimate as words: '~12.5 min', or why there is none."""
+        """The time estimate as words: '~12.5 min' ('up to ~12.5 min' with conditional models), or why none."""
         if self.seconds is None:
             return NO_ESTIMATE if self.models else "not estimated (no models planned ahead)"
-        return f"~{self.seconds / 60:.1f} min" if self.seconds >= 90 else f"~{self.seconds:.0f} s"
+        time = f"~{self.seconds / 60:.1f} min" if self.seconds >= 90 else f"~{self.seconds:.0f} s"
+        return f"up to {time}" if self.conditional else time
 
 
 def plan_run(db: str | Path, stages: Sequence[str], *, profile: str | None = None,
              config: Path | None = None) -> JobPlan:
-    """The plan of `memaudit run --stages STAGES` on `db`: the memorization stage's first design as that stage plans
-    it on the database now, its time at the seconds per shadow model measured there."""
-    from pipelines.memorization_stage import first_plan  # torch: only when asked
+    """The plan of `memaudit run --stages STAGES` on `db`: the memorization stage's designs as that stage plans them
+    on the database now (pLOO-improved's phase 2 at its largest), timed at the seconds per model measured there."""
+    from pipelines.memorization_stage import PHASE_2_RULE, plans_ahead  # torch: only when asked
 
     ordered = [s for s in STAGES if s in stages]
     cfg = load_config(config, profile)
     store = Store(Path(db).resolve())
-    steps, models, seconds = [], None, None
+    steps, models, seconds, conditional = [], None, None, 0
     for stage in ordered:
         if stage != "memorization":
             steps.append(stage)
@@ -53,19 +56,22 @@ def plan_run(db: str | Path, stages: Sequence[str], *, profile: str | None = Non
         try:
             if not store.path.exists():
                 raise RuntimeError(f"{store.path} does not exist yet")
-            plan = first_plan(store, cfg)
+            plan, phase_2 = plans_ahead(store, cfg)
         except (RuntimeError, ValueError) as exc:
             steps.append(f"memorization: planned once the earlier stages have run ({exc})")
             continue
         earlier = [s for s in ordered if s in BEFORE_MEMORIZATION]
         caveat = (f"; planned on the database as it is now, which the {', '.join(earlier)} stage(s) of this job "
                   "change" if earlier else "")
-        later = ("; a phase 2 over more ApB bands may follow, sized by phase 1's audit"
-                 if cfg.memorization.method != "ploo" else "")
+        later = ("" if phase_2 is None else
+                 f"; then up to {phase_2.n_models} shadow models more: "
+                 f"{PHASE_2_RULE.format(rate_floor=cfg.memorization.rate_floor)}; at most "
+                 f"{phase_2.describe(timed=False)}")
         steps.append(f"memorization {plan.describe(timed=False)}{later}{caveat}")
-        models = plan.n_models
-        seconds = None if plan.seconds_per_model is None else plan.n_models * plan.seconds_per_model
-    return JobPlan(tuple(steps), models, seconds)
+        models, conditional = plan.n_models, 0 if phase_2 is None else phase_2.n_models
+        per_model = plan.seconds_per_model
+        seconds = None if per_model is None else (models + conditional) * per_model
+    return JobPlan(tuple(steps), models, seconds, conditional)
 
 
 def plan_experiment(db: str | Path, arms: Sequence[str], *, models: int, profile: str | None = None) -> JobPlan:

@@ -36,6 +36,9 @@ from pipelines.stages import StageReport
 
 NOT_A_CANDIDATE = "not a candidate (ApB above cut-off)"
 PHASE_1 = "phase 1 (ApB shortlist + audit sample)"
+# When pLOO-improved's second phase runs (`_extension`): rate_floor is memorization.rate_floor.
+PHASE_2_RULE = ("phase 2 runs only if phase 1's audit finds a memorized rate at or above memorization.rate_floor "
+                "({rate_floor:g}) in the lowest-ApB band outside the shortlist")
 METHOD_NAMES = {"ploo": "pLOO", "ploo_improved": "pLOO-improved", "loo": "exact LOO"}
 # Up to this many classes each shadow model's out-of-shard class probabilities are stored (label-issue detection
 # averages them); beyond, they would grow with models x points x classes: the detectors train k-fold models instead.
@@ -103,15 +106,17 @@ def _selection(store: Store, data: TrainingArrays | TrainLabels,
     return shortlist, bands, audit_sample(bands, mc.audit_fraction, mc.audit_min_per_band, cfg.seed)
 
 
-def first_plan(store: Store, cfg: AuditConfig) -> DesignPlan:
-    """The first design the memorization stage would train on `store` now (pLOO, or pLOO-improved's phase 1 over
-    the ApB shortlist and audit sample), without decoding an image; RuntimeError when train and scores have not run.
-    A second pLOO-improved phase depends on the first one's scores, so it cannot be planned ahead."""
+def plans_ahead(store: Store, cfg: AuditConfig) -> tuple[DesignPlan, DesignPlan | None]:
+    """The designs the memorization stage would train on `store` now, without decoding an image: pLOO, or
+    pLOO-improved's phase 1 (ApB shortlist + audit sample) and the largest phase 2 its audit can call for (every ApB
+    band the max_sharded cap allows; None when it allows none). RuntimeError when train and scores have not run."""
     labels = train_labels(store)
     if cfg.memorization.method == "ploo":
-        return design_plan(store, len(labels.train_ids), True, cfg, "pLOO")
-    shortlist, _, audit = _selection(store, labels, cfg)
-    return design_plan(store, len(np.union1d(shortlist, audit)), False, cfg, PHASE_1)
+        return design_plan(store, len(labels.train_ids), True, cfg, "pLOO"), None
+    shortlist, bands, audit = _selection(store, labels, cfg)
+    first = design_plan(store, len(np.union1d(shortlist, audit)), False, cfg, PHASE_1)
+    extended, most = _capped_extension(bands, audit, int(bands.max()) + 1, cfg)
+    return first, design_plan(store, len(most), False, cfg, _phase_2_name(extended)) if len(most) else None
 
 
 def _design_id(design: ShardDesign, data: TrainingArrays, cfg: AuditConfig) -> str:
@@ -309,19 +314,29 @@ def _significant_influence(phases: list[_Phase], cfg: AuditConfig) -> tuple[pd.D
     return pairs.reset_index(drop=True), tested, note
 
 
-def _extension(bands: np.ndarray, audit: np.ndarray, first: _Phase, cfg: AuditConfig) -> tuple[int, np.ndarray]:
-    """(bands extended, their points still to score): leading bands join while their audited memorized rate (mem at
-    or above the threshold) stays at or above rate_floor, as long as the second design shards at most max_sharded."""
+def _extension(bands: np.ndarray, audit: np.ndarray, scores: pd.DataFrame, cfg: AuditConfig) -> tuple[int, np.ndarray]:
+    """(bands extended, their points still to score) after phase 1's `scores`: leading bands join while their audited
+    memorized rate (mem at or above the threshold) stays at or above rate_floor, within the max_sharded cap."""
     mc = cfg.memorization
-    mem = pd.Series(first.scores["mem"].to_numpy(), index=first.scores["index"].to_numpy())
+    mem = pd.Series(scores["mem"].to_numpy(), index=scores["index"].to_numpy())
     hit = (mem.reindex(audit).to_numpy() >= mc.threshold)
     audit_band = bands[audit]
     rates = [hit[audit_band == b].mean() if (audit_band == b).any() else np.nan for b in range(bands.max() + 1)]
-    extended = bands_to_extend(np.asarray(rates), mc.rate_floor)
+    return _capped_extension(bands, audit, bands_to_extend(np.asarray(rates), mc.rate_floor), cfg)
+
+
+def _capped_extension(bands: np.ndarray, audit: np.ndarray, extended: int, cfg: AuditConfig) -> tuple[int, np.ndarray]:
+    """(bands, their points still to score): the `extended` leading bands, fewer while the second design would shard
+    more than max_sharded of the training points."""
     unscored = ~np.isin(np.arange(len(bands)), audit)
-    while extended and ((bands >= 0) & (bands < extended) & unscored).sum() > mc.max_sharded * len(bands):
+    while extended and ((bands >= 0) & (bands < extended) & unscored).sum() > cfg.memorization.max_sharded * len(bands):
         extended -= 1
     return extended, np.flatnonzero((bands >= 0) & (bands < extended) & unscored)
+
+
+def _phase_2_name(extended: int) -> str:
+    """The name of pLOO-improved's second phase over `extended` ApB bands."""
+    return f"phase 2 (shortlist extended by {extended} ApB bands)"
 
 
 def _sampling(n_train: int, bands: np.ndarray | None, audit: np.ndarray, extended: int) -> pd.DataFrame:
@@ -382,10 +397,9 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
         shortlist, bands, audit = _selection(store, data, cfg)
         phases = [_run_phase(store, data, cfg, np.union1d(shortlist, audit), cfg.seed,
                              PHASE_1, progress)]
-        extended, more = _extension(bands, audit, phases[0], cfg)
+        extended, more = _extension(bands, audit, phases[0].scores, cfg)
         if len(more):
-            phases.append(_run_phase(store, data, cfg, more, cfg.seed + 1,
-                                     f"phase 2 (shortlist extended by {extended} ApB bands)", progress))
+            phases.append(_run_phase(store, data, cfg, more, cfg.seed + 1, _phase_2_name(extended), progress))
     scores = pd.concat([p.scores for p in phases], ignore_index=True).sort_values("index", kind="stable")
     scores["mem_state"] = memorization_states(scores, mc.threshold).to_numpy()
     sampling = _sampling(n, bands, audit, extended)
