@@ -23,11 +23,19 @@ def oof_probs(store: Store, run_id: str) -> pd.DataFrame:
     return store.query("SELECT sample_id, probs FROM oof_probs WHERE run_id = ?", [run_id])
 
 
+OOF_CHUNK_CELLS = 2 ** 22  # floats per oof_probs insert (16 MiB of float32)
+OOF_MEMORY_MIB = 256  # DuckDB's buffer memory during the oof_probs write; it spills the uncommitted rows beyond this
+
+
 def save_oof_probs(store: Store, run_id: str, sample_ids: np.ndarray, probs: np.ndarray, source: str) -> None:
-    """Replace `run_id`'s out-of-sample probabilities: one row of `probs` per sample id."""
-    store.write([("oof_probs", pd.DataFrame({"sample_id": sample_ids, "probs": list(probs), "source": source,
-                                             "run_id": run_id}))],
-                deletes=[("DELETE FROM oof_probs WHERE run_id = ?", [run_id])])
+    """Replace `run_id`'s out-of-sample probabilities, one row of `probs` per sample id, in one transaction of inserts
+    of at most OOF_CHUNK_CELLS floats each (views of `probs`) under DuckDB's OOF_MEMORY_MIB, so the write's memory
+    does not grow with n x classes."""
+    rows = max(1, OOF_CHUNK_CELLS // max(1, probs.shape[1]))
+    store.write([("oof_probs", pd.DataFrame({"sample_id": sample_ids[i:i + rows], "probs": list(probs[i:i + rows]),
+                                             "source": source, "run_id": run_id}))
+                 for i in range(0, len(sample_ids), rows)],
+                deletes=[("DELETE FROM oof_probs WHERE run_id = ?", [run_id])], memory_limit_mib=OOF_MEMORY_MIB)
 
 
 def judged_pairs(store: Store, pair_kind: str) -> pd.DataFrame:

@@ -1,18 +1,23 @@
 """Many classes: shadow blocks keep class probabilities only as asked, so memory beyond one batch's logits does not
 grow with models x points x classes; out-of-shard means equal the full arrays' means; the detectors warn when classes
-have fewer than k training images (benchmarks/many_classes.py times the whole quick profile)."""
+have fewer than k training images; the detectors stage writes `oof_probs` in bounded chunks (benchmarks/many_classes.py
+times the whole quick profile, benchmarks/oof_write.py the oof_probs write alone)."""
 
 from __future__ import annotations
 
+import shutil
 import tracemalloc
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from auditor import detector_rows
 from auditor.config import load_config
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement
 from auditor.neighbors import KnnGraph
 from auditor.shadow_engine import train_shadow_block
+from auditor.store import Store
 from tests.test_shadow_engine import _cfg, _halves
 
 CLASSES = 3000
@@ -110,3 +115,29 @@ def test_knn_votes_are_kept_per_neighbour_not_per_class():
     sims = graph.similarities.astype(np.float64)
     own = (labels[graph.indices] == labels[:, None])
     np.testing.assert_allclose(frame["disagreement"], 1 - (sims * own).sum(1) / sims.sum(1))
+
+
+def test_oof_probs_are_written_in_chunks_with_the_same_rows(small_db, tmp_path, monkeypatch):
+    """On a pipeline-written database, a budget of 7 rows' cells per insert stores exactly the rows one insert stores
+    (the default budget on 10 classes), in several inserts of one write."""
+    path = tmp_path / "audit.duckdb"
+    shutil.copy(small_db, path)
+    store = Store(path)
+    ids = store.query("SELECT sample_id FROM samples WHERE split = 'train' ORDER BY sample_id")["sample_id"].to_numpy()
+    probs = np.random.default_rng(0).dirichlet(np.ones(10), len(ids)).astype(np.float32)
+    inserts: list[int] = []
+    write = store.write
+    monkeypatch.setattr(store, "write", lambda tables, **kw: (inserts.append(len(tables)), write(tables, **kw))[1])
+
+    def stored() -> pd.DataFrame:
+        return store.query("SELECT sample_id, probs, source, run_id FROM oof_probs WHERE run_id = 'oof-t' ORDER BY rowid")
+
+    detector_rows.save_oof_probs(store, "oof-t", ids, probs, "5-fold")
+    whole = stored()
+    monkeypatch.setattr(detector_rows, "OOF_CHUNK_CELLS", 7 * 10)
+    detector_rows.save_oof_probs(store, "oof-t", ids, probs, "5-fold")  # replaces the run's rows
+    chunked = stored()
+    assert inserts == [1, -(-len(ids) // 7)] and inserts[1] > 1
+    pd.testing.assert_frame_equal(chunked, whole)
+    assert list(chunked["sample_id"]) == list(ids) and set(chunked["source"]) == {"5-fold"}
+    np.testing.assert_array_equal(np.stack(chunked["probs"].to_numpy()), probs)
