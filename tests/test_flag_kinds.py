@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from app import common, evidence
-from auditor import flag_kinds, queries, store
+from auditor import flag_kinds, queries, store_views
 from auditor.flag_kinds import EVIDENCE_STYLES, KINDS, REGISTRY, STAGES, FlagKind
 from auditor.store import Store
 
@@ -38,7 +38,7 @@ def test_names_and_colours_are_unique_and_pair_kinds_belong_to_one_kind():
 
 
 def test_priority_and_triage_of_the_schema_follow_the_registry(tmp_path):
-    assert store.FLAG_PRIORITY == queries.FLAG_PRIORITY == tuple(k.name for k in REGISTRY)
+    assert store_views.FLAG_PRIORITY == queries.FLAG_PRIORITY == tuple(k.name for k in REGISTRY)
     db = Store(tmp_path / "a.duckdb")
     db.init()
     # One sample per triage rule carrying exactly the kinds the rule needs, one per kind alone.
