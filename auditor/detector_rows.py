@@ -24,18 +24,21 @@ def oof_probs(store: Store, run_id: str) -> pd.DataFrame:
 
 
 OOF_CHUNK_CELLS = 2 ** 22  # floats per oof_probs insert (16 MiB of float32)
-OOF_MEMORY_MIB = 256  # DuckDB's buffer memory during the oof_probs write; it spills the uncommitted rows beyond this
+OOF_MEMORY_MIB = 256  # DuckDB's buffer memory during the oof_probs write (at least); it spills the rows beyond this
+DUCKDB_VECTOR_ROWS = 2048  # DuckDB commits a transaction's rows in vectors of this many: one must fit the limit
 
 
 def save_oof_probs(store: Store, run_id: str, sample_ids: np.ndarray, probs: np.ndarray, source: str) -> None:
     """Replace `run_id`'s out-of-sample probabilities, one row of `probs` per sample id, in one transaction of inserts
-    of at most OOF_CHUNK_CELLS floats each (views of `probs`) under DuckDB's OOF_MEMORY_MIB, so the write's memory
-    does not grow with n x classes."""
+    of at most OOF_CHUNK_CELLS floats each (views of `probs`) under a DuckDB memory limit of OOF_MEMORY_MIB or two
+    commit vectors of rows, whichever is larger, so the write's memory does not grow with the number of points."""
     rows = max(1, OOF_CHUNK_CELLS // max(1, probs.shape[1]))
+    vector_mib = min(len(probs), DUCKDB_VECTOR_ROWS) * probs.shape[1] * probs.itemsize / 2 ** 20
+    memory_mib = max(OOF_MEMORY_MIB, int(2 * vector_mib) + 1)
     store.write([("oof_probs", pd.DataFrame({"sample_id": sample_ids[i:i + rows], "probs": list(probs[i:i + rows]),
                                              "source": source, "run_id": run_id}))
                  for i in range(0, len(sample_ids), rows)],
-                deletes=[("DELETE FROM oof_probs WHERE run_id = ?", [run_id])], memory_limit_mib=OOF_MEMORY_MIB)
+                deletes=[("DELETE FROM oof_probs WHERE run_id = ?", [run_id])], memory_limit_mib=memory_mib)
 
 
 def judged_pairs(store: Store, pair_kind: str) -> pd.DataFrame:

@@ -2,8 +2,8 @@
 with `save_oof_probs` into a fresh database, in a fresh process, reporting the resident memory the write adds over
 the arrays (peak RSS after minus peak RSS before) and its wall time.
 
-Usage: python benchmarks/oof_write.py [--points 10000] [--classes 10000] [--chunk-cells N]
-`--chunk-cells` sets the floats per insert (default: auditor.detector_rows.OOF_CHUNK_CELLS); `--chunk-cells 0` writes
+Usage: python benchmarks/oof_write.py [--points 10000] [--classes 10000] [--chunk-cells N] [--one-insert]
+`--chunk-cells` sets the floats per insert (default: auditor.detector_rows.OOF_CHUNK_CELLS); `--one-insert` writes
 everything in one insert with no DuckDB memory limit, as the stage did before the write was bounded.
 """
 
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from auditor import detector_rows
 from auditor.store import Store
@@ -28,22 +29,24 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(points: int, classes: int, chunk_cells: int, workdir: Path) -> dict:
-    """Save `points` x `classes` random probabilities in inserts of `chunk_cells` floats (0: one unlimited insert)
-    and return the peak RSS before and after the write, what it added, the wall time and the rows stored."""
-    detector_rows.OOF_CHUNK_CELLS = chunk_cells or points * classes
-    detector_rows.OOF_MEMORY_MIB = detector_rows.OOF_MEMORY_MIB if chunk_cells else None
+def measure(points: int, classes: int, chunk_cells: int, one_insert: bool, workdir: Path) -> dict:
+    """Save `points` x `classes` random probabilities with `save_oof_probs` in inserts of `chunk_cells` floats (or,
+    `one_insert`, the earlier way) and return the peak RSS before and after, what it added, the time and the rows."""
+    detector_rows.OOF_CHUNK_CELLS = chunk_cells
     store = Store(workdir / "oof.duckdb")
     store.init()
     probs = np.random.default_rng(SEED).random((points, classes), dtype=np.float32)
     ids = np.array([f"s{i:06d}" for i in range(points)])
     before = _peak_mib()
     t0 = time.perf_counter()
-    detector_rows.save_oof_probs(store, "oof-bench", ids, probs, "5-fold")
+    if one_insert:  # the earlier write: one frame, DuckDB's default memory limit
+        store.write([("oof_probs", pd.DataFrame({"sample_id": ids, "probs": list(probs), "source": "5-fold",
+                                                 "run_id": "oof-bench"}))])
+    else:
+        detector_rows.save_oof_probs(store, "oof-bench", ids, probs, "5-fold")
     seconds = time.perf_counter() - t0
     after = _peak_mib()
-    return {"points": points, "classes": classes, "chunk_cells": detector_rows.OOF_CHUNK_CELLS,
-            "memory_limit_mib": detector_rows.OOF_MEMORY_MIB,
+    return {"points": points, "classes": classes, "write": "one insert" if one_insert else f"chunks of {chunk_cells}",
             "peak_before_mib": round(before), "peak_after_mib": round(after), "write_extra_mib": round(after - before),
             "seconds": round(seconds, 1), "rows": store.scalar("SELECT count(*) FROM oof_probs")}
 
@@ -53,9 +56,10 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=10_000)
     parser.add_argument("--classes", type=int, default=10_000)
     parser.add_argument("--chunk-cells", type=int, default=detector_rows.OOF_CHUNK_CELLS)
+    parser.add_argument("--one-insert", action="store_true", help="the earlier write, for comparison")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        result = measure(args.points, args.classes, args.chunk_cells, Path(tmp))
+        result = measure(args.points, args.classes, args.chunk_cells, args.one_insert, Path(tmp))
     print(" ".join(f"{key}={value}" for key, value in result.items()))
 
 

@@ -141,3 +141,14 @@ def test_oof_probs_are_written_in_chunks_with_the_same_rows(small_db, tmp_path, 
     pd.testing.assert_frame_equal(chunked, whole)
     assert list(chunked["sample_id"]) == list(ids) and set(chunked["source"]) == {"5-fold"}
     np.testing.assert_array_equal(np.stack(chunked["probs"].to_numpy()), probs)
+
+
+def test_oof_probs_memory_limit_fits_one_commit_vector_of_wide_rows(tmp_path, monkeypatch):
+    """With a 1 MiB floor, 300 rows of 20,000 classes (23 MiB) are still written whole: the limit grows to two
+    DuckDB commit vectors of rows."""
+    store = Store(tmp_path / "wide.duckdb")
+    store.init()
+    monkeypatch.setattr(detector_rows, "OOF_MEMORY_MIB", 1)
+    probs = np.random.default_rng(0).random((300, 20_000), dtype=np.float32)
+    detector_rows.save_oof_probs(store, "oof-w", np.array([f"s{i}" for i in range(300)]), probs, "5-fold")
+    np.testing.assert_array_equal(np.stack(detector_rows.oof_probs(store, "oof-w")["probs"].to_numpy()), probs)
