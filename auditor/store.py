@@ -16,6 +16,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from auditor.store_errors import CORRUPT_MARKERS, LOCK_MARKERS, StoreBusy, StoreCorrupt
 from auditor.store_gate import gate_for
 from auditor.store_views import (  # noqa: F401 (FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE re-exported)
     FLAG_TALLIES_LIVE, SAMPLE_FLAGS_LIVE, SUMMARY_KEY, SUMMARY_SOURCE, SUMMARY_SOURCES, VIEWS, refresh_summaries)
@@ -198,19 +199,6 @@ ALTER TABLE experiment_models ADD COLUMN IF NOT EXISTS sgd_steps BIGINT;
 ALTER TABLE experiment_models ADD COLUMN IF NOT EXISTS removed_ids VARCHAR[];
 """
 
-_CORRUPT_MARKERS = ("not a valid DuckDB database", "Could not read enough bytes", "Corrupt database file",
-                    "database file is corrupt", "block checksum", "Checksum")
-_LOCK_MARKERS = ("Could not set lock", "Conflicting lock", "database is locked", "lock on file")
-
-
-class StoreBusy(RuntimeError):
-    """The database stayed locked by another process for longer than the retry budget."""
-
-
-class StoreCorrupt(RuntimeError):
-    """The file is not a readable DuckDB database (corrupt, truncated or half-written, or another kind of file)."""
-
-
 class Store:
     """Handle on one audit database file; cheap to create, holds no connection between calls."""
 
@@ -292,7 +280,7 @@ class Store:
                     return duckdb.connect(str(self.path), read_only=read_only)
                 except duckdb.Error as exc:
                     self._raise_if_corrupt(exc, read_only)
-                    if not any(m in str(exc) for m in _LOCK_MARKERS):
+                    if not any(m in str(exc) for m in LOCK_MARKERS):
                         raise
                     if time.monotonic() > deadline:
                         raise StoreBusy(
@@ -310,7 +298,7 @@ class Store:
         unwritable = None if read_only else explain_write_failure(exc, self.path)
         if unwritable is not None:
             raise StoreUnwritable(unwritable) from exc
-        if any(m in str(exc) for m in _CORRUPT_MARKERS):
+        if any(m in str(exc) for m in CORRUPT_MARKERS):
             raise StoreCorrupt(
                 f"{self.path} is not a readable audit database ({str(exc).splitlines()[0]}); it may be corrupt or "
                 "half-written: restore it from a copy, or move it aside and re-create it with "
