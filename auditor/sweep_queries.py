@@ -73,16 +73,6 @@ def sweep_transient(store: Store, sweep_id: str) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
-def sweep_difference_points(store: Store, sweep_id: str, a: str, b: str) -> pd.DataFrame:
-    """The points variant `a` memorizes and variant `b` does not, with their label and both variants' ApB and mem."""
-    return store.query(
-        "SELECT x.sample_id, s.label, x.apb AS apb_a, y.apb AS apb_b, x.mem AS mem_a, y.mem AS mem_b "
-        "FROM sweep_members x JOIN sweep_members y ON y.sweep_id = x.sweep_id AND y.sample_id = x.sample_id "
-        "LEFT JOIN samples s ON s.sample_id = x.sample_id "
-        "WHERE x.sweep_id = ? AND x.variant = ? AND y.variant = ? AND x.memorized AND NOT y.memorized "
-        "ORDER BY x.apb, x.sample_id", [sweep_id, a, b])
-
-
 def sweep_correlation(store: Store, sweep_id: str) -> GapCorrelation:
     """Pearson r between train-test gap and memorized count across the sweep's variants, with its bootstrap interval
     (None with a reason)."""
