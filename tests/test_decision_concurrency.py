@@ -6,12 +6,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from auditor.reviews import record_decisions
 from auditor.store import Store
 
 N_DECISIONS = 60
+TURN_EVERY = 15  # after this many decisions, wait for the writer's next commit: the turns are proven, not hoped for
 # The other process, paced like a busy stage: a short transaction on `problems` every ~10 ms until the stop file
 # appears (or 60 s pass, should the test die); it says "wrote" after its first commit.
 WRITER = """
@@ -35,6 +37,15 @@ def _writes(store: Store) -> int:
     return int(store.scalar("SELECT count(*) FROM problems WHERE stage = 'concurrency'"))
 
 
+def _wait_for_write(store: Store, above: int, timeout_s: float = 30.0) -> int:
+    """The writer's commit count once it exceeds `above`; fails if the writer got no turn in `timeout_s` (starved)."""
+    deadline = time.monotonic() + timeout_s
+    while (writes := _writes(store)) <= above:
+        assert time.monotonic() < deadline, f"the other writer got no turn on the file in {timeout_s:.0f} s"
+        time.sleep(0.05)
+    return writes
+
+
 def test_decisions_survive_a_concurrent_writer(small_db, tmp_path):
     store = Store(tmp_path / "audit.duckdb")
     shutil.copy(small_db, store.path)
@@ -45,14 +56,17 @@ def test_decisions_survive_a_concurrent_writer(small_db, tmp_path):
     try:
         assert writer.stdout.readline() == "wrote\n", writer.stderr.read()  # it holds the file in turns from now on
         writes_before = _writes(store)
-        recorded = [record_decisions(store, [sample], "keep", reviewer="ana", note=f"#{i}")[0]
-                    for i, sample in enumerate(ids)]
+        recorded, seen = [], writes_before
+        for i, sample in enumerate(ids):
+            recorded.append(record_decisions(store, [sample], "keep", reviewer="ana", note=f"#{i}")[0])
+            if (i + 1) % TURN_EVERY == 0:
+                seen = _wait_for_write(store, seen)
         writes_during = _writes(store) - writes_before
     finally:
         stop.touch()
         _, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err
-    assert writes_during > 0  # the two processes really took turns on the file
+    assert writes_during >= N_DECISIONS // TURN_EVERY  # the two processes really took turns on the file
     stored = store.query("SELECT decision_id, sample_id, note FROM reviews ORDER BY note")
     assert len(stored) == N_DECISIONS
     assert sorted(stored["decision_id"]) == sorted(recorded)
