@@ -213,7 +213,7 @@ class Store:
     def reading(self) -> Iterator[None]:
         """Share one read-only connection among the reads of a short burst (one dashboard page render) instead of
         opening the file for each (25-60 ms apiece); closed at the end, so writers in other processes wait at most
-        that long. A write inside the burst closes it first (one process cannot hold both modes)."""
+        that long. A write from this thread, through any Store, closes it first (one process cannot hold both modes)."""
         self._reading = True
         try:
             yield
@@ -221,16 +221,12 @@ class Store:
             self._reading = False
             self._close_shared()
 
-    def release(self) -> None:
-        """Close the burst's shared read-only connection now (the next read reopens it), so that a write through
-        another Store of this thread (a job launch) can open the file."""
-        self._close_shared()
-
     def _close_shared(self) -> None:
         self._fresh = None
         if self._shared is not None:
-            self._close(self._shared, read_only=True)
-            self._shared = None
+            shared, self._shared = self._shared, None
+            gate_for(self.path).unshare(self._close_shared)
+            self._close(shared, read_only=True)
 
     def _close(self, con: duckdb.DuckDBPyConnection, read_only: bool) -> None:
         """Close a connection from `_open` and end its turn at the gate."""
@@ -249,6 +245,7 @@ class Store:
         if read_only and self._reading:
             if self._shared is None:
                 self._shared = self._open(read_only=True)
+                gate_for(self.path).share(self._close_shared)  # a write from this thread closes it first
             try:
                 yield self._shared
             except duckdb.Error as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -15,17 +16,23 @@ class Gate:
     reads and decisions. Any number of connections of one mode may be open together; a connection of the other mode
     waits until they are closed. A waiting writer holds back new readers, so a stream of page renders cannot starve a
     decision; a thread that already holds a connection never waits (its own nested connection cannot wait for itself).
+    A thread's shared read-only connections (`share`) are closed when that thread opens a read-write one, whichever
+    Store holds them: a job launched from a page render writes through a Store of its own.
     """
 
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._held: dict[bool, dict[int, int]] = {True: {}, False: {}}  # read_only -> thread id -> connections
         self._writers_waiting = 0
+        self._closers: dict[int, list[Callable[[], None]]] = {}  # thread id -> closers of its shared readers
 
     def enter(self, read_only: bool, deadline: float) -> bool:
         """Take a turn for one connection of this mode (True), or False when `deadline` passed first."""
         me = threading.get_ident()
         with self._changed:
+            if not read_only:
+                for close in list(self._closers.get(me, ())):
+                    close()
             if me not in self._held[True] and me not in self._held[False]:
                 other = self._held[not read_only]
                 self._writers_waiting += not read_only
@@ -50,6 +57,23 @@ class Gate:
             if not held[me]:
                 del held[me]
             self._changed.notify_all()
+
+
+    def share(self, close: Callable[[], None]) -> None:
+        """Register `close` for a read-only connection this thread keeps open between calls; it runs (and must call
+        `unshare` and `leave`) when this thread next opens a read-write connection."""
+        with self._changed:
+            self._closers.setdefault(threading.get_ident(), []).append(close)
+
+    def unshare(self, close: Callable[[], None]) -> None:
+        """Forget a closer registered by `share` from this thread (its connection is being closed)."""
+        me = threading.get_ident()
+        with self._changed:
+            closers = self._closers.get(me, [])
+            if close in closers:
+                closers.remove(close)
+            if not closers:
+                self._closers.pop(me, None)
 
 
 _GATES: dict[str, Gate] = {}

@@ -78,3 +78,15 @@ def test_reads_in_a_burst_share_one_connection_and_writes_still_work(small_db, t
     other = subprocess.run([sys.executable, "-c", f"import duckdb; duckdb.connect({str(path)!r}).close()"],
                            capture_output=True, text=True, timeout=60)
     assert other.returncode == 0, other.stderr  # nothing is held once the burst ends
+
+
+def test_a_write_through_another_store_closes_this_threads_shared_reader(small_db, tmp_path):
+    path = tmp_path / "audit.duckdb"
+    shutil.copy(small_db, path)
+    page, launcher = Store(path, timeout_s=5), Store(path, timeout_s=5)
+    with page.reading():
+        n = page.scalar("SELECT count(*) FROM samples")  # the render's shared read-only connection is open
+        launcher.execute("INSERT INTO meta VALUES ('launch', '1')")  # a job launch from the same thread
+        assert page.scalar("SELECT value FROM meta WHERE key = 'launch'") == "1"  # the page reads on, reopened
+        assert page.scalar("SELECT count(*) FROM samples") == n
+    assert launcher.scalar("SELECT value FROM meta WHERE key = 'launch'") == "1"

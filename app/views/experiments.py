@@ -52,7 +52,6 @@ def _start(store: Store) -> None:
             st.error(f"Not started: {exc}")
     request = confirmed(PENDING)
     if request is not None:
-        store.release()  # the launcher writes through a Store of its own
         try:
             job_id = launch_experiment(store.path, request["arms"], models=request["models"],
                                        profile=request["profile"], reaudit=request["reaudit"])

@@ -49,7 +49,6 @@ def _start(store: Store) -> None:
     request = confirmed(PENDING)
     if request is None:
         return
-    store.release()  # the launcher writes through a Store of its own
     try:
         job_id = launcher.launch(store.path, request["stages"], data=request["data"], profile=request["profile"],
                                  allow_outside_root=request["allow_outside_root"])
