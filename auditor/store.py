@@ -333,7 +333,7 @@ class Store:
         rebuild the flag summaries when `flags` or `samples` is among the tables. A re-run thereby replaces its own
         earlier output. `memory_limit_mib` caps DuckDB's buffer memory for this write (it spills to disk beyond)."""
         with self.connect() as con:
-            if memory_limit_mib is not None:  # the instance's setting; it ends with this, its only connection
+            if memory_limit_mib is not None:  # the instance's setting, shared by this process's other writers
                 con.execute(f"SET memory_limit = '{int(memory_limit_mib)}MiB'")
             for name, frame in (frames or {}).items():
                 con.register(name, frame)
@@ -357,6 +357,9 @@ class Store:
                 with contextlib.suppress(duckdb.TransactionException):  # a failed COMMIT has ended it already
                     con.execute("ROLLBACK")
                 raise
+            finally:
+                if memory_limit_mib is not None:  # give the other writers of this process their limit back
+                    con.execute("RESET memory_limit")
 
     def summaries_fresh(self) -> bool:
         """Whether `flag_tallies` and `sample_flags` were built from the current `flags` and `samples` (see

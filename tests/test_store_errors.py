@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -90,3 +91,15 @@ def test_a_write_through_another_store_closes_this_threads_shared_reader(small_d
         assert page.scalar("SELECT value FROM meta WHERE key = 'launch'") == "1"  # the page reads on, reopened
         assert page.scalar("SELECT count(*) FROM samples") == n
     assert launcher.scalar("SELECT value FROM meta WHERE key = 'launch'") == "1"
+
+
+def test_a_capped_write_gives_other_writers_their_memory_limit_back(small_db, tmp_path):
+    path = tmp_path / "audit.duckdb"
+    shutil.copy(small_db, path)
+    store = Store(path, timeout_s=5)
+    limit = "SELECT current_setting('memory_limit')"
+    with store.connect() as other:  # another writer of this process, open across the capped write
+        before = other.execute(limit).fetchone()[0]
+        store.write([("meta", pd.DataFrame([{"key": "capped", "value": "1"}]))], memory_limit_mib=64)
+        assert other.execute(limit).fetchone()[0] == before != "64.0 MiB"
+    assert store.scalar("SELECT value FROM meta WHERE key = 'capped'") == "1"
