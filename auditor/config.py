@@ -111,6 +111,7 @@ class DetectorConfig:
     pixel_match: bool
     pixel_max_shift: int
     outlier_c: float = 4.0
+    outlier_alpha: float = 0.005
     image_quality_c: float = 5.0
 
 
@@ -176,7 +177,7 @@ _MINIMUM = {
     "memorization.influence_q": 0.0, "memorization.influence_min_models": 2,
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
-    "detectors.pixel_max_shift": 0, "detectors.outlier_c": 0.5, "detectors.image_quality_c": 0.5,
+    "detectors.pixel_max_shift": 0, "detectors.outlier_c": 0.5, "detectors.outlier_alpha": 1e-6, "detectors.image_quality_c": 0.5,
     "executor.threads": 0, "executor.gpus_per_task": 0.0,
     "executor.max_retries": 0, "executor.max_in_flight": 0, "executor.local_cpus": 0,
 }

@@ -181,8 +181,9 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     mislabeled = label_issue_flags(confident_learning(probs, y_train), knn_label_disagreement(graph, y_train,
                                                                                              len(labels)),
                                    train_ids, class_names=labels, self_influence=mem, cross_influence=cross)
-    context = DetectorContext(train_ids, y_train, graph, lambda: [(arrays().train_ids, arrays().x_train),
-                                                                  (arrays().test_ids, arrays().x_test)], dc, cfg.seed)
+    context = DetectorContext(train_ids, y_train, graph, x_train,
+                              lambda: [(arrays().train_ids, arrays().x_train), (arrays().test_ids, arrays().x_test)],
+                              dc, cfg.seed)
     contract = contract_detectors(context)
     flags = pd.concat([duplicate_flags(pairs, thresholds), leak_flags(pairs, thresholds),
                        long_tail_flags(clusters, density, train_ids), mislabeled,

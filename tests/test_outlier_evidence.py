@@ -33,9 +33,8 @@ def far_images(width: int, height: int, seed: int = 0) -> dict[str, np.ndarray]:
 @pytest.fixture(scope="module")
 def outlier_db(default_manifest, tmp_path_factory) -> tuple[Path, set[str]]:
     """24 training and 12 test digits per class of the default dataset plus the far-away training images, audited by
-    the real stages with the ImageNet embedder at its default 224 pixels (the quick profile's 3-epoch audit model
-    does not set them apart; at 128 pixels they are the three farthest but inside the cut); returns the database and
-    the far images' ids."""
+    the real stages with the ImageNet embedder at the standard profile's 128 pixels (the quick profile's 3-epoch
+    audit model does not set them apart, and its thresholds say so); returns the database and the far images' ids."""
     from auditor.config import load_config
     from conftest import SMALL_OVERRIDES
     from pipelines.runner import run_pipeline
@@ -55,7 +54,7 @@ def outlier_db(default_manifest, tmp_path_factory) -> tuple[Path, set[str]]:
         manifest, index=False)
     cfg = load_config(profile="quick", overrides={
         **SMALL_OVERRIDES, "data": {"limit_per_class": 0, "allow_outside_root": True},
-        "embeddings": {"kind": "imagenet", "imagenet_size": 224}})
+        "embeddings": {"kind": "imagenet", "imagenet_size": 128}})
     path = root / "audit.duckdb"
     run_pipeline(Store(path), str(manifest), cfg, stages=STAGES)
     return path, set(far)
@@ -75,6 +74,10 @@ def test_the_far_images_and_no_digit_are_outliers(outlier_db):
     cut = store.scalar("SELECT value FROM thresholds WHERE kind = 'outlier'")
     assert all(e["distance"] > e["cut"] == pytest.approx(cut, abs=1e-6) for e in found.values())
     assert all(e["distance"] > 2 * e["median"] for e in found.values())
+    detail = json.loads(store.scalar("SELECT detail FROM thresholds WHERE kind = 'outlier'"))
+    # The cut separates synthetic outliers made from these digits; of the data only the three far images lie beyond.
+    assert detail["separable"] and detail["null_above"] == len(far)
+    assert all(r["recall"] == 1.0 for name, r in detail["recall"].items() if name in detail["calibration_types"])
 
 
 def test_review_shows_each_outlier_with_its_evidence(outlier_db, monkeypatch):

@@ -18,13 +18,14 @@ from auditor.neighbors import KnnGraph
 
 @dataclass(frozen=True)
 class DetectorContext:
-    """What every detector may read: the training points' ids and label indices, their kNN graph over the embeddings
-    (row i of `graph` is train_ids[i]), and `images()`: (ids, uint8 NCHW pixels) of each split's readable images,
-    decoded on first call and shared."""
+    """What every detector may read: the training points' ids and label indices, their embeddings and kNN graph
+    over them (row i of `graph` and `embeddings` is train_ids[i]), and `images()`: (ids, uint8 NCHW pixels) of each
+    split's readable images, decoded on first call and shared."""
 
     train_ids: np.ndarray
     labels: np.ndarray
     graph: KnnGraph
+    embeddings: np.ndarray
     images: Callable[[], list[tuple[np.ndarray, np.ndarray]]]
     config: DetectorConfig
     seed: int
