@@ -23,8 +23,8 @@ def latest_embedder(store: Store) -> str | None:
 
 
 def unembedded_samples(store: Store, embedder_id: str) -> pd.DataFrame:
-    """The samples (sample_id, path) that `embedder_id` has no vector for yet, in sample_id order."""
-    return store.query("SELECT sample_id, path FROM samples WHERE sample_id NOT IN "
+    """The samples (sample_id, path, pixel_hash) that `embedder_id` has no vector for yet, in sample_id order."""
+    return store.query("SELECT sample_id, path, pixel_hash FROM samples WHERE sample_id NOT IN "
                        "(SELECT sample_id FROM embeddings WHERE embedder_id = ?) ORDER BY sample_id", [embedder_id])
 
 

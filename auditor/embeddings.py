@@ -18,7 +18,7 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
-from auditor.images import ImageError, decode_image, to_model_input
+from auditor.images import ImageError, check_unchanged, decode_image, to_model_input
 from auditor.models import build_model
 from auditor.training import resolve_device
 
@@ -259,22 +259,27 @@ def build_embedder(kind: str, *, device: str = "auto", clip_model: str = "ViT-B-
 
 def embed_paths(embedder: Embedder, paths: Sequence[str], *, batch_size: int = 64, chunk_size: int = 2048,
                 workers: int = 2, on_chunk: Callable[[int, np.ndarray], None],
-                progress: Callable[[int], None] | None = None) -> dict[int, str]:
+                progress: Callable[[int], None] | None = None,
+                pixel_hashes: Sequence[str] | None = None) -> dict[int, str]:
     """Embed image files in order, handing (start_index, rows) to `on_chunk` every `chunk_size` rows.
 
     Decoding and preprocessing run in `workers` threads, at most two batches ahead, so memory stays bounded
     whatever the dataset size. Files that cannot be decoded do not abort the run: their rows are NaN (indices
-    stay aligned with `paths`) and they are returned as {index: reason}.
+    stay aligned with `paths`) and they are returned as {index: reason}. With `pixel_hashes` (recorded at
+    ingest), a file whose pixels changed since raises RuntimeError naming it (`images.check_unchanged`).
     """
     n, dim = len(paths), embedder.info.dim
     failed: dict[int, str] = {}
 
     def load(i: int) -> torch.Tensor | None:
         try:
-            return embedder.prepare(decode_image(paths[i]).pixels)
+            decoded = decode_image(paths[i])
         except ImageError as exc:
             failed[i] = f"{exc} ({paths[i]})"
             return None
+        if pixel_hashes is not None:
+            check_unchanged(paths[i], decoded, pixel_hashes[i])
+        return embedder.prepare(decoded.pixels)
 
     batches = [(b, min(b + batch_size, c + chunk_size, n))
                for c in range(0, n, chunk_size) for b in range(c, min(c + chunk_size, n), batch_size)]

@@ -139,6 +139,15 @@ def decode_image(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
         frames=frames)
 
 
+def check_unchanged(path: str, decoded: DecodedImage, pixel_hash: str) -> None:
+    """Raise RuntimeError naming `path` when its decoded pixels no longer hash to the `pixel_hash` recorded at ingest:
+    a stage must not audit other pixels than the ones the runs' data identity was built from."""
+    if decoded.pixel_hash != pixel_hash:
+        raise RuntimeError(f"{path} changed since ingest (its pixels no longer match the pixel_hash recorded then); "
+                           "re-run the ingest stage (memaudit run --stages ingest,...) to audit the files as they "
+                           "are now")
+
+
 def to_model_input(pixels: np.ndarray, size: int, channels: int) -> np.ndarray:
     """Resize canonical pixels to size x size with `channels` channels; returns CxHxW uint8."""
     img = Image.fromarray(pixels)

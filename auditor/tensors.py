@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from auditor.images import ImageError, decode_image, to_model_input
+from auditor.images import ImageError, check_unchanged, decode_image, to_model_input
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
 
@@ -38,10 +38,8 @@ def load_images(paths: Sequence[str], size: int, channels: int, *, workers: int 
         except ImageError as exc:
             failed[i] = f"{exc} ({paths[i]})"
             return
-        if pixel_hashes is not None and decoded.pixel_hash != pixel_hashes[i]:
-            raise RuntimeError(f"{paths[i]} changed since ingest (its pixels no longer match the pixel_hash recorded "
-                               "then); re-run the ingest stage (memaudit run --stages ingest,...) to audit the files "
-                               "as they are now")
+        if pixel_hashes is not None:
+            check_unchanged(paths[i], decoded, pixel_hashes[i])
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(work, range(len(paths)), chunksize=64):

@@ -51,7 +51,8 @@ def embeddings_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory =
 
     bar = progress(f"embed ({info.embedder_id})", len(ids), "img")
     failures = embed_paths(embedder, todo["path"].tolist(), batch_size=ec.batch_size, chunk_size=ec.chunk_size,
-                           workers=cfg.data.workers, on_chunk=commit, progress=bar.update)
+                           workers=cfg.data.workers, on_chunk=commit, progress=bar.update,
+                           pixel_hashes=todo["pixel_hash"].tolist())
     bar.close()
     if failures:
         record_problems(store, pd.DataFrame([

@@ -4,6 +4,7 @@ a file changed since the audit is shown as a placeholder saying so, never silent
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app import common
+from auditor.store import Store
 from tests.conftest import memaudit
 
 POINT_PAGE = Path(__file__).resolve().parent.parent / "app" / "views" / "point.py"
@@ -65,3 +67,17 @@ def test_point_detail_says_the_file_changed_since_the_audit(ingested):
     assert not at.exception, at.exception
     captions = [img.caption for element in at.get("image") for img in element.proto.imgs]
     assert captions == [f"train/b/2.png (train, 12×10 L) ({common.CHANGED})"]
+
+
+
+
+def test_the_embeddings_stage_stops_on_a_file_changed_since_ingest(ingested):
+    db = os.environ[common.DB_ENV]
+    done = memaudit("run", "--data", ingested, "--db", db, "--stages", "train,scores", "--profile", "quick")
+    assert done.returncode == 0, done.stderr
+    changed = _png(ingested / "train" / "b" / "0.png", 77)  # its pixels replaced after training
+    done = memaudit("run", "--data", ingested, "--db", db, "--stages", "embeddings", "--profile", "quick")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    error = done.stderr.split("memaudit: error:")[1].splitlines()[0]
+    assert f"{changed.resolve()} changed since ingest" in error and "re-run the ingest stage" in error
+    assert Store(db).scalar("SELECT count(*) FROM embeddings") == 0  # nothing embedded from other pixels
