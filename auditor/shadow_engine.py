@@ -73,18 +73,22 @@ class _Stack:
     def _call(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, (params, buffers), (x,))
 
-    def forward(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (k, n, classes) for per-model inputs x (k, n, ...), or one input (n, ...) shared by the models
-        selected by `index` (all when None)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (k, n, classes) for per-model inputs x (k, n, ...), or one input (n, ...) shared by the models."""
         params, buffers = self.params, self.buffers
-        if index is not None:
-            params = {k: v[index] for k, v in params.items()}
-            buffers = {k: v[index] for k, v in buffers.items()}
         shared = x.dim() == 4
         if self.vectorised:
             return vmap(self._call, in_dims=(0, 0, None if shared else 0))(params, buffers, x)
         one = {k: v[0] for k, v in params.items()}, {k: v[0] for k, v in buffers.items()}
         return self._call(*one, x if shared else x[0]).unsqueeze(0)
+
+    def subset(self, index: torch.Tensor) -> _Stack:
+        """The models at `index` as a stack of their own (parameters copied once, not once per batch)."""
+        part = object.__new__(_Stack)
+        part.params = {k: v.detach()[index] for k, v in self.params.items()}
+        part.buffers = {k: v[index] for k, v in self.buffers.items()}
+        part.module, part.vectorised = self.module, self.vectorised
+        return part
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the models at `index` (in that order), freeing the others' memory and compute."""
@@ -94,7 +98,8 @@ class _Stack:
 
 class _Optimizer:
     """SGD (nesterov when momentum > 0) or Adam configured as `train_model` configures torch.optim, applied to
-    stacked tensors with the same arithmetic; every update is elementwise, so each model sees only its own state."""
+    stacked tensors with the same arithmetic (SGD with momentum: fused, as SGD(fused=True)); every update is
+    elementwise, so each model sees only its own state."""
 
     def __init__(self, tc: TrainConfig):
         self.tc = tc
@@ -106,17 +111,14 @@ class _Optimizer:
         """One update of every parameter in place from its gradient; the gradients are used as scratch space."""
         tc = self.tc
         self.steps += 1
+        if tc.optimizer == "sgd" and tc.momentum:
+            self._fused_sgd(params, grads, lr)
+            return
         for (name, p), g in zip(params.items(), grads):
             if tc.weight_decay:
                 g.add_(p, alpha=tc.weight_decay)
             state = self.state.setdefault(name, {})
             if tc.optimizer == "sgd":
-                if tc.momentum:
-                    if "buf" in state:
-                        state["buf"].mul_(tc.momentum).add_(g)
-                    else:
-                        state["buf"] = g.clone()
-                    g.add_(state["buf"], alpha=tc.momentum)
                 p.add_(g, alpha=-lr)
             else:
                 beta1, beta2 = 0.9, 0.999
@@ -127,6 +129,16 @@ class _Optimizer:
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 denom = v.sqrt().div_((1 - beta2 ** self.steps) ** 0.5).add_(1e-8)
                 p.addcdiv_(m, denom, value=-lr / (1 - beta1 ** self.steps))
+
+    def _fused_sgd(self, params: dict[str, torch.Tensor], grads: Sequence[torch.Tensor], lr: float) -> None:
+        """Nesterov SGD with weight decay in one pass over each tensor: the kernel torch.optim.SGD(fused=True) runs,
+        equal to its separate add/mul/add steps up to float rounding, where those read and write the (width x
+        classes) head five times a step. The kernel needs contiguous gradients (vmap's weight gradients are not)."""
+        first = not self.state
+        bufs = [self.state.setdefault(name, {}).setdefault("buf", torch.zeros_like(p)) for name, p in params.items()]
+        torch._fused_sgd_(list(params.values()), [g.contiguous() for g in grads], bufs, weight_decay=self.tc.weight_decay,
+                          momentum=self.tc.momentum, lr=lr, dampening=0.0, nesterov=True, maximize=False,
+                          is_first_step=first)
 
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the state of the models at `index`, matching `_Stack.keep`."""
@@ -242,7 +254,8 @@ class _Trainer:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
                     logits = stack.forward(self.norm(xb))
                 losses = F.cross_entropy(logits.float().flatten(0, 1), yb.flatten(), reduction="none")
-                correct += (logits.detach().argmax(-1) == yb).sum(1)
+                if stop_at is not None:  # the running accuracy: an argmax over every class, only when stopping
+                    correct += (logits.detach().argmax(-1) == yb).sum(1)
                 grads = torch.autograd.grad(losses.view_as(yb).mean(1).sum(), list(stack.params.values()))
                 opt.step(stack.params, grads, lr)
                 step += 1
@@ -289,14 +302,14 @@ class _Trainer:
     def _evaluate(self, stack: _Stack, index: torch.Tensor, models: list[int], epoch: int) -> None:
         """Predict every training and test point with the stacked models at `index` and store the results."""
         stack.module.eval()
-        block = self.block
+        block, stack = self.block, stack.subset(index)
         for x, y, pred_out, p_out, probs_out in (
                 (self.xt, self.yt, block.train_pred, block.train_p_label, block.train_probs),
                 (self.xs, self.ys, block.test_pred, block.test_p_label, None)):
             for start in range(0, len(x), EVAL_BATCH):
                 xb = self.norm(x[start:start + EVAL_BATCH])
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
-                    probs = torch.softmax(stack.forward(xb, index).float(), dim=-1).cpu()
+                    probs = torch.softmax(stack.forward(xb).float(), dim=-1).cpu()
                 yb = y[start:start + EVAL_BATCH].cpu().expand(len(models), -1)
                 pred_out[models, start:start + len(xb)] = probs.argmax(-1).numpy()
                 p_out[models, start:start + len(xb)] = probs.gather(2, yb[..., None])[..., 0].numpy()
