@@ -87,6 +87,7 @@ class MemorizationConfig:
     loo_sample: int = 30
     influence_q: float = 0.05
     influence_min_models: int = 20
+    max_models: int = 0
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,7 @@ _MINIMUM = {
     "memorization.audit_fraction": 0.0, "memorization.audit_min_per_band": 0, "memorization.bands": 1,
     "memorization.rate_floor": 0.0, "memorization.max_sharded": 0.0, "memorization.loo_sample": 1,
     "memorization.influence_q": 0.0, "memorization.influence_min_models": 2,
+    "memorization.max_models": 0,
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
     "detectors.pixel_max_shift": 0, "detectors.outlier_c": 0.5, "detectors.outlier_alpha": 1e-6, "detectors.image_quality_c": 0.5,

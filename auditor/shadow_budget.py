@@ -25,10 +25,23 @@ def models_for_half_width(target: float, fraction: float, min_in: int, min_out: 
     if target <= 0 or not 0 < fraction < 1:
         raise ValueError(f"need target > 0 and 0 < fraction < 1, got {target}, {fraction}")
     k = math.ceil(Z95 ** 2 * (0.25 / fraction + 0.25 / (1 - fraction)) / target ** 2 - 1e-9)
-    k = max(k, math.ceil(min_in / fraction - 1e-9), math.ceil(min_out / (1 - fraction) - 1e-9), floor)
+    k = max(k, models_for_counts(fraction, min_in, min_out), floor)
     while half_width(k, fraction) > target:  # rounding of the shard sizes
         k += 1
     return k
+
+
+def models_for_counts(fraction: float, min_in: int, min_out: int) -> int:
+    """The fewest models that give every sharded point at least min_in models with it and min_out without."""
+    return max(math.ceil(min_in / fraction - 1e-9), math.ceil(min_out / (1 - fraction) - 1e-9), 2)
+
+
+def capped_models(wanted: int, cap: int, fraction: float, min_in: int, min_out: int) -> int:
+    """`wanted` models, at most `cap` (0: no cap), but never fewer than min_in with and min_out without each point:
+    a budget widens the intervals, it never lets a point be decided on fewer models than those."""
+    if not cap or wanted <= cap:
+        return wanted
+    return max(cap, models_for_counts(fraction, min_in, min_out))
 
 
 @dataclass(frozen=True)
@@ -42,12 +55,16 @@ class DesignPlan:
     target_half_width: float
     expected_half_width: float
     seconds_per_model: float | None
+    wanted: int = 0  # models the target half-width and the floors asked for, before memorization.max_models
 
     def describe(self, timed: bool = True) -> str:
         """One line for the terminal (timed) and the run's record (not timed: a record depends only on its inputs)."""
         line = (f"{self.phase}: {self.n_models} shadow models, {self.n_sharded} points sharded at r = "
                 f"{self.fraction:g}; expected 95% half-width of mem <= {self.expected_half_width:.3f} "
                 f"(target {self.target_half_width:g})")
+        if self.wanted > self.n_models:
+            line += (f"; capped by memorization.max_models: the target and floors asked for {self.wanted} models "
+                     f"(half-width <= {half_width(self.wanted, self.fraction):.3f})")
         if not timed:
             return line
         eta = ("unknown (no shadow model timed on this database yet)" if self.seconds_per_model is None

@@ -158,6 +158,8 @@ ALTER TABLE memorization_estimates ADD COLUMN IF NOT EXISTS influence_q DOUBLE;
 ALTER TABLE memorization_estimates ADD COLUMN IF NOT EXISTS influence_tested BIGINT;
 ALTER TABLE memorization_estimates ADD COLUMN IF NOT EXISTS influence_pairs INTEGER;
 ALTER TABLE memorization_estimates ADD COLUMN IF NOT EXISTS influence_note VARCHAR;
+ALTER TABLE memorization_estimates ADD COLUMN IF NOT EXISTS max_models INTEGER;
+ALTER TABLE memorization_estimates ADD COLUMN IF NOT EXISTS models_wanted INTEGER;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_state VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS mem_sampled VARCHAR;
 ALTER TABLE scores ADD COLUMN IF NOT EXISTS apb_band INTEGER;

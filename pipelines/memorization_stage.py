@@ -25,7 +25,7 @@ from auditor.provenance import fingerprint
 from auditor.executor import BlockTask, make_executor
 from auditor.proxy_calibration import proxy_calibration
 from auditor.score_rows import candidates_by_apb, mem_scores, proxy_scores
-from auditor.shadow_budget import DesignPlan, half_width, models_for_half_width
+from auditor.shadow_budget import DesignPlan, capped_models, half_width, models_for_half_width
 from auditor.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
 from auditor.store import Store
 from pipelines.arrays import TrainingArrays, TrainLabels, load_training_arrays, train_labels, training_fingerprint
@@ -88,13 +88,15 @@ def plan_design(store: Store, n_train: int, points: np.ndarray | None, cfg: Audi
 
 def design_plan(store: Store, n_sharded: int, every_point: bool, cfg: AuditConfig, phase: str) -> DesignPlan:
     """What a design sharding `n_sharded` points (every training point for pLOO) will train: the model count from
-    the target half-width, min_in/min_out and the floors (or `models`), and the seconds per model measured here."""
+    the target half-width, min_in/min_out and the floors, at most max_models (or exactly `models`), and the seconds
+    per model measured here."""
     mc = cfg.memorization
     fraction = mc.fraction or (0.7 if every_point else 0.5)
-    k = mc.models or max(models_for_half_width(mc.half_width, fraction, mc.min_in, mc.min_out),
-                         default_shard_count(n_sharded, mc.per_candidate, mc.min_models))
+    wanted = mc.models or max(models_for_half_width(mc.half_width, fraction, mc.min_in, mc.min_out),
+                              default_shard_count(n_sharded, mc.per_candidate, mc.min_models))
+    k = wanted if mc.models else capped_models(wanted, mc.max_models, fraction, mc.min_in, mc.min_out)
     return DesignPlan(phase, k, n_sharded, fraction, mc.half_width, half_width(k, fraction),
-                      _seconds_per_model(store))
+                      _seconds_per_model(store), wanted)
 
 
 def _selection(store: Store, data: TrainingArrays | TrainLabels,
@@ -375,6 +377,7 @@ def _estimates(run_id: str, cfg: AuditConfig, scores: pd.DataFrame, sampling: pd
         "n_extension": int((sampling["mem_sampled"] == "extension").sum()), "bands_extended": extended,
         "n_bands": int((bands["band"] >= 0).sum()), "audit_fraction": cfg.memorization.audit_fraction,
         "rate_floor": cfg.memorization.rate_floor, "n_models": sum(p.n_models for p in plans),
+        "max_models": cfg.memorization.max_models, "models_wanted": sum(p.wanted for p in plans),
         "target_half_width": cfg.memorization.half_width,
         "expected_half_width": max(p.expected_half_width for p in plans),
         "plan": "\n".join(p.describe(timed=False) for p in plans), "created_at": now()}])
@@ -440,6 +443,7 @@ def memorization_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory
     row = estimates.iloc[0]
     return StageReport("memorization", seconds, {
         "method": METHOD_NAMES[phases[0].design.method], "models": int(row["n_models"]),
+        "models_wanted": int(row["models_wanted"]),
         "trained": sum(p.trained for p in phases), "reused": sum(p.reused for p in phases),
         "scored": int(row["n_scored"]), "candidates": int(row["n_shortlist"]), "audit": int(row["n_audit"]),
         "extension": int(row["n_extension"]), "bands_extended": extended, "memorized": int(row["n_memorized"]),

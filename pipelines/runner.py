@@ -50,8 +50,11 @@ def memorization_lines(f: dict) -> list[str]:
     scored = (f"{f['scored']} points scored ({f['candidates']} ApB shortlist, {f['audit']} random audit, "
               f"{f['extension']} from {f['bands_extended']} extended ApB bands)" if f["candidates"]
               else f"{f['scored']} points scored (every training point)")
+    capped = (f"      capped by memorization.max_models: {f['models']} of the {f['models_wanted']} models the target "
+              f"half-width and floors asked for, so the intervals are wider and more points stay uncertain"
+              if f["models_wanted"] > f["models"] else None)
     return [f"      {f['method']}: {f['models']} shadow models ({f['reused']} reused, mean test acc "
-            f"{f['shadow_test_acc']:.2%}); {scored}, {f['not_scored']} not scored",
+            f"{f['shadow_test_acc']:.2%}); {scored}, {f['not_scored']} not scored", *([capped] if capped else []),
             f"      memorized {f['memorized']} ({f['memorized_certain']} with the whole interval above the threshold), "
             f"uncertain {f['uncertain']}, not memorized {f['not_memorized']}",
             f"      estimated memorized in the whole training set: {f['est_total']:.0f} "

@@ -1,7 +1,8 @@
 """Many classes: shadow blocks keep class probabilities only as asked, so memory beyond one batch's logits does not
 grow with models x points x classes; out-of-shard means equal the full arrays' means; the detectors warn when classes
-have fewer than k training images; the detectors stage writes `oof_probs` in bounded chunks (benchmarks/many_classes.py
-times the whole quick profile, benchmarks/oof_write.py the oof_probs write alone)."""
+have fewer than k training images; the detectors stage writes `oof_probs` in bounded chunks; the quick profile caps the
+memorization plan, which 10,000 classes x 1 image would otherwise put at 115 models a design, and records the cap
+(benchmarks/many_classes.py times the whole quick profile, benchmarks/oof_write.py the oof_probs write alone)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from auditor import detector_rows
 from auditor.config import load_config
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement
 from auditor.neighbors import KnnGraph
+from auditor.shadow_budget import half_width
 from auditor.shadow_engine import train_shadow_block
 from auditor.store import Store
+from pipelines.memorization_stage import design_plan
 from tests.test_shadow_engine import _cfg, _halves
 
 CLASSES = 3000
@@ -152,3 +155,49 @@ def test_oof_probs_memory_limit_fits_one_commit_vector_of_wide_rows(tmp_path, mo
     probs = np.random.default_rng(0).random((300, 20_000), dtype=np.float32)
     detector_rows.save_oof_probs(store, "oof-w", np.array([f"s{i}" for i in range(300)]), probs, "5-fold")
     np.testing.assert_array_equal(np.stack(detector_rows.oof_probs(store, "oof-w")["probs"].to_numpy()), probs)
+
+
+def test_the_quick_profile_caps_the_plan_and_says_what_the_cap_costs(tmp_path):
+    # 10,000 classes x 1 image: phase 1 shards 2,875 points; the per_candidate floor alone asks for 115 models.
+    store = Store(tmp_path / "plan.duckdb")
+    store.init()
+    quick = load_config(profile="quick")
+    plan = design_plan(store, 2875, False, quick, "phase 1")
+    assert (plan.n_models, plan.wanted) == (quick.memorization.max_models, 115) == (8, 115)
+    assert plan.expected_half_width == half_width(8, 0.5) > half_width(115, 0.5)
+    assert ("capped by memorization.max_models: the target and floors asked for 115 models (half-width <= 0.183)"
+            in plan.describe(timed=False))
+    # A cap below what min_in and min_out need is raised to it: no point is decided on fewer models.
+    tight = load_config(profile="quick", overrides={"memorization": {"max_models": 2}})
+    assert design_plan(store, 2875, False, tight, "phase 1").n_models == 2 * quick.memorization.min_in == 6
+    # The default and standard profiles have no cap; an explicit `models` is exact.
+    for profile in ("default", "standard"):
+        full = design_plan(store, 2875, False, load_config(profile=profile), "phase 1")
+        assert full.n_models == full.wanted == 133 and "capped" not in full.describe(timed=False)
+    exact = load_config(profile="quick", overrides={"memorization": {"models": 20}})
+    assert design_plan(store, 2875, False, exact, "phase 1").n_models == 20
+
+
+def test_two_thousand_classes_of_one_image_finish_with_the_cap_recorded(tmp_path, data_home):
+    from benchmarks.many_classes import write_dataset
+    from tests.conftest import memaudit
+
+    data = write_dataset(tmp_path / "data", 2000)
+    config = tmp_path / "tiny.toml"
+    config.write_text("[data]\nimage_size = 8\n[train]\nepochs = 1\nwidth = 4\n")
+    db = tmp_path / "audit.duckdb"
+    done = memaudit("run", "--data", data, "--db", db, "--profile", "quick", "--config", config,
+                    "--stages", "ingest,train,scores,memorization")
+    assert done.returncode == 0, done.stderr
+    store = Store(db)
+    row = store.query("SELECT n_models, max_models, models_wanted, plan FROM memorization_estimates").iloc[0]
+    assert row["max_models"] == 8 and row["models_wanted"] > row["n_models"] and "capped" in row["plan"]
+    assert "capped by memorization.max_models" in done.stdout
+    scores = store.query("SELECT mem, mem_n_in, mem_n_out, mem_state FROM scores WHERE mem IS NOT NULL")
+    cfg = load_config(profile="quick")
+    few = (scores["mem_n_in"] < cfg.memorization.min_in) | (scores["mem_n_out"] < cfg.memorization.min_out)
+    assert len(scores) and not few.any()  # every scored point has the models its decision needs
+    assert set(scores["mem_state"]) <= {"memorized", "uncertain", "not_memorized"}
+    # One image per class: a model that did not train on a point never saw its class, so it is never right on it.
+    out_right = store.scalar("SELECT avg(correct::INT) FROM shadow_predictions WHERE split = 'train' AND NOT in_shard")
+    assert out_right < 0.01
