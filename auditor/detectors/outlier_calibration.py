@@ -15,6 +15,8 @@ at all (`separable`); the others are held out and show how far that recall gener
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from auditor.audit_sample import jeffreys_interval
@@ -46,8 +48,8 @@ def synthetic_outliers(x: np.ndarray, labels: np.ndarray, *, per_type: int, seed
     shuffled = np.take_along_axis(x[rows], rng.permuted(np.tile(np.arange(d), (per_type, 1)), axis=1), axis=1)
     columns = x[rng.integers(0, n, (per_type, d)), np.arange(d)]
     noise = rng.standard_normal((per_type, d)).astype(np.float32)
-    scale = 2 * np.linalg.norm(x[rows], axis=1, keepdims=True) / np.maximum(np.linalg.norm(noise, axis=1, keepdims=True),
-                                                                       1e-12)
+    norms = np.maximum(np.linalg.norm(noise, axis=1, keepdims=True), 1e-12)
+    scale = 2 * np.linalg.norm(x[rows], axis=1, keepdims=True) / norms
     made = {"shuffled": shuffled, "columns": columns, "noised": x[rows] + noise * scale,
             "blend": _blends(x, labels, per_type, rng)}
     return (np.concatenate([made[name] for name in SYNTHETIC]).astype(np.float32),
@@ -82,13 +84,15 @@ def tail_p_value(distance: np.ndarray, median: float, scale: float) -> np.ndarra
 
 
 def calibrate_outliers(x: np.ndarray, labels: np.ndarray, null: np.ndarray, k: int, *, alpha: float = 0.005,
-                       per_type: int = 200, seed: int = 0) -> Threshold:
+                       per_type: int = 200, seed: int = 0, exact_below: int = 200_000,
+                       index: Literal["hnsw", "ivf"] = "ivf") -> Threshold:
     """The distance cut for a false-positive rate alpha on `null` (the training points' mean kNN distances), with the
     recall per SYNTHETIC type (95 % Jeffreys intervals) of outliers made from x and searched against it (k
-    neighbours), and the null's own rate at the cut (real outliers included, so an upper bound)."""
+    neighbours, searched as the shared graph is), and the null's own rate at the cut (real outliers included, so an
+    upper bound)."""
     if not 0 < alpha < 0.5 or per_type < 1 or k < 1:
-        raise ValueError(f"need 0 < alpha < 0.5 (detectors.outlier_alpha), per_type >= 1 and k >= 1, got alpha={alpha}, "
-                         f"per_type={per_type}, k={k}")
+        raise ValueError(f"need 0 < alpha < 0.5 (detectors.outlier_alpha), per_type >= 1 and k >= 1, got "
+                         f"alpha={alpha}, per_type={per_type}, k={k}")
     null = np.asarray(null, dtype=np.float64)
     null = null[np.isfinite(null)]
     if len(null) < 2:
@@ -97,8 +101,8 @@ def calibrate_outliers(x: np.ndarray, labels: np.ndarray, null: np.ndarray, k: i
     scale = max(float(q75 - median), 1e-9) / np.log(2.0)
     value = float(median + scale * np.log(0.5 / alpha))
     vectors, types = synthetic_outliers(x, labels, per_type=per_type, seed=seed)
-    distance = knn_distance(knn(np.asarray(x, dtype=np.float32), min(k, len(x)), query=vectors,
-                                 exclude_self=False))
+    distance = knn_distance(knn(np.asarray(x, dtype=np.float32), min(k, len(x)), query=vectors, exclude_self=False,
+                                exact_below=exact_below, index=index))
     recall = {}
     for name in SYNTHETIC:
         mine = types == name

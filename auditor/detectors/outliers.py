@@ -6,6 +6,7 @@ outliers made from its embeddings (outlier_calibration.calibrate_outliers), neve
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -20,12 +21,14 @@ KIND = "outlier"
 
 
 def outlier_flags(graph: KnnGraph, embeddings: np.ndarray, labels: np.ndarray, ids: np.ndarray, *,
-                  alpha: float = 0.005, seed: int = 0) -> tuple[pd.DataFrame, Threshold]:
+                  alpha: float = 0.005, seed: int = 0, exact_below: int = 200_000,
+                  index: Literal["hnsw", "ivf"] = "ivf") -> tuple[pd.DataFrame, Threshold]:
     """An 'outlier' flag on each point whose mean kNN distance d lies above the calibrated cut (a distance); score (d
     - cut) / (d - median): 0 at the cut, towards 1 far beyond it. Detail holds p, d's tail probability on the null."""
     distance = knn_distance(graph)
     k = graph.similarities.shape[1]
-    threshold = calibrate_outliers(embeddings, labels, distance, k, alpha=alpha, seed=seed)
+    threshold = calibrate_outliers(embeddings, labels, distance, k, alpha=alpha, seed=seed, exact_below=exact_below,
+                                   index=index)
     detail = threshold.detail
     p = tail_p_value(distance, detail["null_median"], detail["tail_scale"])
     rows = np.flatnonzero(np.isfinite(distance) & (distance > threshold.value))
@@ -45,6 +48,8 @@ def outlier_flags(graph: KnnGraph, embeddings: np.ndarray, labels: np.ndarray, i
 
 def detect(context: DetectorContext) -> DetectorResult:
     """The contract's entry point: outliers of the training points on the shared graph."""
+    dc = context.config
     flags, threshold = outlier_flags(context.graph, context.embeddings, context.labels, context.train_ids,
-                                     alpha=context.config.outlier_alpha, seed=context.seed)
+                                     alpha=dc.outlier_alpha, seed=context.seed, exact_below=dc.exact_below,
+                                     index=dc.index)
     return DetectorResult(flags, {KIND: threshold})
