@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 
 from auditor.config import AuditConfig, TrainConfig
-from auditor.models import build_model
+from auditor.models import MLP, build_model
 from auditor.training import EVAL_BATCH, _augment, _Normaliser, resolve_device
 
 
@@ -77,10 +77,19 @@ class _Stack:
         """Logits (k, n, classes) for per-model inputs x (k, n, ...), or one input (n, ...) shared by the models."""
         params, buffers = self.params, self.buffers
         shared = x.dim() == 4
+        if self.vectorised and isinstance(self.module, MLP):
+            return self._mlp(x.flatten(-3).expand(len(params["head.bias"]), -1, -1) if shared else x.flatten(-3))
         if self.vectorised:
             return vmap(self._call, in_dims=(0, 0, None if shared else 0))(params, buffers, x)
         one = {k: v[0] for k, v in params.items()}, {k: v[0] for k, v in buffers.items()}
         return self._call(*one, x if shared else x[0]).unsqueeze(0)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        """The stacked MLPs on flat inputs (k, n, pixels) as two batched matmuls with the bias fused in: vmap of
+        its linear layers adds the bias in a separate pass over the (k, n, classes) logits, forward and backward."""
+        p = self.params
+        hidden = torch.baddbmm(p["body.1.bias"].unsqueeze(1), x, p["body.1.weight"].transpose(1, 2)).relu()
+        return torch.baddbmm(p["head.bias"].unsqueeze(1), hidden, p["head.weight"].transpose(1, 2))
 
     def subset(self, index: torch.Tensor) -> _Stack:
         """The models at `index` as a stack of their own (parameters copied once, not once per batch)."""
