@@ -2,7 +2,7 @@
 for every tenth class), timed, with the run's peak resident memory and whether it warned about classes smaller than k.
 
 Usage: python benchmarks/many_classes.py [--classes 10000] [--stages ingest,train,scores,memorization,...]
-                                        [--config FILE]
+                                        [--config FILE] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -41,13 +41,15 @@ def run(classes: int, stages: str | None, workdir: Path, config: Path | None = N
             "--profile", "quick", *(["--stages", stages] if stages else []),
             *(["--config", str(config.resolve())] if config else [])]
     t0 = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    # The run's output goes to files as it comes, so a run stopped from outside still shows how far it got.
+    with open(workdir / "stdout.txt", "w") as out, open(workdir / "stderr.txt", "w") as err:
+        code = subprocess.run(argv, stdout=out, stderr=err, env=dict(os.environ, HF_HUB_OFFLINE="1")).returncode
     seconds = time.perf_counter() - t0
     peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    warned = [line for line in done.stderr.splitlines() if line.startswith("warning:")]
-    return {"classes": classes, "returncode": done.returncode, "seconds": round(seconds, 1),
-            "peak_rss_mib": round(peak_mib), "warnings": warned,
-            "tail": done.stdout.splitlines()[-14:] if done.returncode == 0 else done.stderr.splitlines()[-5:]}
+    stdout, stderr = ((workdir / name).read_text().splitlines() for name in ("stdout.txt", "stderr.txt"))
+    warned = [line for line in stderr if line.startswith("warning:")]
+    return {"classes": classes, "returncode": code, "seconds": round(seconds, 1), "peak_rss_mib": round(peak_mib),
+            "warnings": warned, "tail": stdout[-16:] if code == 0 else stderr[-5:]}
 
 
 def main() -> None:
@@ -55,9 +57,15 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=10_000)
     parser.add_argument("--stages", default=None, help="comma-separated stages (default: all of the quick profile)")
     parser.add_argument("--config", type=Path, default=None, help="a TOML file over the quick profile")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="work in this new folder and keep it (data, database, the run's stdout.txt and stderr.txt)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run(args.classes, args.stages, Path(tmp), args.config)
+    if args.keep:
+        args.keep.mkdir(parents=True)
+        result = run(args.classes, args.stages, args.keep, args.config)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(args.classes, args.stages, Path(tmp), args.config)
     for key, value in result.items():
         print(f"{key}: {value}" if key != "tail" else "\n".join(["run output:", *value]))
 
