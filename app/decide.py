@@ -18,9 +18,12 @@ from auditor.store import Store, StoreBusy
 
 DECISION_BADGES = {"keep": ":green-badge[keep]", "remove": ":red-badge[remove]", "relabel": ":blue-badge[relabel]"}
 PICK_PREFIX = "pick_"
-RANGE_PREFIX = "pickto_"  # a hidden button per tile that a shift-click of its pick box presses (app.focus)
-ANCHOR_KEY = "pick_anchor"  # the tile last picked or unpicked by a plain click, where a shift-click range starts
 PICKS_KEY = "picks"  # the picked ids, kept apart from the checkboxes so that picks survive paging and filtering
+# In a browser the picks live in the page (app.picks): a tick toggles them there, with no script run, and they reach
+# the server as the state of the component SYNC_KEY ({"picks": {"ids": [...], "seq": n}}) with a press that needs
+# them. SEEN_KEY: the seq last taken over; VERSION_KEY: bumped whenever the server changes the picks, so that the
+# page takes them over in turn.
+SYNC_KEY, SEEN_KEY, VERSION_KEY = "picks_sync", "picks_seen", "picks_version"
 # Keyed fragments of the Review queue: the whole queue (grid, focused image, evidence) and the decision bar with its
 # pick count. A tick reruns the bar alone (the box shows its own state), unless the focused image's panel shows it too.
 QUEUE_FRAGMENT, BAR_FRAGMENT = "review_queue", "decision_bar"
@@ -28,13 +31,19 @@ FOCUS_KEY = "evidence"  # the focused image of the Review grid (app.focus)
 
 
 def picked() -> set[str]:
-    """The images picked for a bulk decision, on any page."""
-    return set(st.session_state.get(PICKS_KEY, ()))
+    """The images picked for a bulk decision, on any page: the page's picks when it has sent newer ones."""
+    state = st.session_state
+    sent = (state.get(SYNC_KEY) or {}).get("picks")
+    if isinstance(sent, dict) and sent.get("seq") != state.get(SEEN_KEY):
+        state[SEEN_KEY] = sent.get("seq")
+        state[PICKS_KEY] = {str(i) for i in sent.get("ids", ())}
+    return set(state.get(PICKS_KEY, ()))
 
 
 def set_picks(ids: list[str], on: bool) -> None:
-    """Pick `ids`, or clear their picks."""
+    """Pick `ids`, or clear their picks (the page takes the new picks over on its next render)."""
     st.session_state[PICKS_KEY] = picked() | set(ids) if on else picked() - set(ids)
+    st.session_state[VERSION_KEY] = st.session_state.get(VERSION_KEY, 0) + 1
 
 
 def pick_box(sample_id: str, compact: bool = False) -> None:
@@ -47,29 +56,10 @@ def pick_box(sample_id: str, compact: bool = False) -> None:
 
 
 def _toggle(sample_id: str) -> None:
-    """Follow a pick checkbox's new state; rerun the pick count, not the grid (the queue when the image is focused:
-    its panel's pick button follows). One fragment only: a list of them reruns as one script run each."""
+    """Follow a pick checkbox's new state where no page script does (a browser's page toggles it itself, app.picks):
+    rerun the pick count, not the grid (the queue when the image is focused: its panel's pick button follows)."""
     set_picks([sample_id], bool(st.session_state[f"{PICK_PREFIX}{sample_id}"]))
-    st.session_state[ANCHOR_KEY] = sample_id
     st.rerun(QUEUE_FRAGMENT if st.session_state.get(FOCUS_KEY) == sample_id else BAR_FRAGMENT)
-
-
-def range_button(ids: list[str], sample_id: str) -> None:
-    """The hidden button that a shift-click of `sample_id`'s pick box presses: it picks the range from the anchor."""
-    st.button("pick range", key=f"{RANGE_PREFIX}{sample_id}", on_click=pick_range, args=(ids, sample_id))
-
-
-def pick_range(ids: list[str], target: str) -> None:
-    """Pick every image of `ids` (the page, in grid order) from the anchor to `target`, both included, in one rerun;
-    `target` alone (and it becomes the anchor) when no plain click on this page set one."""
-    anchor = st.session_state.get(ANCHOR_KEY)
-    if anchor in ids and target in ids:
-        low, high = sorted((ids.index(anchor), ids.index(target)))
-        set_picks(ids[low:high + 1], True)
-    else:
-        st.session_state[ANCHOR_KEY] = target
-        set_picks([target], True)
-    st.rerun(QUEUE_FRAGMENT)  # every box of the range and the count follow
 
 
 def decision_badge(action: str | None, new_label: str | None) -> str:

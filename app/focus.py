@@ -9,7 +9,7 @@ from typing import Any
 
 import streamlit as st
 
-from app.decide import PICK_PREFIX, RANGE_PREFIX, decide, decision_badge, picked, set_picks, suggested_label
+from app.decide import decide, decision_badge, picked, set_picks, suggested_label
 from app.evidence import label_text, picture
 from auditor.store import Store
 
@@ -21,8 +21,7 @@ SHORTCUTS = {"k": ("focus_keep", "keep"), "x": ("focus_remove", "remove"),
              "ArrowRight": ("focus_next", "next image"), "h": ("focus_prev", "previous image"),
              "ArrowLeft": ("focus_prev", "previous image")}
 KEY_NAMES = {"ArrowRight": "→", "ArrowLeft": "←"}
-# Presses the button of a key pressed outside a text field, and a tile's range button on a shift+click of its pick
-# box; replaced (not added again) on every run of the element.
+# Presses the button of a key pressed outside a text field; replaced (not added again) on every run of the element.
 _SCRIPT = """<script>
 (() => {
   const keys = %s;
@@ -41,26 +40,14 @@ _SCRIPT = """<script>
     button.click();
   };
   doc.addEventListener('keydown', doc.__memauditKeys);
-  // shift+click on a pick box: no toggle; the tile's hidden range button picks the range on the server, in one run
-  if (doc.__memauditRange) doc.removeEventListener('click', doc.__memauditRange, true);
-  doc.__memauditRange = (event) => {
-    const box = event.shiftKey && event.target.closest && event.target.closest('[class*="st-key-%s"]');
-    if (!box) return;
-    event.preventDefault();
-    event.stopPropagation();
-    const id = [...box.classList].find(c => c.startsWith('st-key-%s')).slice('st-key-%s'.length);
-    const button = doc.querySelector('.st-key-%s' + CSS.escape(id) + ' button');
-    if (button) button.click();
-  };
-  doc.addEventListener('click', doc.__memauditRange, true);
 })();
 </script>"""
 
 
 def shortcuts() -> None:
-    """The keyboard and shift+click script (no visible element)."""
+    """The keyboard script (no visible element)."""
     keys = json.dumps({key: button for key, (button, _) in SHORTCUTS.items()})
-    st.html(_SCRIPT % (keys, PICK_PREFIX, PICK_PREFIX, PICK_PREFIX, RANGE_PREFIX), unsafe_allow_javascript=True)
+    st.html(_SCRIPT % keys, unsafe_allow_javascript=True)
 
 
 def legend() -> str:

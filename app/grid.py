@@ -12,7 +12,7 @@ import streamlit as st
 
 from app.common import evidence_line, fragment_reading, thumbnail
 from app.decide import (BAR_FRAGMENT, QUEUE_FRAGMENT, accept_suggestions, decide, decision_badge, pick_box, picked,
-                        range_button, set_picks, show_decision_error)
+                        set_picks, show_decision_error)
 from app.evidence import label_text, mem_text, models_text
 from auditor.reviews import ACTIONS, current_decisions
 from auditor.store import Store, StoreBusy
@@ -32,7 +32,6 @@ GRID_CSS = """<style>
   width: 240px !important; min-width: 240px;}
 [class*="st-key-grid_"] [data-testid="stColumn"]:has(.st-key-tiles) {flex: 1 1 0 !important; min-width: 0;}
 .st-key-grid_small [class*="st-key-tile"] {padding: 6px !important; gap: 4px !important;}
-[class*="st-key-pickto_"] {display: none !important;}
 </style>"""
 
 
@@ -76,9 +75,9 @@ def _facts(row: dict[str, Any]) -> list[str]:
     return lines + ([" ".join(badges)] if badges else [])
 
 
-def tile(row: dict[str, Any], size: str, focused: bool, ids: list[str]) -> None:
-    """One image in a bordered tile: its thumbnail, id, pick box (shift+click picks the range of `ids`, the page in
-    grid order) and decision; at the medium and large sizes also its facts and the Details and Focus buttons. The
+def tile(row: dict[str, Any], size: str, focused: bool) -> None:
+    """One image in a bordered tile: its thumbnail, id, pick box (a shift+click picks the range from the last tick,
+    app.picks) and decision; at the medium and large sizes also its facts and the Details and Focus buttons. The
     path comes from the query, never the browser."""
     sample_id = row["sample_id"]
     decided = row["decision"] is not None and not pd.isna(row["decision"])
@@ -94,7 +93,6 @@ def tile(row: dict[str, Any], size: str, focused: bool, ids: list[str]) -> None:
         if badge or lines:
             st.markdown(":small[" + "  \n".join([*lines, badge] if badge else lines) + "]")
         pick_box(sample_id, compact=size == "small")  # on a row of its own: half a tile clips the label to '|'
-        range_button(ids, sample_id)
         if size == "small":
             return
         if st.button("Details", key=f"detail_{sample_id}", type="tertiary",
@@ -110,6 +108,9 @@ def _apply(store: Store) -> None:
     stay picked otherwise); once stored, the note is cleared, so it never signs the next decision."""
     state = st.session_state
     action, ids = state["decision_action"], sorted(picked())
+    if not ids:
+        state["decision_error"] = "Nothing picked: tick the images to decide first."
+        return
     skipped = 0
     if action != "undo" and not state.get("decision_replace"):
         try:
@@ -133,14 +134,16 @@ def _apply(store: Store) -> None:
 
 def _accept(store: Store) -> None:
     """Relabel every picked image to its own suggested label."""
-    if accept_suggestions(store, sorted(picked()), bool(st.session_state.get("decision_replace"))):
+    if not picked():
+        st.session_state["decision_error"] = "Nothing picked: tick the images to relabel first."
+    elif accept_suggestions(store, sorted(picked()), bool(st.session_state.get("decision_replace"))):
         st.session_state["decision_replace"] = False
         st.rerun(QUEUE_FRAGMENT)
 
 
-def _pick_all(ids: list[str], on: bool) -> None:
-    """Pick `ids`, or clear their picks, and redraw the tiles' boxes."""
-    set_picks(ids, on)
+def _pick_all(ids: list[str] | None, on: bool) -> None:
+    """Pick `ids`, or clear their picks (every pick when None), and redraw the tiles' boxes."""
+    set_picks(sorted(picked()) if ids is None else ids, on)
     st.rerun(QUEUE_FRAGMENT)
 
 
@@ -165,9 +168,9 @@ def _already_decided(store: Store, chosen: list[str], action: str, page: dict[st
 def decision_bar(path: Path, labels: list[str], page: dict[str, tuple[str, str] | None]) -> None:
     """How many images are picked across pages, pick the page or clear every pick, and one decision (with an
     optional note) for all of them, or each to its suggested label, or undo; a warning when some are decided.
-    `page`: the page's images with their (action, reviewer) as shown, None when undecided. A fragment: a tick or a
-    change of its own widgets reruns the bar alone (it reads the database only for picks on other pages), a
-    stored decision the whole queue."""
+    `page`: the page's images with their (action, reviewer) as shown, None when undecided. A fragment: a change of
+    its own widgets reruns the bar alone (it reads the database only for picks on other pages), a stored decision
+    the whole queue; in a browser a tick reruns nothing (the page keeps the count, app.picks)."""
     with fragment_reading(path) as store:
         _bar(store, labels, page)
     show_decision_error()
@@ -177,14 +180,14 @@ def _bar(store: Store, labels: list[str], page: dict[str, tuple[str, str] | None
     """The decision bar's widgets (see decision_bar)."""
     chosen, page_ids = sorted(picked()), list(page)
     elsewhere = len(set(chosen) - set(page_ids))
-    with st.container(border=True):  # two rows, so that no label is clipped in a 1,000 px window
+    with st.container(border=True, key="decision_box"):  # two rows: no label is clipped in a 1,000 px window
         count, pick, clear, accept = st.columns([2, 1.2, 1.2, 1.8], vertical_alignment="center")
         count.markdown(f"**{len(chosen)} picked**")
         count.caption(f"{len(chosen)} picked across pages" + (f", {elsewhere} not on this one" if elsewhere else ""))
         pick.button("Pick page", on_click=_pick_all, args=(page_ids, True), key="bulk_pick_page", width="stretch")
-        clear.button("Clear all", on_click=_pick_all, args=(chosen, False), key="bulk_pick_clear", width="stretch",
+        clear.button("Clear all", on_click=_pick_all, args=(None, False), key="bulk_pick_clear", width="stretch",
                      help="Clear every pick, on every page")
-        accept.button("Accept suggested", disabled=not chosen, key="bulk_accept", on_click=_accept, args=(store,),
+        accept.button("Accept suggested", key="bulk_accept", on_click=_accept, args=(store,),
                       width="stretch", help="Relabel each picked image to its own suggested label (the mislabeled "
                                             "flag's, else the model's prediction)")
         decision, label, note, apply = st.columns([1.4, 1.2, 2.4, 1], vertical_alignment="bottom")
@@ -192,6 +195,6 @@ def _bar(store: Store, labels: list[str], page: dict[str, tuple[str, str] | None
                                     format_func=lambda a: {"relabel": "relabel to …", "undo": "undo last"}.get(a, a))
         label.selectbox("New label", labels, key="decision_label", disabled=action != "relabel")
         note.text_input("Note (optional)", key="decision_note")
-        apply.button("Apply", type="primary", disabled=not chosen, key="decision_apply", on_click=_apply,
+        apply.button("Apply", type="primary", key="decision_apply", on_click=_apply,
                      args=(store,), width="stretch")
         _already_decided(store, chosen, action, page)

@@ -193,12 +193,12 @@ def _tile(page, sample_id: str):
 
 
 def _pick(page, sample_id: str, picked_now: int) -> None:
-    """Tick the 'pick' box of one tile and wait until the decision bar counts `picked_now` picks."""
+    """Tick the 'pick' box of one tile and wait until it shows ticked and the decision bar counts `picked_now` picks
+    (the page keeps the picks: a tick runs no script, app.picks)."""
     from playwright.sync_api import expect
 
     tile = _tile(page, sample_id)
-    with _rerun(page):
-        tile.get_by_test_id("stCheckbox").locator("label").click()  # the input itself is visually hidden
+    tile.get_by_test_id("stCheckbox").locator("label").click()  # the input itself is visually hidden
     expect(tile.get_by_role("checkbox", name="pick")).to_be_checked()
     page.get_by_text(f"{picked_now} picked", exact=True).wait_for()
 

@@ -1,6 +1,7 @@
 """Review in a real browser (chromium via Playwright, issue 15): picks kept across pages then applied, undone and
-exported; the same in a 1,000 px window; the keyboard shortcuts; the dense grid. Every click's time (from the click
-to the end of the rerun it caused) is printed and written to review_clicks.json beside the screenshots."""
+exported; the same in a 1,000 px window; the keyboard shortcuts; the dense grid; a tick runs no script. Every
+click's time (from the click to the end of the rerun it caused; for a tick, to the box and the count showing it) is
+printed and written to review_clicks.json beside the screenshots."""
 
 from __future__ import annotations
 
@@ -183,8 +184,7 @@ def _picked(page) -> list[str]:
 
 def _shift_pick(page, sample_id: str, picked_now: int) -> None:
     """Shift+click the pick box of one tile and wait until the decision bar counts `picked_now` picks."""
-    with _rerun(page):
-        _tile(page, sample_id).get_by_test_id("stCheckbox").locator("label").click(modifiers=["Shift"])
+    _tile(page, sample_id).get_by_test_id("stCheckbox").locator("label").click(modifiers=["Shift"])
     page.get_by_text(f"{picked_now} picked", exact=True).wait_for()
 
 
@@ -215,3 +215,34 @@ def test_shift_click_picks_a_range_and_apply_records_it(page, app_url, curation_
     assert sorted(set(decided.index) - before) == sorted(shown[1:6])
     assert set(decided.loc[shown[1:6], "action"]) == {"remove"}
     assert page.locator("[data-testid='stException']").count() == 0
+
+
+def test_a_tick_runs_no_script_and_apply_records_the_picks_of_every_page(page, app_url, curation_db):
+    """Ticks change the page alone (no script run reaches the browser, even a while later); the picks survive a
+    page turn and a change of the page size, and Apply records exactly them."""
+    from auditor.reviews import current_decisions
+    from auditor.store import Store
+
+    store = Store(curation_db)
+    _open(page, app_url, "sort=apb_asc&page_size=12&state=undecided")
+    first = _shown(page)
+    runs = page.evaluate("window.__memauditRuns")
+    _pick(page, first[0], 1)
+    _pick(page, first[2], 2)
+    page.wait_for_timeout(1500)
+    assert page.evaluate("window.__memauditRuns") == runs
+    _turn(page, 2)
+    second = _shown(page)
+    _pick(page, second[1], 3)
+    page.get_by_text("3 picked across pages, 2 not on this one").wait_for()
+    _turn(page, 1)
+    assert _picked(page) == [first[0], first[2]]
+    _choose(page, "Per page", "24")
+    picks = [first[0], first[2], second[1]]
+    assert _picked(page) == [i for i in _shown(page) if i in picks]
+    page.get_by_text("3 picked across pages", exact=True).wait_for()
+    before = set(current_decisions(store)["sample_id"])
+    _choose(page, "Decision", "remove")
+    _apply(page, "remove recorded for 3 images")
+    assert sorted(set(current_decisions(store)["sample_id"]) - before) == sorted(picks)
+    assert _picked(page) == [] and page.locator("[data-testid='stException']").count() == 0

@@ -2,8 +2,9 @@
 by any score; pick images on any page and decide keep / remove / relabel with a note, each to its suggested label, or
 undo; the focused image beside the grid with one-key decisions, its evidence below, its Point detail one click away.
 
-Everything below the filters is a fragment: deciding and paging rerun only the queue, not the page; a tick or a
-change of the decision widgets reruns only the decision bar (app.grid)."""
+Everything below the filters is a fragment: deciding and paging rerun only the queue, not the page; a change of
+the decision widgets reruns only the decision bar (app.grid); a tick reruns nothing (the browser keeps the picks until
+a press needs them, app.picks)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from app.common import flag_name, fragment_reading, run_page
 from app.decide import QUEUE_FRAGMENT
 from app.evidence import flag_evidence, label_text, mem_text, models_text
 from app.grid import DEFAULT_THUMBS, GRID_CSS, THUMB_WIDTHS, decision_bar, flags, tile
+from app.picks import pick_sync
 from app.reviewer import KEY as REVIEWER_KEY, reviewer
 from auditor import queries
 from auditor.queries import ReviewFilter
@@ -170,7 +172,7 @@ def _grid(store: Store, rows: list[dict[str, Any]], pages: int) -> None:
     left, right = st.container(key=f"grid_{size}").columns([4, 1])
     with left.container(key="tiles", horizontal=True, gap="small"):
         for row in rows:
-            tile(row, size, row["sample_id"] == chosen, ids)
+            tile(row, size, row["sample_id"] == chosen)
     with right.container(key="focus_panel"):
         st.selectbox("Focused image", ids, key="evidence", format_func=lambda i: f"{i}: " + (
             ", ".join(flag_name(f["kind"]) for f in flags(by_id[i])) or "no flag"))
@@ -188,7 +190,9 @@ def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
     total = queries.review_count(store, where=where)
     pages = max(1, math.ceil(total / size))
     st.session_state["page"] = min(st.session_state.get("page", 1), pages)
-    pager, thumbs, _ = st.columns([1, 2, 1.5], vertical_alignment="bottom")
+    pager, thumbs, keeper = st.columns([1, 2, 1.5], vertical_alignment="bottom")
+    with keeper:  # no visible element; mounted before any early return, so the page's picks always have it
+        pick_sync()
     page = pager.number_input(f"Page (of {pages})", min_value=1, max_value=pages, key="page")
     thumbs.segmented_control("Thumbnails", list(THUMB_WIDTHS), key="thumbs", required=True)
     if total == 0:
