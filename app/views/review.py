@@ -108,8 +108,9 @@ def _score_filter(store: Store, flag: str | None) -> tuple[str | None, float | N
     return score, low, high
 
 
-def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int]:
-    """The filter row (flag, class, split, state, order, page size), a score range and a brushed selection."""
+def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int, list[str]]:
+    """The filter row (flag, class, split, state, order, page size), a score range and a brushed selection; returns
+    the filter, order, page size and the class labels."""
     counts = queries.flag_counts(store).set_index("kind")["samples"].to_dict()
     labels = queries.class_labels(store)
     splits = sorted(queries.dataset_counts(store)["split"].unique(), key=lambda s: (s != "train", s != "test", s))
@@ -138,7 +139,7 @@ def _filters(store: Store, kinds: list[str]) -> tuple[ReviewFilter, str, int]:
             st.rerun()
     where = ReviewFilter(label=label, flag=flag, split=split, score=score, low=low, high=high, state=state,
                          sample_ids=tuple(selection) if selection else None)
-    return where, sort, size
+    return where, sort, size, labels
 
 
 def _evidence(store: Store, row: dict[str, Any]) -> None:
@@ -184,9 +185,9 @@ def _grid(store: Store, rows: list[dict[str, Any]], pages: int) -> None:
                 f"`memaudit run --stages embeddings,detectors --db {store.path}`.")
 
 
-def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
-    """Pager, the decision bar, one page of the grid and the focused image: all that a pick, a decision or a page
-    turn changes."""
+def _queue(store: Store, where: ReviewFilter, sort: str, size: int, labels: list[str]) -> None:
+    """Pager, the decision bar, one page of the grid and the focused image: all that a decision or a page turn
+    changes (`labels`: the classes, read once by the page)."""
     total = queries.review_count(store, where=where)
     pages = max(1, math.ceil(total / size))
     st.session_state["page"] = min(st.session_state.get("page", 1), pages)
@@ -210,17 +211,17 @@ def _queue(store: Store, where: ReviewFilter, sort: str, size: int) -> None:
                "mem [95% interval]: accuracy of the shadow models trained with the image (in) minus that of "
                "those trained without it (out). **Focus** shows an image beside the grid and its evidence "
                "below, **Details** everything about it.")
-    decision_bar(store.path, queries.class_labels(store),
+    decision_bar(store.path, labels,
                  {row["sample_id"]: (row["decision"], row["decided_by"]) if isinstance(row["decision"], str) else None
                   for row in rows})
     _grid(store, rows, pages)
 
 
 @st.fragment(key=QUEUE_FRAGMENT)
-def _queue_fragment(path: Path, where: ReviewFilter, sort: str, size: int) -> None:
+def _queue_fragment(path: Path, where: ReviewFilter, sort: str, size: int, labels: list[str]) -> None:
     """The queue, on the page's connection while the page runs, else (a rerun of the fragment alone) its own."""
     with fragment_reading(path) as store:
-        _queue(store, where, sort, size)
+        _queue(store, where, sort, size, labels)
     _save_view()
 
 
@@ -230,8 +231,8 @@ def render(store: Store) -> None:
     if not kinds and queries.review_count(store) == 0:  # the count (a join of scores and samples) only when needed
         st.info("No ApB scores yet: the review grid fills in once `memaudit run --db ...` has trained and scored.")
         return
-    where, sort, size = _filters(store, kinds)
-    _queue_fragment(store.path, where, sort, size)
+    where, sort, size, labels = _filters(store, kinds)
+    _queue_fragment(store.path, where, sort, size, labels)
     _save_view()
 
 
