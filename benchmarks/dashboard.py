@@ -595,7 +595,7 @@ def click_times(path: str | Path, repeats: int = 5) -> dict[str, list[float]]:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the browser tests' helpers
     from playwright.sync_api import expect, sync_playwright
 
-    from conftest import CHROMIUM, CHROMIUM_ARGS, dashboard
+    from conftest import CHROMIUM, CHROMIUM_ARGS, IDLE, dashboard
     from test_browser import RUN_COUNTER, _apply, _choose, _pick, _rerun
     from test_review_browser import _open, _shown, _turn
 
@@ -617,6 +617,8 @@ def click_times(path: str | Path, repeats: int = 5) -> dict[str, list[float]]:
         _open(page, url, CLICK_VIEW)
         for n, sample_id in enumerate(_shown(page)[:repeats], start=1):
             timed("tick a tile", lambda: _tick(page, sample_id, n))
+            page.wait_for_timeout(300)  # untimed: where a tick reruns, its run ends before the next click
+            page.wait_for_function(IDLE)
         with _rerun(page):
             page.get_by_role("button", name="Clear all", exact=True).click()
         for number in range(2, repeats + 2):
