@@ -442,8 +442,8 @@ async def _grid_decision(tab: Tab, result: LoadResult, plan: Plan, sample_id: st
 
     page = tab.page
     tile = _tile(tab, sample_id)
-    async with tab.rerun(f"picking {sample_id}"):
-        await tile.get_by_test_id("stCheckbox").locator("label").click()  # the input itself is visually hidden
+    # A tick runs no script (the picks stay in the page until Apply): wait for the box and the count to show it.
+    await tile.get_by_test_id("stCheckbox").locator("label").click()  # the input itself is visually hidden
     await expect(tile.get_by_role("checkbox", name="pick")).to_be_checked()
     await page.get_by_text("1 picked", exact=True).wait_for()
     await _choose(tab, "Decision", "relabel to …" if action == "relabel" else action)
