@@ -1,10 +1,9 @@
-"""The copy matcher's framing before and after it was vectorised: every `frames` call the detectors stage's copy
-matcher makes on the default dataset's 4,000 / 1,000 split (the base frames, each query view of train, test and the
-calibration's 1,000 edited and unedited samples), timed with the current module and with the module as it was at
-`--before` (read with `git show`), alternated `--repeats` times; wall and CPU seconds (CPU: less sensitive to other
-jobs), and the largest difference between the two outputs.
+"""The copy matcher's cost before and after a change: on the default dataset's 4,000 / 1,000 split, the time to build
+its index over the training images and to search the 1,000 test images (per 1,000 queries), with the current module
+and with auditor/detectors/copies.py as it was at `--before` (read with `git show`), alternated `--repeats` times;
+wall and CPU seconds (CPU: less sensitive to other jobs).
 
-Usage: python benchmarks/copy_speed.py [--before af4ddd7^] [--repeats 2]
+Usage: python benchmarks/copy_speed.py [--before 8d19134] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -18,14 +17,11 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from copies import dataset
 from report import table
 
 from auditor.detectors import copies as matcher
-from auditor.detectors.edits import CALIBRATION_EDITS, edit_images
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,35 +38,25 @@ def module_at(revision: str) -> ModuleType:
     return module
 
 
-def stage_frames(module: ModuleType, train: np.ndarray, test: np.ndarray, seed: int = 0) -> list[np.ndarray]:
-    """Every framing of the copy matcher's run over train and test (CopyIndex, searches, calibrate_copies)."""
-    rows = np.sort(np.random.default_rng(seed).choice(len(train), 1000, replace=False))
-    edited = edit_images(train[rows], [CALIBRATION_EDITS[i % len(CALIBRATION_EDITS)] for i in range(len(rows))], seed)
-    views = tuple(range(len(module.VIEWS)))
-    out = [module.frames(train, blur=blur, stretched=stretched) for blur, stretched in module.BASES]
-    for query in (train, test, edited, train[rows]):
-        out += [module.frames(query, views, stretched=stretched) for stretched in (False, True)]
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--before", default="af4ddd7^", help="git revision of the loop version")
+    parser.add_argument("--before", default="8d19134", help="git revision of the matcher to compare with")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     train, test = dataset("default")
-    before = module_at(args.before)
-    rows, outputs = [], {}
+    rows = []
     for repeat in range(args.repeats):
-        for name, module in ((f"before ({args.before})", before), ("now", matcher)):
+        for name, module in ((f"before ({args.before})", module_at(args.before)), ("now", matcher)):
             wall, cpu = time.perf_counter(), time.process_time()
-            outputs[name] = stage_frames(module, train, test)
-            rows.append([str(repeat + 1), name, f"{time.perf_counter() - wall:.1f}",
-                         f"{time.process_time() - cpu:.1f}"])
-    old, new = outputs.values()
-    diff = max(float(np.abs(a - b).max()) for a, b in zip(old, new))
-    table(f"Copy matcher framing, {len(train):,} train / {len(test):,} test images; max |difference| {diff:.2g}",
-          ["repeat", "module", "wall s", "CPU s"], rows)
+            index = module.CopyIndex(train, 10, exact_below=10 ** 9)
+            built_wall, built_cpu = time.perf_counter() - wall, time.process_time() - cpu
+            wall, cpu = time.perf_counter(), time.process_time()
+            index.search(test, 10)
+            scale = 1000 / len(test)
+            rows.append([str(repeat + 1), name, f"{built_wall:.1f} / {built_cpu:.1f}",
+                         f"{(time.perf_counter() - wall) * scale:.1f} / {(time.process_time() - cpu) * scale:.1f}"])
+    table(f"Copy matcher cost, index over {len(train):,} training images, {len(test):,} test queries",
+          ["repeat", "module", "index build: wall / CPU s", "per 1,000 queries: wall / CPU s"], rows)
 
 
 if __name__ == "__main__":

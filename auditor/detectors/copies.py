@@ -6,21 +6,28 @@ border's median grey, above a noise floor) is moved to the centre by its centre 
 of gyration, then lightly blurred and resampled to SIZE x SIZE. A shift, or a crop that keeps the object, moves the
 centre of mass and changes the radius exactly as it moves and scales the object, so both drop out. A query is also
 looked at mirrored and rotated by +-ROTATION degrees (VIEWS), against the base's frames as they are, blurred (a
-blurred copy meets its source blurred alike) and stretched (each axis at its own radius: an uneven crop). A pair's
-similarity is the best cosine of the mean-centred frames over these MATCHES, and the match that won is its evidence.
-Contrast and brightness cancel in the centred cosine; noise and JPEG only lower it a little.
+blurred copy meets its source blurred alike) and stretched (each axis at its own radius: an uneven crop). A
+candidate's frame similarity is the best cosine of the mean-centred frames over these MATCHES.
+
+These frames, and a shift-invariant descriptor (the magnitude of the image's low-frequency spectrum, seen as it is
+and mirrored), only propose candidates: where a shift or crop cut content off at the border, or the image is not an
+object on a blank background, the frames no longer line up. Each query's candidates (CANDIDATES from the frames,
+SPECTRUM_CANDIDATES from the spectrum) are verified by alignment on their overlap (copies_verify.py), and that
+correlation is the pair's similarity; its match says how the copy lines up with its source.
 
 Whether a pair is a copy is decided on its copy score (copy_scores: how much closer than the query's
-REFERENCE_RANK-th neighbour), cut where synthetic copies of the user's own images say (calibrate_copies).
+REFERENCE_RANK-th verified neighbour), cut where synthetic copies of the user's own images say (calibrate_copies).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from scipy import ndimage
 
 from auditor.audit_sample import jeffreys_interval
+from auditor.detectors import copies_verify
 from auditor.detectors.edits import CALIBRATION_EDITS, edit_images
 from auditor.detectors.thresholds import IDENTICAL_GAP, Threshold
 from auditor.neighbors import KnnGraph, NeighborIndex
@@ -36,6 +43,16 @@ BASES: tuple[tuple[float, bool], ...] = ((0.0, False), (1.0, False), (0.0, True)
 # Every (base, query view) pair searched, in the order of a match's index.
 MATCHES: tuple[tuple[int, int], ...] = tuple((b, v) for b, (_, stretched) in enumerate(BASES)
                                              for v in range(len(VIEWS)) if not (stretched and VIEWS[v][1]))
+# Candidates per query from the frames and from the spectrum (each view), verified together.
+CANDIDATES = 8
+SPECTRUM_CANDIDATES = 4
+# Extra blur (px) of the base a candidate is also correlated with, unaligned: a blurred copy meets its source so.
+BLUR = 1.0
+# The spectrum descriptor: an image blurred by _SPECTRUM_BLUR px, |FFT| on a _SPECTRUM_GRID grid, the
+# (2 _SPECTRUM_KEEP + 1)^2 lowest frequencies, square-rooted.
+_SPECTRUM_BLUR = 0.5
+_SPECTRUM_GRID = 32
+_SPECTRUM_KEEP = 8
 # The neighbour (0-based rank) whose distance a copy score is relative to: below it, up to this many copies of one
 # image can sit without raising the reference.
 REFERENCE_RANK = 5
@@ -50,12 +67,8 @@ _BATCH = 4096
 
 
 def match_name(match: int) -> str:
-    """How a copy matched its source: 'aligned', 'mirrored', 'rotated +9', 'blurred, mirrored, rotated -9'."""
-    base, view = MATCHES[match]
-    (blur, stretched), (mirrored, angle) = BASES[base], VIEWS[view]
-    parts = [name for name, on in (("blurred", blur), ("stretched", stretched), ("mirrored", mirrored)) if on]
-    parts += [f"rotated {angle:+g}"] if angle else []
-    return ", ".join(parts) or "aligned"
+    """How a verified copy lines up with its source: 'aligned', 'mirrored', 'rotated +7, shifted (1, -2)'."""
+    return copies_verify.warp_name(match)
 
 
 def _grey(images: np.ndarray) -> np.ndarray:
@@ -117,6 +130,19 @@ def _frame_batch(grey: np.ndarray, views: tuple[int, ...], blur: float, stretche
     return out
 
 
+def spectrum(images: np.ndarray, mirrored: bool = False) -> np.ndarray:
+    """(N, (2 _SPECTRUM_KEEP + 1)^2) float32 shift-invariant descriptors: the square-rooted magnitude of the lowest
+    frequencies of each grey image (mean removed), mirrored first if asked."""
+    grey = _grey(images)
+    grey = grey[..., ::-1] if mirrored else grey
+    grey = ndimage.gaussian_filter(grey, (0, _SPECTRUM_BLUR, _SPECTRUM_BLUR), mode="nearest")
+    grey = grey - grey.mean(axis=(1, 2), keepdims=True)
+    grid, keep = _SPECTRUM_GRID, _SPECTRUM_KEEP
+    magnitude = np.fft.fftshift(np.abs(np.fft.fft2(grey, s=(grid, grid))), axes=(1, 2))
+    low = magnitude[:, grid // 2 - keep:grid // 2 + keep + 1, grid // 2 - keep:grid // 2 + keep + 1]
+    return np.sqrt(low).reshape(len(grey), -1).astype(np.float32)
+
+
 def _merge(parts: list[KnnGraph], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The k best distinct base rows per query over all views: indices, similarities and the winning view."""
     n = len(parts[0].indices)
@@ -138,28 +164,64 @@ def _merge(parts: list[KnnGraph], k: int) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 class CopyIndex:
-    """The canonical frames of a base set of images, one index per BASES entry, searched with the views of queries."""
+    """A base set of images: the canonical frames (one index per BASES entry) and the spectra that propose
+    candidates, and the images as copies_verify compares them."""
 
     def __init__(self, base: np.ndarray, k: int, *, exact_below: int = 200_000, index: str = "ivf") -> None:
         self.shape = np.shape(base)[1:]
         self.indices = [NeighborIndex(frames(base, blur=b, stretched=st)[0], k, exact_below=exact_below,
                                       index=index) for b, st in BASES]
+        self.spectra = NeighborIndex(spectrum(base), k, exact_below=exact_below, index=index)
+        self.prepared = copies_verify.prepare(base)
+        self.blurred = copies_verify.prepare(base, blur=BLUR)
 
     def search(self, query: np.ndarray, k: int, *, own_rows: np.ndarray | None = None
                ) -> tuple[KnnGraph, np.ndarray]:
-        """The k most similar base images of each query under its best view, and that view per neighbour (an index
-        into MATCHES); own_rows[q] (a base row) is left out of query q's (the self-graph: the query is the base)."""
+        """The k base images that best verify as each query's source, best first, with the verified correlation as
+        similarity and the match (match_name) per neighbour; own_rows[q] (a base row) is left out of query q's (the
+        self-graph: the query is the base)."""
         queries = np.asarray(query)
         if queries.shape[1:] != self.shape:
             raise ValueError(f"query images {queries.shape[1:]} must have the base images' shape {self.shape}")
         own = None if own_rows is None else np.asarray(own_rows)
         first = self.indices[0]
-        k = min(k, len(first.base) - (0 if own is None else 1))
+        room = len(first.base) - (0 if own is None else 1)
         views = {st: frames(queries, tuple(range(len(VIEWS))), stretched=st) for st in {st for _, st in BASES}}
-        parts = [self.indices[b].search(views[BASES[b][1]][v], k, own_rows=own) for b, v in MATCHES]
-        indices, sims, won = _merge(parts, k)
+        parts = [self.indices[b].search(views[BASES[b][1]][v], min(CANDIDATES, room), own_rows=own)
+                 for b, v in MATCHES]
+        framed, _, _ = _merge(parts, min(CANDIDATES, room))
+        spectral, _, _ = _merge([self.spectra.search(spectrum(queries, m), min(SPECTRUM_CANDIDATES, room),
+                                                     own_rows=own) for m in (False, True)],
+                                min(SPECTRUM_CANDIDATES, room))
+        indices, sims, matches = _verified(np.concatenate([framed, spectral], axis=1), copies_verify.prepare(queries),
+                                           (self.prepared, self.blurred), min(k, room))
         return KnnGraph(indices=indices, similarities=sims, exact=first.exact,
-                        index_kind=f"{first.kind},copy matches={len(MATCHES)}"), won
+                        index_kind=f"{first.kind},copy candidates={CANDIDATES}+{SPECTRUM_CANDIDATES},verified"), matches
+
+
+def _verified(candidates: np.ndarray, queries, base: tuple, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each query's distinct candidates (-1: none) verified against it (copies_verify.verify on the base as it is,
+    correlate on the base blurred), the k best kept: base rows, verified correlations (NaN where none), matches."""
+    sharp, blurred = base
+    n, width = candidates.shape
+    ordered = np.sort(candidates, axis=1)
+    fresh = np.ones_like(ordered, dtype=bool)
+    fresh[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    score = np.full((n, width), -np.inf)
+    match = np.zeros((n, width), dtype=np.int64)
+    for start in range(0, n, _BATCH):  # the pairs' images are gathered a batch of queries at a time
+        rows, cols = np.nonzero(fresh[start:start + _BATCH] & (ordered[start:start + _BATCH] >= 0))
+        rows = rows + start
+        scores, matches = copies_verify.verify(queries[rows], sharp[ordered[rows, cols]])
+        soft = copies_verify.correlate(queries[rows], blurred[ordered[rows, cols]])
+        matches[soft > scores] = copies_verify.BLURRED
+        score[rows, cols], match[rows, cols] = torch.maximum(scores, soft).numpy(), matches.numpy()
+    best = np.argsort(-score, axis=1, kind="stable")[:, :k]
+    indices = np.take_along_axis(ordered, best, axis=1)
+    sims = np.take_along_axis(score, best, axis=1)
+    found = np.isfinite(sims)
+    return (np.where(found, indices, -1), np.where(found, sims, np.nan).astype(np.float32),
+            np.take_along_axis(match, best, axis=1))
 
 
 def copy_knn(base: np.ndarray, k: int, *, query: np.ndarray | None = None, exact_below: int = 200_000,
@@ -225,7 +287,9 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
                         "interval": [float(low), float(high)]}
     return Threshold(value=value, method="synthetic_copies", detail={
         "alpha": alpha, "sample": len(rows), "seed": seed, "edits": list(edits), "reference_rank": REFERENCE_RANK,
-        "matches": [match_name(m) for m in range(len(MATCHES))], "null_median": float(median),
+        "candidates": [CANDIDATES, SPECTRUM_CANDIDATES],
+        "verification": {"warps": len(copies_verify.WARPS), "shift_fraction": copies_verify.SHIFT_FRACTION,
+                         "min_overlap": copies_verify.MIN_OVERLAP}, "null_median": float(median),
         "null_q75": float(q75), "tail_scale": scale, "false_positives": false_pos,
         "false_positive_rate": false_pos / len(null), "false_positive_interval": [float(fp_low), float(fp_high)],
         "recall": recall, "source_in_top_k": float(np.isfinite(copy_score).mean()),

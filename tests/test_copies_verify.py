@@ -1,0 +1,93 @@
+"""Copy verification by alignment on the overlap (copies_verify.py): copies whose shift or crop cut content off at the
+border (digits that touch it) and copies of natural colour images are found at the calibrated cut, the grid reports
+how a copy lines up, and images that are alike but not copies are not flagged beyond the promised rate."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy import stats
+
+from auditor.detectors.copies import CopyIndex, calibrate_copies, copy_scores
+from auditor.detectors.copies_verify import prepare, verify, warp_name
+from auditor.detectors.edits import edit_images
+
+
+@pytest.fixture(scope="module")
+def border_digits() -> np.ndarray:
+    """scikit-learn's 1,797 8 x 8 digits upscaled to 28 x 28 (their ink reaches the border), shuffled."""
+    from sklearn.datasets import load_digits
+
+    small = (load_digits().images * (255 / 16)).astype(np.uint8)
+    images = np.stack([np.asarray(Image.fromarray(img).resize((28, 28), Image.BILINEAR)) for img in small])
+    return images[np.random.default_rng(0).permutation(len(images))]
+
+
+@pytest.fixture(scope="module")
+def tiles() -> np.ndarray:
+    """Non-overlapping 32 x 32 RGB tiles (N, 3, 32, 32) of scikit-learn's two bundled photographs."""
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for photo in load_sample_images().images:
+        h, w = (s // 32 * 32 for s in photo.shape[:2])
+        grid = photo[:h, :w].reshape(h // 32, 32, w // 32, 32, 3).transpose(0, 2, 4, 1, 3)
+        out.append(grid.reshape(-1, 3, 32, 32))
+    return np.concatenate(out)
+
+
+def _found(index: CopyIndex, threshold, sources: np.ndarray, copies: np.ndarray) -> float:
+    """The fraction of copies whose source is a neighbour at or above the copy-score cut."""
+    graph, _ = index.search(copies, 10)
+    return float(((graph.indices == sources[:, None]) & (copy_scores(graph) >= threshold.value)).any(axis=1).mean())
+
+
+@pytest.mark.parametrize("edit", ["shift", "crop"])
+def test_copies_with_ink_cut_off_at_the_border_are_found(border_digits, edit):
+    """A 4-px shift or a 15 % crop cuts part of these digits off, which the moment frames cannot line up (found
+    0.10 and 0.00 of the time before verification); aligned on what the edit kept, the copy matches its source."""
+    base = border_digits[:1000]
+    index = CopyIndex(base, 10, exact_below=10 ** 9)
+    threshold = calibrate_copies(index, base, sample=500, seed=2)
+    sources = np.random.default_rng(5).choice(len(base), 30, replace=False)
+    edge = np.concatenate([base[sources, :3], base[sources, -3:]], axis=1).max(axis=(1, 2)) > 128
+    assert edge.mean() > 0.5  # most of these sources have ink within 3 px of the border
+    assert _found(index, threshold, sources, edit_images(base[sources], [edit] * 30, 9)) >= 0.8
+
+
+def test_shifted_and_mirrored_copies_of_natural_colour_images_are_found(tiles):
+    """Photograph tiles have no object on a blank background for moments to centre; verification needs none. (Crops
+    of these tiles are not: their candidates are missed, docs/benchmarks-detectors.md.)"""
+    index = CopyIndex(tiles, 10, exact_below=10 ** 9)
+    threshold = calibrate_copies(index, tiles, sample=len(tiles), seed=4)
+    sources = np.random.default_rng(6).choice(len(tiles), 40, replace=False)
+    for edit in ("shift", "flip"):
+        assert _found(index, threshold, sources, edit_images(tiles[sources], [edit] * 40, 8)) >= 0.8, edit
+
+
+def test_the_alignment_found_is_the_edit():
+    rng = np.random.default_rng(0)
+    from scipy import ndimage
+
+    image = ndimage.gaussian_filter(rng.normal(size=(28, 28)), 2)
+    image = (image - image.min()) / np.ptp(image) * 255
+    shifted = ndimage.shift(image, (3, -2), order=0)
+    rotated = ndimage.rotate(image, -11, reshape=False, order=1)
+    scores, matches = verify(prepare(np.stack([shifted, rotated, image[:, ::-1]])), prepare(np.stack([image] * 3)))
+    assert scores.min() > 0.99
+    assert [warp_name(int(m)) for m in matches] == ["shifted (3, -2)", "rotated -11", "mirrored"]
+    other = ndimage.gaussian_filter(rng.normal(size=(28, 28)), 2)
+    assert float(verify(prepare(other[None]), prepare(image[None]))[0][0]) < 0.9
+
+
+def test_alike_images_that_are_not_copies_are_not_flagged(border_digits):
+    """Null test on the digits where two writings of one digit are more alike than a shifted copy and its source:
+    500 digits outside the base are flagged at most at the calibration's promised rate."""
+    base = border_digits[:1000]
+    index = CopyIndex(base, 10, exact_below=10 ** 9)
+    threshold = calibrate_copies(index, base, sample=1000, seed=3)
+    graph, _ = index.search(border_digits[1000:1500], 10)
+    flagged = int(np.sum(copy_scores(graph)[:, 0] >= threshold.value))
+    promised = threshold.detail["false_positive_interval"][1]
+    assert flagged <= stats.binom.ppf(0.99, 500, promised), (flagged, promised)
