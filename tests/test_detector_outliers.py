@@ -56,6 +56,8 @@ def test_planted_far_off_points_are_found_first():
     detail = json.loads(flags["detail"].iloc[0])
     assert detail["distance"] > threshold.value > detail["median"] and "nearest neighbours" in detail["summary"]
     assert detail["p_value"] < detail["alpha"] == 0.005
+    assert detail["expected_by_chance"] == 7.5 and detail["flagged"] == len(flags)  # 0.005 x 1,500 tests
+    assert f"about 8 of 1,500 ordinary images pass it by chance; {len(flags)} flagged" in detail["summary"]
     assert threshold.method == "synthetic_outliers" and 0 < flags["score"].min() <= flags["score"].max() < 1
 
 

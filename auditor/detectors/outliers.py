@@ -33,12 +33,15 @@ def outlier_flags(graph: KnnGraph, embeddings: np.ndarray, labels: np.ndarray, i
     p = tail_p_value(distance, detail["null_median"], detail["tail_scale"])
     rows = np.flatnonzero(np.isfinite(distance) & (distance > threshold.value))
     typical = np.nanquantile(distance, [0.05, 0.5, 0.95])
+    by_chance = alpha * detail["null_n"]  # one test per image, no multiple-comparison control: say what that costs
     details = [json.dumps({
         "distance": round(float(distance[i]), 6), "k": k, "p_value": float(f"{p[i]:.3g}"),
         "cut": round(threshold.value, 6), "median": round(float(typical[1]), 6), "alpha": alpha,
+        "expected_by_chance": round(by_chance, 1), "flagged": len(rows),
         "summary": f"mean cosine distance {distance[i]:.3f} to its {k} nearest neighbours; typical "
                    f"{typical[1]:.3f} (5–95%: {typical[0]:.3f}–{typical[2]:.3f}), cut {threshold.value:.3f} "
-                   f"(false-positive rate {alpha:g})"})
+                   f"(false-positive rate {alpha:g} per image: about {by_chance:.0f} of {detail['null_n']:,} "
+                   f"ordinary images pass it by chance; {len(rows)} flagged)"})
         for i in rows]
     score = (distance[rows] - threshold.value) / (distance[rows] - detail["null_median"])
     flags = pd.DataFrame({"sample_id": np.asarray(ids)[rows], "kind": KIND, "score": score, "detail": details},
