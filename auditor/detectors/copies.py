@@ -29,7 +29,7 @@ from scipy import ndimage
 from auditor.audit_sample import jeffreys_interval
 from auditor.detectors import copies_verify
 from auditor.detectors.edits import CALIBRATION_EDITS, edit_images
-from auditor.detectors.thresholds import IDENTICAL_GAP, Threshold
+from auditor.detectors.thresholds import IDENTICAL_GAP, Threshold, exponential_tail_cut
 from auditor.neighbors import KnnGraph, NeighborIndex
 
 SIZE = 20
@@ -273,9 +273,7 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
     own, _ = index.search(base[rows], k, own_rows=rows)
     null = copy_scores(own)[:, 0]
     null = null[np.isfinite(null)]
-    median, q75 = np.quantile(null, [0.5, 0.75])
-    scale = max(float(q75 - median), 1e-9) / np.log(2.0)
-    value = float(median + scale * np.log(0.5 / alpha))
+    median, q75, scale, value = exponential_tail_cut(null, alpha)
     false_pos = int(np.sum(null >= value))
     fp_low, fp_high = jeffreys_interval(false_pos, len(null))
     recall = {}

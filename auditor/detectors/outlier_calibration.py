@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from auditor.audit_sample import jeffreys_interval
-from auditor.detectors.thresholds import Threshold
+from auditor.detectors.thresholds import Threshold, exponential_tail_cut
 from auditor.neighbors import KnnGraph, knn
 
 # How each synthetic outlier is made from the training embeddings x (rows), by name:
@@ -97,9 +97,7 @@ def calibrate_outliers(x: np.ndarray, labels: np.ndarray, null: np.ndarray, k: i
     null = null[np.isfinite(null)]
     if len(null) < 2:
         raise ValueError(f"need at least 2 finite kNN distances, got {len(null)}")
-    median, q75 = np.quantile(null, [0.5, 0.75])
-    scale = max(float(q75 - median), 1e-9) / np.log(2.0)
-    value = float(median + scale * np.log(0.5 / alpha))
+    median, q75, scale, value = exponential_tail_cut(null, alpha)
     vectors, types = synthetic_outliers(x, labels, per_type=per_type, seed=seed)
     distance = knn_distance(knn(np.asarray(x, dtype=np.float32), min(k, len(x)), query=vectors, exclude_self=False,
                                 exact_below=exact_below, index=index))

@@ -118,3 +118,12 @@ def calibrate_from_labels(similarities: np.ndarray, is_duplicate: np.ndarray, *,
         "n_confirmed": n_pos, "n_rejected": n_neg, "tp": int(tp[best]), "fp": int(fp[best]),
         "fn": int(fn[best]), "tn": int(tn[best]), "precision": float(tp[best] / top),
         "recall": float(tp[best] / n_pos), "f1": float(f1[best]), "balanced_accuracy": float(balanced[best])})
+
+
+def exponential_tail_cut(null: np.ndarray, alpha: float) -> tuple[float, float, float, float]:
+    """(median, q75, scale, cut) of a null whose upper tail is modelled as exponential, scale (q75 - q50) / ln 2, cut
+    at q50 + scale * ln(0.5 / alpha) for a false-positive rate alpha: read from quartiles, so real positives in the
+    null (up to ~20 %) do not raise it. The copy matcher and the outlier detector calibrate with it."""
+    median, q75 = np.quantile(null, [0.5, 0.75])
+    scale = max(float(q75 - median), 1e-9) / np.log(2.0)
+    return float(median), float(q75), scale, float(median + scale * np.log(0.5 / alpha))
