@@ -186,10 +186,9 @@ def _choose(page, label: str, option: str | re.Pattern) -> None:
 
 
 def _tile(page, sample_id: str):
-    """The grid tile of `sample_id`: the innermost block holding both its image caption and its pick box."""
-    return page.locator("[data-testid='stVerticalBlock']").filter(
-        has=page.get_by_test_id("stImageCaption").get_by_text(sample_id, exact=True)).filter(
-        has=page.locator(f".st-key-pick_{sample_id}")).last
+    """The grid tile of `sample_id`, by its keyed container (app.grid.tile: tile, tiledone, tilefocus or
+    tiledonefocus), never by a caption: the Focus panel beside the grid shows the same caption."""
+    return page.locator(", ".join(f".st-key-tile{kind}_{sample_id}" for kind in ("", "done", "focus", "donefocus")))
 
 
 def _pick(page, sample_id: str, picked_now: int) -> None:
