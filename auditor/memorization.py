@@ -106,20 +106,6 @@ def two_proportion_p(x_in: np.ndarray, n_in: np.ndarray, x_out: np.ndarray, n_ou
     return np.where(se > 0, erfc(z / np.sqrt(2)), 1.0)
 
 
-def benjamini_hochberg(p_values: np.ndarray, n_tests: int, q: float) -> np.ndarray:
-    """Bool mask of the discoveries among `p_values` by Benjamini & Hochberg's step-up at FDR q over `n_tests` tests
-    in all (p-values above q may be left out of `p_values`: none of them can be a discovery)."""
-    p_values = np.asarray(p_values, dtype=np.float64)
-    if n_tests < len(p_values):
-        raise ValueError(f"n_tests ({n_tests}) is smaller than the number of p-values ({len(p_values)})")
-    order = np.argsort(p_values, kind="stable")
-    below = np.flatnonzero(p_values[order] <= q * np.arange(1, len(order) + 1) / max(n_tests, 1))
-    keep = np.zeros(len(p_values), bool)
-    if len(below):
-        keep[order[:below[-1] + 1]] = True
-    return keep
-
-
 def _influence_block(m: np.ndarray, t: np.ndarray, total: np.ndarray, n_in: np.ndarray, min_abs_score: float,
                      top_k: int | None, max_p: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(row, test column, x_in) of the pairs kept for one block of candidates (columns of the float32 m)."""

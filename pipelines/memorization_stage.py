@@ -18,8 +18,9 @@ from auditor import shadow_rows
 from auditor.config import AuditConfig
 from auditor.audit_sample import (SHORTLIST, TotalEstimate, apb_bands, audit_sample, band_table, bands_to_extend,
                                   classification_noise, estimate_total, stratified_pick)
-from auditor.memorization import (benjamini_hochberg, cross_influence, influence_tests, loo_scores,
+from auditor.memorization import (cross_influence, influence_tests, loo_scores,
                                   memorization_scores, memorization_states)
+from auditor.multiple_testing import benjamini_hochberg
 from auditor.memorization_rows import save_loo_scores, save_memorization
 from auditor.provenance import fingerprint
 from auditor.executor import BlockTask, make_executor

@@ -11,7 +11,6 @@ import pytest
 from auditor.memorization import (
     INFLUENCE_COLUMNS,
     SCORE_COLUMNS,
-    benjamini_hochberg,
     cross_influence,
     influence_tests,
     flag_memorized,
@@ -19,6 +18,7 @@ from auditor.memorization import (
     memorization_scores,
     newcombe_interval,
 )
+from auditor.multiple_testing import benjamini_hochberg
 from auditor.sharding import loo_design, ploo_design, ploo_improved_design
 
 

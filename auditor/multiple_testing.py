@@ -1,0 +1,20 @@
+"""Multiple-comparison control shared by the memorization stage (cross-influence pairs) and the detectors (per-image
+outlier tests): Benjamini & Hochberg's step-up at a false discovery rate q."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def benjamini_hochberg(p_values: np.ndarray, n_tests: int, q: float) -> np.ndarray:
+    """Bool mask of the discoveries among `p_values` by Benjamini & Hochberg's step-up at FDR q over `n_tests` tests
+    in all (p-values above q may be left out of `p_values`: none of them can be a discovery)."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    if n_tests < len(p_values):
+        raise ValueError(f"n_tests ({n_tests}) is smaller than the number of p-values ({len(p_values)})")
+    order = np.argsort(p_values, kind="stable")
+    below = np.flatnonzero(p_values[order] <= q * np.arange(1, len(order) + 1) / max(n_tests, 1))
+    keep = np.zeros(len(p_values), bool)
+    if len(below):
+        keep[order[:below[-1] + 1]] = True
+    return keep
