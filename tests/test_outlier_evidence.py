@@ -1,6 +1,7 @@
 """The outlier flag end to end: three far-away images (noise, a checkerboard, stripes) planted among the digits of a
-small dataset are flagged `outlier` by the real detectors stage, and no digit is; the Review and Point detail pages
-show the flag with its evidence (the distance, what is typical on this dataset and the calibrated cut)."""
+small dataset are flagged `outlier` by the real detectors stage at a false discovery rate of 5 %, as the old
+per-image cut flagged them, and no digit is; the Review and Point detail pages show the flag with its evidence (the
+distance, what is typical on this dataset, the calibrated cut and how many of the flags may be ordinary images)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app.common import DB_ENV
+from auditor.audit_sample import jeffreys_interval
 from auditor.store import Store
 from test_app import review_with_flag, show_evidence, shown_ids
 
@@ -76,8 +78,17 @@ def test_the_far_images_and_no_digit_are_outliers(outlier_db):
     assert all(e["distance"] > 2 * e["median"] for e in found.values())
     detail = json.loads(store.scalar("SELECT detail FROM thresholds WHERE kind = 'outlier'"))
     # The cut separates synthetic outliers made from these digits; of the data only the three far images lie beyond.
-    assert detail["separable"] and detail["null_above"] == len(far)
-    assert all(r["recall"] == 1.0 for name, r in detail["recall"].items() if name in detail["calibration_types"])
+    assert detail["separable"] and detail["flagged"] == len(far) and detail["fdr"] == 0.05
+    assert detail["tested"] == store.scalar("SELECT count(*) FROM samples WHERE split = 'train'")
+    assert all(r["at_flag_cut"]["recall"] == 1.0 for name, r in detail["recall"].items()
+               if name in detail["calibration_types"])
+    # Recall of the planted far images before (one test per image at alpha, no control) and after (Benjamini-
+    # Hochberg): 3 of 3 both, Jeffreys [0.46, 1]; the old rule flagged nothing else either (null_above).
+    before = sum(e["distance"] > detail["alpha_cut"] for e in found.values())
+    assert before == len(found) == detail["null_above"] == len(far)
+    assert jeffreys_interval(len(found), len(far))[0] > 0.46
+    assert all(e["q_value"] <= 0.05 and e["flagged"] == len(far) and e["tested"] == detail["tested"]
+               for e in found.values())
 
 
 def test_review_shows_each_outlier_with_its_evidence(outlier_db, monkeypatch):
@@ -88,6 +99,7 @@ def test_review_shows_each_outlier_with_its_evidence(outlier_db, monkeypatch):
     for sample_id in sorted(far):
         text = "\n".join(show_evidence(at, sample_id))
         assert "#### Outlier" in text and evidence[sample_id]["summary"] in text
+        assert "FDR 5 %: of 3 flagged, about 0.15 may be ordinary images" in text
 
 
 def test_point_detail_shows_the_outlier_flag_with_its_evidence(outlier_db, monkeypatch):
