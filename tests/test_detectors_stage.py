@@ -56,7 +56,9 @@ def audited(planted, tmp_path_factory):
     db = tmp_path_factory.mktemp("planted-db") / "audit.duckdb"
     cfg = db.with_name("c.toml")
     cfg.write_text("[data]\nallow_outside_root = true\n"  # the manifest names files by absolute path
-                   "[train]\nepochs = 12\n[memorization]\nmodels = 12\n[embeddings]\nkind = \"imagenet\"\n")
+                   "[train]\nepochs = 12\n[memorization]\nmodels = 12\n"
+                   # the pretrained embedder at the standard profile's size: 28-pixel digits lose nothing at 128
+                   "[embeddings]\nkind = \"imagenet\"\nimagenet_size = 128\n")
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "--data", str(manifest), "--db", str(db),
                            "--profile", "quick", "--config", str(cfg)], capture_output=True, text=True, env=env,
