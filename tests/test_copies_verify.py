@@ -10,7 +10,17 @@ from PIL import Image
 from scipy import stats
 
 from auditor.detectors.copies import CopyIndex, calibrate_copies, copy_scores
-from auditor.detectors.copies_verify import prepare, verify, warp_name
+from auditor.detectors.copies_verify import (
+    _SLOT,
+    MIN_OVERLAP,
+    WARPS,
+    _thetas,
+    max_shift,
+    prepare,
+    verify,
+    warp,
+    warp_name,
+)
 from auditor.detectors.edits import edit_images
 
 
@@ -79,6 +89,55 @@ def test_the_alignment_found_is_the_edit():
     assert [warp_name(int(m)) for m in matches] == ["shifted (3, -2)", "rotated -11", "mirrored"]
     other = ndimage.gaussian_filter(rng.normal(size=(28, 28)), 2)
     assert float(verify(prepare(other[None]), prepare(image[None]))[0][0]) < 0.9
+
+
+def _reference(query: np.ndarray, candidate: np.ndarray) -> tuple[float, int]:
+    """verify() of one pair the slow way: every warp sampled with border padding and masked, then at every shift the
+    Pearson correlation over the pixels the warped candidate covers (where they are >= MIN_OVERLAP), the best kept."""
+    import torch
+    import torch.nn.functional as F
+
+    side = round(len(query) ** 0.5)
+    shift = max_shift(side)
+    canvas = side + 2 * shift
+    grids = F.affine_grid(_thetas(side, shift, torch.device("cpu")), [len(WARPS), 1, canvas, canvas],
+                          align_corners=False)
+    sampled = F.grid_sample(torch.tensor(candidate, dtype=torch.float32).reshape(1, 1, side, side)
+                            .expand(len(WARPS), -1, -1, -1), grids, padding_mode="border", align_corners=False)
+    _, inside = warp(torch.tensor(candidate, dtype=torch.float32)[None])
+    sampled, inside = sampled[:, 0].double().numpy(), inside.numpy() > 0
+    q = query.astype(np.float64).reshape(side, side)
+    best, match = -1.0, 0
+    for w in range(len(WARPS)):
+        for a in range(2 * shift + 1):
+            for b in range(2 * shift + 1):
+                kept = inside[w, a:a + side, b:b + side]
+                if kept.sum() >= MIN_OVERLAP * side * side:
+                    r = np.corrcoef(q[kept], sampled[w, a:a + side, b:b + side][kept])[0, 1]
+                    if r > best:
+                        best, match = r, w * _SLOT * _SLOT + (shift - a + _SLOT // 2) * _SLOT + shift - b + _SLOT // 2
+    return best, match
+
+
+def test_verify_equals_the_correlation_computed_directly():
+    """Pairs of copies (shifted, rotated, mirrored) and of unrelated images, queries with several candidates and
+    candidates of several queries (as verify() groups them): scores and matches as _reference() computes them."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    images = np.stack([ndimage.gaussian_filter(rng.normal(size=(28, 28)), 2) for _ in range(6)])
+    edited = np.stack([ndimage.shift(images[0], (2, -3), order=1), ndimage.rotate(images[1], 7, reshape=False),
+                       images[2][:, ::-1]])
+    prepared = prepare(np.concatenate([images, edited]))
+    query_rows = np.array([6, 7, 8, 6, 6, 3, 7, 4, 4, 5, 8])
+    candidate_rows = np.array([0, 1, 2, 1, 3, 0, 0, 0, 5, 5, 4])
+    scores, matches = verify(prepared, prepared, query_rows, candidate_rows)
+    as_float = prepared.float().numpy()
+    for i, (q, c) in enumerate(zip(query_rows, candidate_rows)):
+        score, match = _reference(as_float[q], as_float[c])
+        assert abs(float(scores[i]) - score) < 1e-4, (i, float(scores[i]), score)
+        assert int(matches[i]) == match, (i, warp_name(int(matches[i])), warp_name(match))
+    assert scores[[0, 1, 2, 9]].min() > 0.95 and scores[[3, 4, 5, 6, 7, 8, 10]].max() < 0.9
 
 
 def test_alike_images_that_are_not_copies_are_not_flagged(border_digits):

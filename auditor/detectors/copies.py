@@ -212,7 +212,7 @@ def _verified(candidates: np.ndarray, queries, base: tuple, k: int) -> tuple[np.
     for start in range(0, n, _BATCH):  # the pairs' images are gathered a batch of queries at a time
         rows, cols = np.nonzero(fresh[start:start + _BATCH] & (ordered[start:start + _BATCH] >= 0))
         rows = rows + start
-        scores, matches = copies_verify.verify(queries[rows], sharp[ordered[rows, cols]])
+        scores, matches = copies_verify.verify(queries, sharp, rows, ordered[rows, cols])
         soft = copies_verify.correlate(queries[rows], blurred[ordered[rows, cols]])
         matches[soft > scores] = copies_verify.BLURRED
         score[rows, cols], match[rows, cols] = torch.maximum(scores, soft).numpy(), matches.numpy()

@@ -7,11 +7,14 @@ and whatever the content (no foreground, centring or moments assumed); two diffe
 
 Images are compared grey (the channel mean) at their own side, or area-resized to MAX_SIDE when larger (side()):
 an integer shift of the source then stays an exact shift. Contrast and brightness cancel in the correlation. The
-grid of one batch of pairs runs as tensor operations (torch, CPU or GPU): each warp is sampled once, the shifts are
-a grouped convolution with the query, the window sums matrix products.
+grid of one batch of pairs runs as tensor operations (torch, CPU or GPU): each distinct candidate is warped once,
+each query placed at every shift once, and the products of a query with all its candidates' warps at every shift are
+one matrix product; the window sums are matrix products too.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -33,7 +36,8 @@ MIN_OVERLAP = 0.6
 # Pixels at the candidate's edge left out of the overlap: an edit's resampling and the pre-blur blend them with a
 # shift's or rotation's fill.
 _MARGIN = 1.5
-# Pairs verified per tensor batch (bounds memory: ~0.5 MB per pair at side 28).
+# Slots (queries x their most candidates) verified per tensor batch, x16 on a GPU. Bounds memory: at side 28 ~0.6 MB
+# per slot (a candidate's warps, their squares and sums) and 0.4 MB per query (placed at every shift): ~70 MB at most.
 _PAIRS = 64
 # Both sides of a pair are blurred by this sigma (px) first: a blurred copy then stays close to its source, and
 # JPEG blocks and noise weigh less.
@@ -107,19 +111,79 @@ def _thetas(side_px: int, shift: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(np.stack(out), dtype=torch.float32, device=device)
 
 
-def verify(queries: torch.Tensor, candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per pair (row i of both, prepare()d), the best correlation over the overlap of the query with the candidate
-    under every warp and shift, and which (a match for warp_name); -1 where no alignment kept MIN_OVERLAP. Runs on
-    the GPU when torch sees one (in larger batches), results on the CPU."""
+def verify(queries: torch.Tensor, candidates: torch.Tensor, query_rows: np.ndarray | None = None,
+           candidate_rows: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pair (query_rows[i], candidate_rows[i]) of prepare()d images (default: row i of both), the best
+    correlation over the overlap of the query with the candidate under every warp and shift, and which (a match for
+    warp_name); -1 where no alignment kept MIN_OVERLAP. A query's pairs are worked on together (its shifted copies
+    made once). Runs on the GPU when torch sees one (in larger batches), results on the CPU."""
+    q_rows = np.arange(len(queries)) if query_rows is None else np.asarray(query_rows, dtype=np.int64)
+    c_rows = np.arange(len(candidates)) if candidate_rows is None else np.asarray(candidate_rows, dtype=np.int64)
+    if len(q_rows) != len(c_rows):
+        raise ValueError(f"need one candidate per query: got {len(q_rows)} query rows, {len(c_rows)} candidates")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    step = _PAIRS * (16 if device.type == "cuda" else 1)
-    best = torch.full((len(queries),), -1.0)
-    which = torch.zeros(len(queries), dtype=torch.int64)
-    for start in range(0, len(queries), step):
-        score, match = _verify_batch(queries[start:start + step].to(device).float(),
-                                     candidates[start:start + step].to(device).float())
-        best[start:start + step], which[start:start + step] = score.cpu(), match.cpu()
+    best = torch.full((len(q_rows),), -1.0)
+    which = torch.zeros(len(q_rows), dtype=torch.int64)
+    for pairs, slots, width in _batches(q_rows, _PAIRS * (16 if device.type == "cuda" else 1)):
+        # each query's candidates side by side (width slots), unused slots repeat its first (results unread)
+        grid = np.repeat(c_rows[pairs[slots[:, 0]]][:, None], width, axis=1)
+        filled = slots >= 0
+        grid[filled] = c_rows[pairs[slots[filled]]]
+        distinct, slot_of = np.unique(grid.reshape(-1), return_inverse=True)
+        score, match = _verify_batch(queries[q_rows[pairs[slots[:, 0]]]].to(device).float(),
+                                     candidates[distinct].to(device).float(),
+                                     torch.from_numpy(slot_of.reshape(grid.shape)).to(device))
+        done = torch.from_numpy(filled)
+        best[pairs[slots[filled]]], which[pairs[slots[filled]]] = score.cpu()[done], match.cpu()[done]
     return best, which
+
+
+def _batches(q_rows: np.ndarray, budget: int):
+    """Pairs grouped by query, queries with as many pairs next to each other, in batches of at most `budget` slots
+    (queries x the most pairs of one): (pairs as an order of q_rows, (queries, width) index into it or -1, width)."""
+    _, group, count = np.unique(q_rows, return_inverse=True, return_counts=True)
+    order = np.lexsort((np.arange(len(q_rows)), group, count[group]))
+    starts = np.r_[0, np.flatnonzero(np.diff(group[order])) + 1, len(order)]
+    widths = np.diff(starts)
+    first = 0
+    while first < len(widths):
+        last = first + 1  # widths ascend: a batch's width is its last query's
+        while last < len(widths) and (last + 1 - first) * widths[last] <= budget:
+            last += 1
+        width = int(widths[last - 1])
+        slots = np.full((last - first, width), -1, dtype=np.int64)
+        offset = np.arange(width)[None, :]
+        valid = offset < widths[first:last, None]
+        slots[valid] = (starts[first:last, None] + offset)[valid] - starts[first]
+        yield order[starts[first]:starts[last]], slots, width
+        first = last
+
+
+@functools.lru_cache(maxsize=8)
+def _geometry(side_px: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The warps' sampling grids (points where a warp no longer covers the candidate, less _MARGIN, sent outside it,
+    so they sample 0: (warps, canvas, canvas, 2)), where each covers it ((warps, canvas, canvas) 0/1), and that
+    mask's windows at every shift ((area, warps x shifts^2), the same for every pair)."""
+    shift = max_shift(side_px)
+    canvas = side_px + 2 * shift
+    grids = F.affine_grid(_thetas(side_px, shift, device), [len(WARPS), 1, canvas, canvas], align_corners=False)
+    inside = (grids.abs() <= 1.0 - 2 * _MARGIN / side_px).all(dim=-1)
+    # inside points are >= 1 px from the edge pixels' centres, so their bilinear samples never read the padding
+    grids = torch.where(inside[..., None], grids, torch.full_like(grids, 4.0))
+    windows = F.unfold(inside.float()[:, None], side_px).permute(1, 0, 2).reshape(side_px * side_px, -1)
+    return grids, inside.float(), windows
+
+
+def warp(candidates: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, WARPS, canvas, canvas) prepare()d candidates under every warp on a canvas side + 2 max_shift wide, 0
+    outside the candidate (less _MARGIN), and (WARPS, canvas, canvas) where each warp covers it (1)."""
+    n, warps = len(candidates), len(WARPS)
+    side_px = round(candidates.shape[1] ** 0.5)
+    grids, inside, _ = _geometry(side_px, candidates.device)
+    # warps as the batch and candidates as channels: each warp's grid is used once for every candidate
+    warped = F.grid_sample(candidates.reshape(1, n, side_px, side_px).expand(warps, -1, -1, -1), grids,
+                           mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped.transpose(0, 1).contiguous(), inside
 
 
 def _window_sums(x: torch.Tensor, side: int) -> torch.Tensor:
@@ -131,36 +195,34 @@ def _window_sums(x: torch.Tensor, side: int) -> torch.Tensor:
     return band @ x @ band.T
 
 
-def _verify_batch(q: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """verify() of one batch of pairs."""
-    n, warps = len(q), len(WARPS)
-    side_px = int(round(q.shape[1] ** 0.5))
+def _verify_batch(q: torch.Tensor, c: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """verify() of one batch: each of the Q queries against its candidates, rows slots[i] (Q x width) of c (each
+    distinct candidate warped once): (Q, width) scores and matches."""
+    warps, (n, width) = len(WARPS), slots.shape
+    side_px = round(q.shape[1] ** 0.5)
     shift = max_shift(side_px)
     canvas, area, shifts = side_px + 2 * shift, side_px * side_px, 2 * shift + 1
-    grids = F.affine_grid(_thetas(side_px, shift, q.device), [warps, 1, canvas, canvas], align_corners=False)
-    inside = (grids.abs() <= 1.0 - 2 * _MARGIN / side_px).all(dim=-1).float()  # (warps, canvas, canvas)
-    # warps as the batch and pairs as channels: each warp's grid is used once for every pair
-    warped = F.grid_sample(c.reshape(1, n, side_px, side_px).expand(warps, -1, -1, -1), grids, mode="bilinear",
-                           padding_mode="border", align_corners=False)
-    warped = warped.transpose(0, 1) * inside  # (n, warps, canvas, canvas), 0 outside the candidate
-    # Sums over each shift's window: of the mask (shared), the candidate and its square, and against the query:
-    # q x mask and q^2 x mask (one matrix product), q x candidate (a grouped convolution).
-    mask_windows = F.unfold(inside[:, None], side_px).permute(1, 0, 2).reshape(area, -1)  # (area, warps x shifts)
+    warped, _ = warp(c)
+    # Sums over each shift's window: of the mask (shared), each candidate and its square, each query x mask and
+    # query^2 x mask (matrix products), and query x candidate: each query placed at every shift on the canvas,
+    # times the warps of all its candidates (one matrix product per query).
+    _, _, mask_windows = _geometry(side_px, q.device)
     s_m = mask_windows.sum(dim=0).reshape(warps, -1)
-    box = _window_sums(torch.stack([warped, warped * warped], dim=2), side_px).reshape(n, warps, 2, -1)
-    s_c, s_c2 = box[:, :, 0], box[:, :, 1]
-    s_q = (q @ mask_windows).reshape(n, warps, -1)
-    s_q2 = (q * q @ mask_windows).reshape(n, warps, -1)
-    s_qc = F.conv2d(warped.reshape(1, n * warps, canvas, canvas),
-                    q.reshape(n, 1, side_px, side_px).repeat_interleave(warps, dim=0),
-                    groups=n * warps).reshape(n, warps, -1)
+    s_c = _window_sums(warped, side_px).reshape(len(c), warps, -1)[slots]
+    s_c2 = _window_sums(warped * warped, side_px).reshape(len(c), warps, -1)[slots]
+    s_q, s_q2 = (torch.cat([q, q * q]) @ mask_windows).reshape(2, n, 1, warps, -1)
+    across = torch.stack([F.pad(q.reshape(n, side_px, side_px), (dx, shifts - 1 - dx)) for dx in range(shifts)],
+                         dim=1)  # (queries, dx, side, canvas)
+    placed = torch.stack([F.pad(across, (0, 0, dy, shifts - 1 - dy)) for dy in range(shifts)], dim=1)
+    s_qc = torch.bmm(warped.reshape(len(c), warps, canvas * canvas)[slots].reshape(n, width * warps, -1),
+                     placed.reshape(n, shifts * shifts, canvas * canvas).transpose(1, 2)).reshape(n, width, warps, -1)
     safe = s_m.clamp(min=1.0)
     cov = s_qc - s_q * s_c / safe
     var_q = (s_q2 - s_q * s_q / safe).clamp(min=0)
     var_c = (s_c2 - s_c * s_c / safe).clamp(min=0)
     ncc = cov / torch.sqrt(var_q * var_c).clamp(min=1e-6)
     ncc = torch.where(s_m >= MIN_OVERLAP * area, ncc, torch.full_like(ncc, -1.0))
-    best, flat = ncc.reshape(n, -1).max(dim=1)
-    warp, at = flat // (shifts * shifts), flat % (shifts * shifts)
+    best, flat = ncc.reshape(n, width, -1).max(dim=2)
+    warp_of, at = flat // (shifts * shifts), flat % (shifts * shifts)
     dy, dx = shift - at // shifts, shift - at % shifts  # the copy's content moved by (dy, dx) from its source
-    return best, warp * _SLOT * _SLOT + (dy + _SLOT // 2) * _SLOT + dx + _SLOT // 2
+    return best, warp_of * _SLOT * _SLOT + (dy + _SLOT // 2) * _SLOT + dx + _SLOT // 2
