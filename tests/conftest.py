@@ -43,6 +43,26 @@ def small_db(tmp_path_factory, default_manifest) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def planted_source(tmp_path_factory, default_manifest) -> tuple[Path, dict[str, tuple[str, str]]]:
+    """The planted-copies database (tests/planted.py), audited once for the session; never written: a test that
+    writes works on `copy_audit` of it. Returns it and the planted pairs {plant: (source id, copy id)}."""
+    from planted import build_planted_db
+
+    return build_planted_db(default_manifest, tmp_path_factory.mktemp("planted-db"))
+
+
+def copy_audit(db: Path, folder: Path) -> Path:
+    """A copy of an audit database (its file, WAL if any and model files) in `folder`; returns the copy's path."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for source in db.parent.iterdir():
+        if source.name.startswith(db.name):
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, folder / source.name)
+    return folder / db.name
+
+
 def memaudit(*args: str, background: bool = False):
     """Run `python -m pipelines.cli ARGS` offline: completed (text output, 10 min limit), or started in the
     background (stderr piped) to be killed by a resume test."""

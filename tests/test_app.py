@@ -16,7 +16,8 @@ from app.common import db_path, flag_name, method_name
 from auditor import job_queries, memorization_queries, point_queries, queries
 from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.store import Store
-from planted import BLANK, GHOST, PLANTS, build_planted_db
+from conftest import copy_audit
+from planted import BLANK, GHOST, PLANTS
 
 APP = Path(__file__).resolve().parent.parent / "app"
 OVERVIEW, REVIEW = str(APP / "views" / "overview.py"), str(APP / "views" / "review.py")
@@ -73,11 +74,12 @@ def mem_store(mem_db) -> Store:
 
 
 @pytest.fixture(scope="module")
-def planted_db(default_manifest, tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
+def planted_db(planted_source, tmp_path_factory) -> tuple[Path, dict[str, tuple[str, str]]]:
     """A small dataset with planted exact, shifted and dimmed copies (duplicates and train/test leaks) and an
-    unreadable file, audited by the real stages (tests/planted.py), with at least one `memorized` flag; returns it and
-    the planted pairs {plant: (source id, copy id)}, a leak's as (train id, test id)."""
-    path, planted = build_planted_db(default_manifest, tmp_path_factory.mktemp("planted-db"))
+    unreadable file, audited by the real stages (tests/planted.py: a copy of the session's), with at least one
+    `memorized` flag; returns it and the planted pairs {plant: (source id, copy id)}, a leak's as (train id, test id)."""
+    source, planted = planted_source
+    path = copy_audit(source, tmp_path_factory.mktemp("planted-db"))
     ensure_memorized(path)
     return path, planted
 

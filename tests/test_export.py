@@ -18,6 +18,7 @@ from auditor.export import ExportError, export_manifest, plan_export
 from auditor.manifest import check_rows, list_inputs
 from auditor.reviews import record_decisions
 from auditor.store import Store
+from conftest import copy_audit
 from pipelines.cli import main
 
 
@@ -176,13 +177,11 @@ def test_round_trip_through_memaudit_run(reviewed, tmp_path):
     assert int(again.scalar("SELECT count(*) FROM problems WHERE severity = 'error'")) == 0
 
 
-def test_dropping_duplicates_keeps_one_copy_of_each(default_manifest, tmp_path_factory):
+def test_dropping_duplicates_keeps_one_copy_of_each(planted_source, tmp_path):
     """On the real detectors' output for planted copies: dropping unreviewed `duplicate` images keeps one copy of each
     planted pair (as Triage says, "keep one copy"), and a copy removed by a reviewer lets the other one stay."""
-    from planted import build_planted_db
-
-    path, planted = build_planted_db(default_manifest, tmp_path_factory.mktemp("planted-export"))
-    store = Store(path)
+    source, planted = planted_source
+    store = Store(copy_audit(source, tmp_path / "planted"))
     manifest, changelog = plan_export(store, drop_kinds=["duplicate"])
     kept = set(manifest["sample_id"])
     for plant in ("duplicate", "pixel_duplicate"):
