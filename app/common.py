@@ -21,10 +21,10 @@ import streamlit as st
 from PIL import Image, ImageDraw, ImageFont
 
 from app.reviewer import reviewer_box
-from auditor import queries
-from auditor.flag_kinds import REGISTRY, evidence_style
-from auditor.thumbnails import FileChanged, thumbnail as make_thumbnail
-from auditor.store import Store, StoreBusy, StoreCorrupt, StoreUnwritable
+from auditor.review import queries
+from auditor.detectors.flag_kinds import REGISTRY, evidence_style
+from auditor.data.thumbnails import FileChanged, thumbnail as make_thumbnail
+from auditor.store.database import Store, StoreBusy, StoreCorrupt, StoreUnwritable
 
 DB_ENV = "MEMAUDIT_DB"
 USAGE = f"start the dashboard with `memaudit app --db PATH` (or `streamlit run app/main.py -- --db PATH`, or {DB_ENV})"

@@ -11,10 +11,10 @@ import streamlit as st
 
 from app.common import md, parse_detail
 from app.reviewer import reviewer
-from auditor import queries
-from auditor.queries import ReviewFilter
-from auditor.reviews import current_decisions, record_decisions, undo
-from auditor.store import Store, StoreBusy
+from auditor.review import queries
+from auditor.review.queries import ReviewFilter
+from auditor.review.reviews import current_decisions, record_decisions, undo
+from auditor.store.database import Store, StoreBusy
 
 DECISION_BADGES = {"keep": ":green-badge[keep]", "remove": ":red-badge[remove]", "relabel": ":blue-badge[relabel]"}
 PICK_PREFIX = "pick_"

@@ -11,10 +11,10 @@ import streamlit as st
 
 from app.common import flag_name, md, parse_detail, shown_image
 from app.reviewer import reviewer
-from auditor import queries
-from auditor.flag_kinds import evidence_style
-from auditor.reviews import judge_pair, pair_judgement
-from auditor.store import Store, StoreBusy
+from auditor.review import queries
+from auditor.detectors.flag_kinds import evidence_style
+from auditor.review.reviews import judge_pair, pair_judgement
+from auditor.store.database import Store, StoreBusy
 
 EVIDENCE_IMAGE = 160
 STRIP_IMAGE = 96

@@ -11,7 +11,7 @@ import streamlit as st
 
 from app.decide import decide, decision_badge, picked, set_picks, suggested_label
 from app.evidence import label_text, picture
-from auditor.store import Store
+from auditor.store.database import Store
 
 FOCUS_IMAGE = 200
 # key -> (button key, what it does); the same table drives the script and the legend on the page.

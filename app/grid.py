@@ -14,8 +14,8 @@ from app.common import evidence_line, fragment_reading, thumbnail
 from app.decide import (BAR_FRAGMENT, QUEUE_FRAGMENT, accept_suggestions, decide, decision_badge, pick_box, picked,
                         set_picks, show_decision_error)
 from app.evidence import label_text, mem_text, models_text
-from auditor.reviews import ACTIONS, current_decisions
-from auditor.store import Store, StoreBusy
+from auditor.review.reviews import ACTIONS, current_decisions
+from auditor.store.database import Store, StoreBusy
 
 # Thumbnail size -> tile width in pixels; the tiles wrap into as many columns as the window holds. 'small' is a
 # dense grid of images, pick boxes and decisions only.

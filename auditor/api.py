@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from auditor import memorization_queries, queries
-from auditor.flag_kinds import FLAG_PRIORITY
-from auditor.store import Store
+from auditor.memorization import memorization_queries
+from auditor.review import queries
+from auditor.detectors.flag_kinds import FLAG_PRIORITY
+from auditor.store.database import Store
 
 __all__ = ["Audit", "open_audit"]
 
@@ -34,7 +35,7 @@ class Audit:
 
     def flags(self, kind: str | None = None) -> pd.DataFrame:
         """Flags (sample_id, kind, score, detail as JSON text, run_id, split, label), most important kind first, or
-        those of one kind (see `auditor.flag_kinds.FLAG_PRIORITY` for the kinds)."""
+        those of one kind (see `auditor.detectors.flag_kinds.FLAG_PRIORITY` for the kinds)."""
         if kind is not None and kind not in FLAG_PRIORITY:
             raise ValueError(f"unknown flag kind {kind!r}; use one of {', '.join(FLAG_PRIORITY)}")
         return self.store.query(

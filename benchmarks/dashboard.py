@@ -36,12 +36,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_stages import _table
 
-from auditor import job_queries, memorization_queries, point_queries, queries
+from auditor.memorization import memorization_queries
+from auditor.review import point_queries, queries
+from auditor.store import job_queries
 from auditor.config import load_config
-from auditor.export import plan_export
-from auditor.queries import ReviewFilter
-from auditor.reviews import current_decisions, decision_counts, decision_history
-from auditor.store import Store
+from auditor.review.export import plan_export
+from auditor.review.queries import ReviewFilter
+from auditor.review.reviews import current_decisions, decision_counts, decision_history
+from auditor.store.database import Store
 
 PAGES = Path(__file__).resolve().parent.parent / "app" / "views"
 N_IMAGES = 200

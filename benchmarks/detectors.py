@@ -25,9 +25,9 @@ from PIL import Image
 from pipeline_stages import _table
 
 from auditor.config import load_config
-from auditor.default_dataset import materialise_default
-from auditor.neighbors import knn
-from auditor.store import Store
+from auditor.data.default_dataset import materialise_default
+from auditor.detectors.neighbors import knn
+from auditor.store.database import Store
 from pipelines.embeddings_stage import load_embeddings
 from pipelines.runner import run_pipeline
 

@@ -41,8 +41,8 @@ from report import table
 from index_recall import Mixture
 
 from auditor.config import load_config
-from auditor.embedding_rows import save_embedder
-from auditor.store import Store
+from auditor.training.embedding_rows import save_embedder
+from auditor.store.database import Store
 from pipelines import detectors_stage as stage
 from pipelines.progress import silent
 from pipelines.runs import now

@@ -25,9 +25,9 @@ from report import table
 from shadow_throughput import _data, _flops_per_model, _halves
 
 from auditor.config import load_config
-from auditor.embeddings import Embedder, clip_embedder, imagenet_embedder
-from auditor.shadow_engine import train_shadow_block
-from auditor.training import resolve_device
+from auditor.training.embeddings import Embedder, clip_embedder, imagenet_embedder
+from auditor.memorization.shadow_engine import train_shadow_block
+from auditor.training.trainer import resolve_device
 
 
 def _sync() -> None:

@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import table
 
-from auditor.neighbors import NeighborIndex, normalise
+from auditor.detectors.neighbors import NeighborIndex, normalise
 
 CLASSES = 100
 SUBSPACE = 64

@@ -25,11 +25,11 @@ import numpy as np
 from detectors import default_frame, plant_flips
 from report import table
 
-from auditor.audit_sample import jeffreys_interval
+from auditor.memorization.audit_sample import jeffreys_interval
 from auditor.config import AuditConfig, load_config
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
-from auditor.neighbors import knn
-from auditor.store import Store
+from auditor.detectors.neighbors import knn
+from auditor.store.database import Store
 from pipelines.detectors_stage import out_of_sample_probs
 from pipelines.embeddings_stage import load_embeddings
 from pipelines.progress import silent

@@ -52,10 +52,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from conftest import CHROMIUM, CHROMIUM_ARGS, IDLE, SMALL_OVERRIDES, dashboard
 from st_client import StClient
 
-from auditor import job_queries, queries
-from auditor.queries import ReviewFilter
-from auditor.reviews import ACTIONS
-from auditor.store import Store
+from auditor.review import queries
+from auditor.store import job_queries
+from auditor.review.queries import ReviewFilter
+from auditor.review.reviews import ACTIONS
+from auditor.store.database import Store
 from pipelines import launcher
 
 REVIEWER_PREFIX = "load-"
@@ -174,7 +175,7 @@ def copy_audit(source: Path, folder: Path) -> Path:
 def build_small_audit(folder: Path) -> Path:
     """The tests' small audit (24 images per class of the default dataset, quick profile) built in `folder`."""
     from auditor.config import load_config
-    from auditor.default_dataset import materialise_default
+    from auditor.data.default_dataset import materialise_default
     from pipelines.runner import run_pipeline
 
     path = folder / "audit.duckdb"

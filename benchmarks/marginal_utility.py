@@ -40,9 +40,9 @@ from PIL import Image
 from pipeline_stages import _table
 
 from auditor.config import load_config
-from auditor.experiment_queries import control_spread, experiment_results, schedule_check_row, schedule_line
-from auditor.experiments import FULL, LEAK_PAIR_KINDS, control_name, difference, versus_control
-from auditor.store import Store
+from auditor.experiments.experiment_queries import control_spread, experiment_results, schedule_check_row, schedule_line
+from auditor.experiments.marginal_utility import FULL, LEAK_PAIR_KINDS, control_name, difference, versus_control
+from auditor.store.database import Store
 from pipelines.experiment_stage import (
     BUCKETS,
     ExperimentSpec,

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 
 from auditor.config import AuditConfig, load_config
-from auditor.provenance import fingerprint
-from auditor.shadow_engine import train_shadow_block
-from auditor.sharding import ShardDesign, ploo_design
-from auditor.store import Store
+from auditor.store.provenance import fingerprint
+from auditor.memorization.shadow_engine import train_shadow_block
+from auditor.memorization.sharding import ShardDesign, ploo_design
+from auditor.store.database import Store
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
 from pipelines.runner import run_pipeline
 
@@ -43,7 +43,7 @@ def noisy_default(root: Path, fraction: float = 0.08, seed: int = 7) -> Path:
     """A second benchmark dataset: the default digits with `fraction` of the training labels moved to another
     class at random (seeded) - a different memorization profile (mislabeled points are memorized or never fit).
     Returns its manifest."""
-    from auditor.default_dataset import materialise_default
+    from auditor.data.default_dataset import materialise_default
 
     source = materialise_default()
     frame = pd.read_csv(source, dtype=str)

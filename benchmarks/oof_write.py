@@ -3,7 +3,7 @@ with `save_oof_probs` into a fresh database, in a fresh process, reporting the r
 the arrays (peak RSS after minus peak RSS before) and its wall time.
 
 Usage: python benchmarks/oof_write.py [--points 10000] [--classes 10000] [--chunk-cells N] [--one-insert]
-`--chunk-cells` sets the floats per insert (default: auditor.detector_rows.OOF_CHUNK_CELLS); `--one-insert` writes
+`--chunk-cells` sets the floats per insert (default: auditor.detectors.detector_rows.OOF_CHUNK_CELLS); `--one-insert` writes
 everything in one insert with no DuckDB memory limit, as the stage did before the write was bounded.
 """
 
@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from auditor import detector_rows
-from auditor.store import Store
+from auditor.detectors import detector_rows
+from auditor.store.database import Store
 
 SEED = 0
 

@@ -24,9 +24,9 @@ from report import table as _table
 from torch.utils.flop_counter import FlopCounterMode
 
 from auditor.config import load_config
-from auditor.models import build_model
-from auditor.store import Store
-from auditor.training import train_model
+from auditor.training.models import build_model
+from auditor.store.database import Store
+from auditor.training.trainer import train_model
 from pipelines.arrays import load_training_arrays
 from pipelines.progress import silent
 from pipelines.runner import run_pipeline

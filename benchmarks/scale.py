@@ -49,11 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboard import DETECT_RUN, EMBEDDER, page_queries
 from pipeline_stages import _table
 
-from auditor import queries
+from auditor.review import queries
 from auditor.detectors.duplicates import duplicate_flags, leak_flags, leak_pairs, near_duplicate_pairs
 from auditor.detectors.thresholds import calibrate_from_distribution
-from auditor.neighbors import KnnGraph, NeighborIndex, graph_frame
-from auditor.store import SUMMARY_KEY, Store
+from auditor.detectors.neighbors import KnnGraph, NeighborIndex, graph_frame
+from auditor.store.database import SUMMARY_KEY, Store
 from pipelines.detectors_stage import THRESHOLD_KINDS
 from pipelines.embeddings_stage import stream_embeddings
 

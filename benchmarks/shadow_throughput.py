@@ -25,9 +25,9 @@ from report import table as _table
 from torch.utils.flop_counter import FlopCounterMode
 
 from auditor.config import AuditConfig, load_config
-from auditor.default_dataset import split_indices
-from auditor.models import build_model
-from auditor.shadow_engine import ShadowBlock, train_shadow_block
+from auditor.data.default_dataset import split_indices
+from auditor.training.models import build_model
+from auditor.memorization.shadow_engine import ShadowBlock, train_shadow_block
 
 
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

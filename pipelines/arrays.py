@@ -7,14 +7,15 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from auditor import queries, sample_rows
+from auditor.data import sample_rows
+from auditor.review import queries
 from auditor.config import AuditConfig
-from auditor.executor import ShadowData
-from auditor.ingest import PROBLEM_COLUMNS
-from auditor.provenance import fingerprint
-from auditor.run_rows import record_problems
-from auditor.store import Store
-from auditor.tensors import load_images, resolve_channels
+from auditor.memorization.executor import ShadowData
+from auditor.data.ingest import PROBLEM_COLUMNS
+from auditor.store.provenance import fingerprint
+from auditor.store.run_rows import record_problems
+from auditor.store.database import Store
+from auditor.data.tensors import load_images, resolve_channels
 from pipelines.progress import ProgressFactory, silent
 
 

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 from auditor.config import ConfigError, load_config
-from auditor.export import ExportSummary, export_manifest
-from auditor.manifest import ManifestError
+from auditor.review.export import ExportSummary, export_manifest
+from auditor.data.manifest import ManifestError
 from auditor.status_report import status_text
-from auditor.store import Store, StoreBusy
-from auditor.write_errors import explain_write_failure
-from auditor.sweep import METHODS, SweepSpec
+from auditor.store.database import Store, StoreBusy
+from auditor.store.write_errors import explain_write_failure
+from auditor.experiments.sweep import METHODS, SweepSpec
 from pipelines.launcher import tracked
 from pipelines.progress import terminal
 from pipelines.stage_names import DEFAULT_ARMS, DEFAULT_STAGES, STAGES, parse_arms

@@ -15,7 +15,9 @@ import time
 import numpy as np
 import pandas as pd
 
-from auditor import detector_rows, queries, sample_rows
+from auditor.data import sample_rows
+from auditor.detectors import detector_rows
+from auditor.review import queries
 from auditor.config import AuditConfig
 from auditor.detectors.duplicates import (
     copy_pairs, duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
@@ -24,14 +26,14 @@ from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
-from auditor.embedding_rows import latest_embedder, load_embeddings
-from auditor.flag_kinds import detector_modules, kinds_of_stage, threshold_kinds
-from auditor.influence_rows import influence, mean_influence
-from auditor.neighbors import graph_frame, knn
-from auditor.provenance import fingerprint
-from auditor.score_rows import flagged_ids, mem_run_id, mem_scores
-from auditor.shadow_engine import train_shadow_block
-from auditor.store import Store
+from auditor.training.embedding_rows import latest_embedder, load_embeddings
+from auditor.detectors.flag_kinds import detector_modules, kinds_of_stage, threshold_kinds
+from auditor.memorization.influence_rows import influence, mean_influence
+from auditor.detectors.neighbors import graph_frame, knn
+from auditor.store.provenance import fingerprint
+from auditor.training.score_rows import flagged_ids, mem_run_id, mem_scores
+from auditor.memorization.shadow_engine import train_shadow_block
+from auditor.store.database import Store
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
 from pipelines.progress import ProgressFactory, notice, silent
 from pipelines.runs import finish_run, start_run

@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 
 from auditor.config import AuditConfig
-from auditor.embedding_rows import (  # noqa: F401 (stream_embeddings re-exported)
+from auditor.training.embedding_rows import (  # noqa: F401 (stream_embeddings re-exported)
     embedded_ids, load_embeddings, save_embedder, save_embedding_map, stream_embeddings, unembedded_samples)
-from auditor.embeddings import build_embedder, embed_paths, pca_2d
-from auditor.run_rows import audit_seed_run
-from auditor.store import Store
+from auditor.training.embeddings import build_embedder, embed_paths, pca_2d
+from auditor.store.run_rows import audit_seed_run
+from auditor.store.database import Store
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import artifact_path, finish_run, now, record_problems, start_run
 from pipelines.stages import StageReport

@@ -22,26 +22,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from auditor import experiment_rows
+from auditor.experiments import experiment_rows
 from auditor.config import AuditConfig
-from auditor.dynamics_scores import dynamics_scores
-from auditor.executor import BlockTask, make_executor
-from auditor.detector_rows import cluster_sizes, pair_ids
-from auditor.experiment_queries import (
+from auditor.training.dynamics_scores import dynamics_scores
+from auditor.memorization.executor import BlockTask, make_executor
+from auditor.detectors.detector_rows import cluster_sizes, pair_ids
+from auditor.experiments.experiment_queries import (
     experiment_results, experiment_status, mean_accuracy, schedule_check_row, schedule_line)
-from auditor.experiments import (
+from auditor.experiments.marginal_utility import (
     FULL, FULL_LONGER, SCHEDULE_FACTOR, Arm, arm_from_ids, control_name, format_results, influenced_test_points,
     leakage_bucket, leaked_test_points, memorized_remainder, memorized_share, model_control, model_converged,
     schedule_check, subpopulation_bucket, subset_accuracy)
-from auditor.flags import memorized_candidates
-from auditor.influence_rows import influence
-from auditor.memorization_queries import estimate
-from auditor.provenance import fingerprint
-from auditor.reviews import removed_ids
-from auditor.sample_rows import sample_ids
-from auditor.score_rows import audit_memorized, flagged_ids
-from auditor.store import Store
-from auditor.training import train_model
+from auditor.detectors.flags import memorized_candidates
+from auditor.memorization.influence_rows import influence
+from auditor.memorization.memorization_queries import estimate
+from auditor.store.provenance import fingerprint
+from auditor.review.reviews import removed_ids
+from auditor.data.sample_rows import sample_ids
+from auditor.training.score_rows import audit_memorized, flagged_ids
+from auditor.store.database import Store
+from auditor.training.trainer import train_model
 from pipelines.arrays import TrainingArrays, TrainLabels, load_training_arrays, train_labels, training_fingerprint
 from pipelines.jobs import Job
 from pipelines.progress import ProgressFactory, silent

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditor import experiment_queries
+from auditor.experiments import experiment_queries
 from auditor.config import load_config
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines.stage_names import STAGES, parse_arms
 
 NO_ESTIMATE = "no earlier run to estimate from"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from auditor.job_queries import finish_job, record_progress, start_job
-from auditor.store import Store
+from auditor.store.job_queries import finish_job, record_progress, start_job
+from auditor.store.database import Store
 from pipelines.runs import now
 
 # The environment variable holding a launched job's token: the proof that a process is that job (see launcher.cancel).

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from auditor import job_queries
+from auditor.store import job_queries
 from auditor.config import load_config
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines.jobs import TOKEN_ENV, Job
 from pipelines.progress import Bar, ProgressFactory, terminal
 from pipelines.stage_names import STAGES, parse_arms

@@ -14,21 +14,21 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from auditor import shadow_rows
+from auditor.memorization import shadow_rows
 from auditor.config import AuditConfig
-from auditor.audit_sample import (SHORTLIST, TotalEstimate, apb_bands, audit_sample, band_table, bands_to_extend,
+from auditor.memorization.audit_sample import (SHORTLIST, TotalEstimate, apb_bands, audit_sample, band_table, bands_to_extend,
                                   classification_noise, estimate_total, stratified_pick)
-from auditor.memorization import (cross_influence, influence_tests, loo_scores,
+from auditor.memorization.estimates import (cross_influence, influence_tests, loo_scores,
                                   memorization_scores, memorization_states)
 from auditor.multiple_testing import benjamini_hochberg
-from auditor.memorization_rows import save_loo_scores, save_memorization
-from auditor.provenance import fingerprint
-from auditor.executor import BlockTask, make_executor
-from auditor.proxy_calibration import proxy_calibration
-from auditor.score_rows import candidates_by_apb, mem_scores, proxy_scores
-from auditor.shadow_budget import DesignPlan, capped_models, half_width, models_for_half_width
-from auditor.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
-from auditor.store import Store
+from auditor.memorization.memorization_rows import save_loo_scores, save_memorization
+from auditor.store.provenance import fingerprint
+from auditor.memorization.executor import BlockTask, make_executor
+from auditor.memorization.proxy_calibration import proxy_calibration
+from auditor.training.score_rows import candidates_by_apb, mem_scores, proxy_scores
+from auditor.memorization.shadow_budget import DesignPlan, capped_models, half_width, models_for_half_width
+from auditor.memorization.sharding import ShardDesign, default_shard_count, loo_design, ploo_design, ploo_improved_design
+from auditor.store.database import Store
 from pipelines.arrays import TrainingArrays, TrainLabels, load_training_arrays, train_labels, training_fingerprint
 from pipelines.jobs import Job
 from pipelines.progress import ProgressFactory, notice, silent

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from auditor.config import AuditConfig
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines.detectors_stage import detectors_stage
 from pipelines.embeddings_stage import embeddings_stage
 from pipelines.memorization_stage import loo_stage, memorization_stage

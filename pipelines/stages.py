@@ -15,19 +15,19 @@ import numpy as np
 import pandas as pd
 
 from auditor.config import AuditConfig
-from auditor.convergence import has_plateaued
-from auditor.default_dataset import materialise_default
-from auditor.dynamics_scores import dynamics_scores
-from auditor.embeddings import save_model_checkpoint
-from auditor.flags import memorized_candidates, unreadable_flags
-from auditor.ingest import ingest
-from auditor.manifest import ManifestError, list_inputs
-from auditor.provenance import fingerprint
-from auditor.run_rows import problem_reasons, run_results, save_run_inputs
-from auditor.sample_rows import save_ingest
-from auditor.score_rows import dynamics_log, save_scores
-from auditor.store import Store
-from auditor.training import EpochLog, resolve_device, train_model
+from auditor.training.convergence import has_plateaued
+from auditor.data.default_dataset import materialise_default
+from auditor.training.dynamics_scores import dynamics_scores
+from auditor.training.embeddings import save_model_checkpoint
+from auditor.detectors.flags import memorized_candidates, unreadable_flags
+from auditor.data.ingest import ingest
+from auditor.data.manifest import ManifestError, list_inputs
+from auditor.store.provenance import fingerprint
+from auditor.store.run_rows import problem_reasons, run_results, save_run_inputs
+from auditor.data.sample_rows import save_ingest
+from auditor.training.score_rows import dynamics_log, save_scores
+from auditor.store.database import Store
+from auditor.training.trainer import EpochLog, resolve_device, train_model
 from pipelines.arrays import load_training_arrays, training_fingerprint
 from pipelines.progress import ProgressFactory, silent
 from pipelines.runs import artifact_path, finish_run, run_status, start_run

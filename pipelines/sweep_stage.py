@@ -22,24 +22,24 @@ from dataclasses import asdict
 import numpy as np
 import pandas as pd
 
-from auditor import variant_rows
+from auditor.experiments import variant_rows
 from auditor.config import AuditConfig, config_from_dict
-from auditor.dynamics_scores import dynamics_scores
-from auditor.executor import BlockTask, make_executor
-from auditor.experiments import SCHEDULE_FACTOR, model_converged, schedule_check
-from auditor.flags import memorized_candidates
-from auditor.memorization import flag_memorized, memorization_scores
-from auditor.provenance import fingerprint
-from auditor.run_rows import done_runs, restore_run
-from auditor.score_rows import dynamics_log
-from auditor.shadow_engine import ShadowBlock
-from auditor.sharding import default_shard_count, ploo_improved_design
-from auditor.store import Store
-from auditor.sweep import (SweepSpec, Variant, checkpoint_epochs, memorized_count, seed_interval,
+from auditor.training.dynamics_scores import dynamics_scores
+from auditor.memorization.executor import BlockTask, make_executor
+from auditor.experiments.marginal_utility import SCHEDULE_FACTOR, model_converged, schedule_check
+from auditor.detectors.flags import memorized_candidates
+from auditor.memorization.estimates import flag_memorized, memorization_scores
+from auditor.store.provenance import fingerprint
+from auditor.store.run_rows import done_runs, restore_run
+from auditor.training.score_rows import dynamics_log
+from auditor.memorization.shadow_engine import ShadowBlock
+from auditor.memorization.sharding import default_shard_count, ploo_improved_design
+from auditor.store.database import Store
+from auditor.experiments.sweep import (SweepSpec, Variant, checkpoint_epochs, memorized_count, seed_interval,
                            shuffled_memberships)
-from auditor.sweep_queries import (sweep_checkpoints, sweep_correlation, sweep_set_differences, sweep_summary,
+from auditor.experiments.sweep_queries import (sweep_checkpoints, sweep_correlation, sweep_set_differences, sweep_summary,
                                    sweep_transient)
-from auditor.training import resolve_device
+from auditor.training.trainer import resolve_device
 from pipelines.arrays import TrainingArrays, load_training_arrays, training_fingerprint
 from pipelines.jobs import Job
 from pipelines.memorization_stage import plan_design, run_design

@@ -25,7 +25,7 @@ def data_home(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def default_manifest(data_home) -> Path:
-    from auditor.default_dataset import materialise_default
+    from auditor.data.default_dataset import materialise_default
 
     return materialise_default()
 
@@ -34,7 +34,7 @@ def default_manifest(data_home) -> Path:
 def small_db(tmp_path_factory, default_manifest) -> Path:
     """A fully audited database on 24 images per class and split of the default dataset (seconds to build)."""
     from auditor.config import load_config
-    from auditor.store import Store
+    from auditor.store.database import Store
     from pipelines.runner import run_pipeline
 
     path = tmp_path_factory.mktemp("small-db") / "audit.duckdb"

@@ -66,7 +66,7 @@ def build_planted_db(default_manifest: Path, root: Path) -> tuple[Path, dict[str
     """Audit the planted dataset with the real stages (quick profile, the small database's settings) into
     `root`/audit.duckdb; returns it and {plant: (source id, copy id)} (for leaks: (train id, test id))."""
     from auditor.config import load_config
-    from auditor.store import Store
+    from auditor.store.database import Store
     from conftest import SMALL_OVERRIDES
     from pipelines.runner import run_pipeline
 

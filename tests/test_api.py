@@ -9,9 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from auditor import memorization_queries
+from auditor.memorization import memorization_queries
 from auditor.api import Audit, open_audit
-from auditor.store import Store
+from auditor.store.database import Store
 
 API_DOC = Path(__file__).resolve().parent.parent / "docs" / "api.md"
 

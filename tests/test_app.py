@@ -13,9 +13,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.common import db_path, flag_name, method_name
-from auditor import job_queries, memorization_queries, point_queries, queries
+from auditor.memorization import memorization_queries
+from auditor.review import point_queries, queries
+from auditor.store import job_queries
 from auditor.detectors.duplicates import DUPLICATE_KINDS, LEAK_KINDS
-from auditor.store import Store
+from auditor.store.database import Store
 from conftest import copy_audit
 from planted import BLANK, GHOST, PLANTS
 

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines.launcher import is_alive
 
 START_S = 180

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from auditor.audit_sample import (SHORTLIST, apb_bands, audit_sample, band_table, bands_to_extend,
+from auditor.memorization.audit_sample import (SHORTLIST, apb_bands, audit_sample, band_table, bands_to_extend,
                                   classification_noise, estimate_total, jeffreys_interval, stratified_pick)
 
 

@@ -72,7 +72,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.skipif(
 def _plant_mislabeled(db: Path, wanted: int) -> None:
     """Give at least `wanted` training samples a 'mislabeled' flag (detail as the label-issue detector writes it)
     when the pipeline flagged fewer."""
-    from auditor.store import Store
+    from auditor.store.database import Store
 
     store = Store(db)
     flagged = set(store.query("SELECT DISTINCT f.sample_id FROM flags f JOIN samples s USING (sample_id) "
@@ -280,8 +280,8 @@ def test_curation_flow(page, app_url, curation_db, screenshot_dir):
     changelog on disk and the decisions in the database say exactly that; a screenshot of every page."""
     from playwright.sync_api import expect
 
-    from auditor.reviews import current_decisions, decision_history
-    from auditor.store import Store
+    from auditor.review.reviews import current_decisions, decision_history
+    from auditor.store.database import Store
 
     store = Store(curation_db)
     samples = store.query("SELECT sample_id, label, split FROM samples").set_index("sample_id")

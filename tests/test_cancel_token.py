@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from auditor import job_queries
-from auditor.store import Store
+from auditor.store import job_queries
+from auditor.store.database import Store
 from pipelines import launcher
 from pipelines.jobs import TOKEN_ENV, Job
 

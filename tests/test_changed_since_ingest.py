@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from auditor.images import decode_image
-from auditor.tensors import load_images
+from auditor.data.images import decode_image
+from auditor.data.tensors import load_images
 from tests.conftest import memaudit
 
 

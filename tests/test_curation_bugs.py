@@ -15,10 +15,10 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from auditor import queries
-from auditor.export import plan_export
-from auditor.reviews import current_decisions, record_decisions
-from auditor.store import Store
+from auditor.review import queries
+from auditor.review.export import plan_export
+from auditor.review.reviews import current_decisions, record_decisions
+from auditor.store.database import Store
 from test_dashboard_pages import PAGES, errors, page, tick
 
 

@@ -8,8 +8,8 @@ import json
 
 import pandas as pd
 
-from auditor.reviews import current_decisions
-from auditor.store import Store
+from auditor.review.reviews import current_decisions
+from auditor.store.database import Store
 from test_dashboard_pages import db, errors, grid_ids, page, tick  # noqa: F401 (fixture)
 
 

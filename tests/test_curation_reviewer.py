@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from streamlit.testing.v1 import AppTest
 
-from auditor.reviews import current_decisions, record_decisions
-from auditor.store import Store
+from auditor.review.reviews import current_decisions, record_decisions
+from auditor.store.database import Store
 from test_dashboard_pages import PAGES, db, errors, grid_ids, page  # noqa: F401 (fixture)
 
 

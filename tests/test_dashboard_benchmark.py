@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor import memorization_queries, queries
-from auditor.store import Store
+from auditor.memorization import memorization_queries
+from auditor.review import queries
+from auditor.store.database import Store
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "dashboard.py"
 

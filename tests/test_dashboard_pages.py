@@ -12,10 +12,11 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from auditor import memorization_queries, queries
-from auditor.queries import ReviewFilter
-from auditor.reviews import current_decisions, judge_pair, pair_judgement, record_decisions
-from auditor.store import Store
+from auditor.memorization import memorization_queries
+from auditor.review import queries
+from auditor.review.queries import ReviewFilter
+from auditor.review.reviews import current_decisions, judge_pair, pair_judgement, record_decisions
+from auditor.store.database import Store
 
 PAGES = Path(__file__).resolve().parent.parent / "app" / "views"
 MALICIOUS = "0' OR 1=1 --"

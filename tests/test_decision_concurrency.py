@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from auditor.reviews import record_decisions
-from auditor.store import Store
+from auditor.review.reviews import record_decisions
+from auditor.store.database import Store
 
 N_DECISIONS = 60
 TURN_EVERY = 15  # after this many decisions, wait for the writer's next commit: the turns are proven, not hoped for
@@ -20,7 +20,7 @@ WRITER = """
 import sys, time
 from pathlib import Path
 import pandas as pd
-from auditor.store import Store
+from auditor.store.database import Store
 store, stop = Store(sys.argv[1]), Path(sys.argv[2])
 row = pd.DataFrame([{"source": "writer", "reason": "concurrency test", "code": "test", "severity": "warning",
                      "action": "none", "stage": "concurrency"}])

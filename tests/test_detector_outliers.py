@@ -11,12 +11,12 @@ import json
 import numpy as np
 import pytest
 
-from auditor.audit_sample import jeffreys_interval
+from auditor.memorization.audit_sample import jeffreys_interval
 from auditor.config import ConfigError, load_config
 from auditor.detectors.contract import DetectorContext
 from auditor.detectors.outlier_calibration import CALIBRATION, SYNTHETIC, knn_distance, synthetic_outliers
 from auditor.detectors.outliers import detect, outlier_flags
-from auditor.neighbors import knn
+from auditor.detectors.neighbors import knn
 
 SEEDS = range(10)
 Q = 0.05

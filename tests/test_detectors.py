@@ -30,8 +30,8 @@ from auditor.detectors.long_tail import (
     subpopulations_from_influence,
 )
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
-from auditor.flags import FLAG_COLUMNS
-from auditor.neighbors import knn
+from auditor.detectors.flags import FLAG_COLUMNS
+from auditor.detectors.neighbors import knn
 
 
 def _ids(prefix: str, n: int) -> np.ndarray:
@@ -334,7 +334,7 @@ def test_influence_separates_mislabeled_from_rare_but_useful():
 def test_isolated_nearest_copy_counts_below_the_tail_cut():
     from auditor.detectors.duplicates import leak_pairs
     from auditor.detectors.thresholds import Threshold
-    from auditor.neighbors import KnnGraph
+    from auditor.detectors.neighbors import KnnGraph
 
     sims = np.array([[0.975, 0.80], [0.975, 0.97], [0.90, 0.80]], dtype=np.float32)
     graph = KnnGraph(indices=np.array([[0, 1], [1, 0], [2, 0]]), similarities=sims, exact=True, index_kind="Flat")

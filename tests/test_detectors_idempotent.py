@@ -9,7 +9,7 @@ import shutil
 from conftest import SMALL_OVERRIDES
 
 from auditor.config import load_config
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines.detectors_stage import detectors_stage
 
 

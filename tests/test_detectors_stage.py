@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from auditor.store import Store
+from auditor.store.database import Store
 
 pytestmark = pytest.mark.slow
 KINDS = {"memorized_candidate", "memorized", "unreadable", "duplicate", "leaked", "long_tail", "mislabeled"}

@@ -5,8 +5,8 @@ import math
 import pandas as pd
 import pytest
 
-from auditor.convergence import has_plateaued
-from auditor.dynamics_scores import dynamics_scores, per_run_scores
+from auditor.training.convergence import has_plateaued
+from auditor.training.dynamics_scores import dynamics_scores, per_run_scores
 
 
 def _log(run: str, sample: str, correct: list[int], p: list[float], el2n: list[float] | None = None) -> pd.DataFrame:

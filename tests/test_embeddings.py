@@ -12,11 +12,11 @@ import pytest
 import torch
 from PIL import Image
 
-from auditor.embeddings import (EmbedderInfo, build_embedder, embed_paths, map_in_order, pca_2d,
+from auditor.training.embeddings import (EmbedderInfo, build_embedder, embed_paths, map_in_order, pca_2d,
                                 save_model_checkpoint)
-from auditor.images import decode_image, to_model_input
-from auditor.models import build_model
-from auditor.store import Store
+from auditor.data.images import decode_image, to_model_input
+from auditor.training.models import build_model
+from auditor.store.database import Store
 from pipelines.embeddings_stage import load_embeddings, stream_embeddings
 
 TINY_CLIP = "memaudit-test-tiny-clip"

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from auditor.store import Store
+from auditor.store.database import Store
 
 pytestmark = pytest.mark.slow
 
@@ -148,7 +148,7 @@ def test_clear_errors_exit_2(tmp_path):
 
 
 def test_more_seeds_reuse_finished_ones_and_keep_predictions(quick_db, small_config, tmp_path):
-    from auditor import queries
+    from auditor.review import queries
 
     db, _ = quick_db
     cfg = tmp_path / "two.toml"

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from auditor.config import ExecutorConfig, load_config
-from auditor.executor import BlockTask, LocalExecutor, ShadowData, make_executor
-from auditor.store import Store
+from auditor.memorization.executor import BlockTask, LocalExecutor, ShadowData, make_executor
+from auditor.store.database import Store
 from conftest import SMALL_OVERRIDES, memaudit
 from test_experiments import CONFIG as EXPERIMENTS_CONFIG
 

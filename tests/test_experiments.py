@@ -11,13 +11,13 @@ import pandas as pd
 import pytest
 
 from auditor.config import load_config
-from auditor.experiment_queries import experiment_results
-from auditor.experiments import (
+from auditor.experiments.experiment_queries import experiment_results
+from auditor.experiments.marginal_utility import (
     arm_summary, difference, leakage_bucket, memorized_remainder, memorized_share, model_control, model_converged,
     random_control, schedule_check, subpopulation_bucket, versus_control)
-from auditor.reviews import record_decisions
-from auditor.shadow_engine import train_shadow_block
-from auditor.store import Store
+from auditor.review.reviews import record_decisions
+from auditor.memorization.shadow_engine import train_shadow_block
+from auditor.store.database import Store
 from conftest import kill_when_progress, memaudit
 from pipelines.arrays import load_training_arrays
 from pipelines.cli import main, status_text
@@ -156,7 +156,7 @@ def test_test_curve_leaves_training_unchanged():
 
 
 def test_epoch_points_give_a_smaller_shard_the_full_sets_sgd_steps(monkeypatch):
-    import auditor.shadow_engine as engine
+    import auditor.memorization.shadow_engine as engine
 
     optimizers = []
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from auditor import export
-from auditor.export import ExportError, export_manifest, plan_export
-from auditor.manifest import check_rows, list_inputs
-from auditor.reviews import record_decisions
-from auditor.store import Store
+from auditor.review import export
+from auditor.review.export import ExportError, export_manifest, plan_export
+from auditor.data.manifest import check_rows, list_inputs
+from auditor.review.reviews import record_decisions
+from auditor.store.database import Store
 from conftest import copy_audit
 from pipelines.cli import main
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from auditor import export
-from auditor.export import ExportError, export_manifest
-from auditor.reviews import record_decisions
+from auditor.review import export
+from auditor.review.export import ExportError, export_manifest
+from auditor.review.reviews import record_decisions
 from pipelines.cli import main
 from tests.test_export import reviewed  # noqa: F401  (the audited database with decisions)
 

@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 
 from app import common, evidence
-from auditor import flag_kinds, queries, store_views
-from auditor.flag_kinds import EVIDENCE_STYLES, KINDS, REGISTRY, STAGES, FlagKind
-from auditor.store import Store
+from auditor.detectors import flag_kinds
+from auditor.review import queries
+from auditor.store import store_views
+from auditor.detectors.flag_kinds import EVIDENCE_STYLES, KINDS, REGISTRY, STAGES, FlagKind
+from auditor.store.database import Store
 
 
 @pytest.mark.parametrize("kind", REGISTRY, ids=lambda k: k.name)

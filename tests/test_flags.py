@@ -6,7 +6,7 @@ import math
 import pandas as pd
 
 from auditor.config import CandidateConfig
-from auditor.flags import memorized_candidates
+from auditor.detectors.flags import memorized_candidates
 
 
 def test_candidates_are_the_lowest_apb_with_readable_evidence():

@@ -13,7 +13,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app import common
-from auditor.store import Store
+from auditor.store.database import Store
 from tests.conftest import memaudit
 
 POINT_PAGE = Path(__file__).resolve().parent.parent / "app" / "views" / "point.py"

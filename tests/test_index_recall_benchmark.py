@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditor.neighbors import NeighborIndex
+from auditor.detectors.neighbors import NeighborIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import index_recall as bench  # noqa: E402 (the benchmark scripts are not a package)

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from auditor.images import ImageError, decode_image
-from auditor.ingest import ingest
-from auditor.manifest import ManifestError, list_inputs
+from auditor.data.images import ImageError, decode_image
+from auditor.data.ingest import ingest
+from auditor.data.manifest import ManifestError, list_inputs
 
 
 def _png(path: Path, value: int, mode: str = "L", size=(12, 10)) -> Path:
@@ -191,7 +191,7 @@ def test_limit_per_class_keeps_a_stable_subset(messy_folder: Path):
 
 def test_a_file_vanished_after_ingest_is_one_problem_however_often_training_loads(tmp_path: Path):
     from auditor.config import load_config
-    from auditor.store import Store
+    from auditor.store.database import Store
     from pipelines.arrays import load_training_arrays
     from pipelines.stages import ingest_stage
 

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from auditor import images
+from auditor.data import images
 from auditor.config import ConfigError, load_config
-from auditor.ingest import IngestResult, ingest
-from auditor.manifest import list_inputs
-from auditor.store import Store
+from auditor.data.ingest import IngestResult, ingest
+from auditor.data.manifest import list_inputs
+from auditor.store.database import Store
 from tests.conftest import memaudit
 
 HANG_LIMIT_S = 30.0

@@ -12,9 +12,9 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_dashboard_pages import PAGES, db  # noqa: F401 (fixture: a copy of small_db)
 
-from auditor import queries
+from auditor.review import queries
 from auditor.config import load_config
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines import launcher
 from pipelines.arrays import load_training_arrays
 from pipelines.job_plan import NO_ESTIMATE

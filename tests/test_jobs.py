@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from test_app import run_page
 
-from auditor import job_queries
-from auditor.store import Store
+from auditor.store import job_queries
+from auditor.store.database import Store
 from pipelines import launcher
 from pipelines.jobs import Job
 from pipelines.runs import now

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from auditor.config import load_config
-from auditor.store import Store
+from auditor.store.database import Store
 from conftest import kill_at_fraction, memaudit
 from pipelines.experiment_stage import ExperimentSpec, parse_arms, run_experiment
 from pipelines.runner import run_pipeline

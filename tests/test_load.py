@@ -16,7 +16,7 @@ from types import ModuleType
 
 import pytest
 
-from auditor.store import Store
+from auditor.store.database import Store
 from conftest import CHROMIUM
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "load.py"

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from auditor.ingest import ingest
-from auditor.manifest import ManifestError, list_inputs
+from auditor.data.ingest import ingest
+from auditor.data.manifest import ManifestError, list_inputs
 
 COLUMNS = ["path", "label", "split", "sample_id", "extra", "Path ", "LABEL", ""]
 CELLS = st.one_of(st.text(max_size=12), st.sampled_from(["train", "test", "val", "dev", "TRAIN", "", "../x.png",

@@ -13,13 +13,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from auditor import detector_rows
+from auditor.detectors import detector_rows
 from auditor.config import load_config
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement
-from auditor.neighbors import KnnGraph
-from auditor.shadow_budget import half_width
-from auditor.shadow_engine import train_shadow_block
-from auditor.store import Store
+from auditor.detectors.neighbors import KnnGraph
+from auditor.memorization.shadow_budget import half_width
+from auditor.memorization.shadow_engine import train_shadow_block
+from auditor.store.database import Store
 from pipelines.memorization_stage import design_plan
 from tests.test_shadow_engine import _cfg, _halves
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from auditor.memorization import memorization_scores, memorization_states
-from auditor.proxy_calibration import proxy_calibration, weighted_pearson, weighted_ranks, weighted_spearman
-from auditor.shadow_budget import DesignPlan, half_width, models_for_half_width
-from auditor.sharding import balanced_membership
+from auditor.memorization.estimates import memorization_scores, memorization_states
+from auditor.memorization.proxy_calibration import proxy_calibration, weighted_pearson, weighted_ranks, weighted_spearman
+from auditor.memorization.shadow_budget import DesignPlan, half_width, models_for_half_width
+from auditor.memorization.sharding import balanced_membership
 
 
 def test_states_split_on_the_interval_and_the_threshold():

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from auditor.memorization import (
+from auditor.memorization.estimates import (
     INFLUENCE_COLUMNS,
     SCORE_COLUMNS,
     cross_influence,
@@ -19,7 +19,7 @@ from auditor.memorization import (
     newcombe_interval,
 )
 from auditor.multiple_testing import benjamini_hochberg
-from auditor.sharding import loo_design, ploo_design, ploo_improved_design
+from auditor.memorization.sharding import loo_design, ploo_design, ploo_improved_design
 
 
 # Newcombe (1998), Table II, method 10 (hybrid score, no continuity correction), to 4 decimals. Example (c) is

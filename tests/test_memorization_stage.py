@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor.memorization import memorization_states
-from auditor.sharding import unpack_rows
-from auditor.store import Store
+from auditor.memorization.estimates import memorization_states
+from auditor.memorization.sharding import unpack_rows
+from auditor.store.database import Store
 from conftest import kill_when_progress, memaudit
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import faiss
 import numpy as np
 import pytest
 
-from auditor.neighbors import NEIGHBOR_COLUMNS, graph_frame, knn, normalise
+from auditor.detectors.neighbors import NEIGHBOR_COLUMNS, graph_frame, knn, normalise
 
 
 def _brute_force(base: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +108,7 @@ def test_the_configured_default_is_ivf_with_at_most_1024_lists_and_a_settable_br
     """The default above exact_below (docs/scaling.md: recall@10 0.9999 at 200k clustered 1,280-d vectors) is IVF
     with 4 sqrt(n) lists capped at 1,024 (the old default, HNSW, fails), and its nprobe can be widened."""
     from auditor.config import load_config
-    from auditor.neighbors import NeighborIndex
+    from auditor.detectors.neighbors import NeighborIndex
 
     rng = np.random.default_rng(7)
     centres = rng.standard_normal((200, 16))

@@ -4,7 +4,7 @@ same neighbours as the in-memory path (exact and IVF), and IVF keeps a good reca
 import numpy as np
 import pytest
 
-from auditor.neighbors import NeighborIndex, knn
+from auditor.detectors.neighbors import NeighborIndex, knn
 
 
 def _chunks(vectors: np.ndarray, sizes: list[int]):

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from auditor.manifest import ManifestError, list_inputs
-from auditor.store import Store, StoreUnwritable
+from auditor.data.manifest import ManifestError, list_inputs
+from auditor.store.database import Store, StoreUnwritable
 from pipelines import cli
 from tests.conftest import memaudit
 
@@ -130,7 +130,7 @@ def test_a_full_disk_at_commit_names_the_path_and_free_space(tmp_path, monkeypat
     store = Store(tmp_path / "audit.duckdb")
     store.init()
     real = duckdb.connect
-    monkeypatch.setattr("auditor.store.duckdb.connect", lambda *a, **k: _FullDisk(real(*a, **k)))
+    monkeypatch.setattr("auditor.store.database.duckdb.connect", lambda *a, **k: _FullDisk(real(*a, **k)))
     with pytest.raises(StoreUnwritable, match=r"no space left on the device holding .*audit\.duckdb "
                                               r"\(\d+\.\d MiB free\)") as caught:
         store.write([("meta", pd.DataFrame({"key": ["k"], "value": ["v"]}))])

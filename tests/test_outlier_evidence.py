@@ -15,8 +15,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app.common import DB_ENV
-from auditor.audit_sample import jeffreys_interval
-from auditor.store import Store
+from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.store.database import Store
 from test_app import review_with_flag, show_evidence, shown_ids
 
 POINT = str(Path(__file__).resolve().parent.parent / "app" / "views" / "point.py")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from auditor.ingest import ingest
-from auditor.manifest import Listing, list_inputs
-from auditor.store import Store
+from auditor.data.ingest import ingest
+from auditor.data.manifest import Listing, list_inputs
+from auditor.store.database import Store
 from tests.conftest import memaudit
 
 FIX = "data.allow_outside_root = true"

@@ -77,8 +77,8 @@ def _whole(element) -> bool:
 def test_picks_across_pages_are_applied_undone_and_exported(page, app_url, curation_db, clicks):
     from playwright.sync_api import expect
 
-    from auditor.reviews import current_decisions, decision_history
-    from auditor.store import Store
+    from auditor.review.reviews import current_decisions, decision_history
+    from auditor.store.database import Store
 
     store = Store(curation_db)
     _open(page, app_url, LONG_TAIL)
@@ -137,8 +137,8 @@ def test_picks_across_pages_in_a_1000_px_window(page, app_url, curation_db, clic
 
 
 def test_keys_decide_the_focused_image_and_move_the_focus(page, app_url, curation_db, clicks):
-    from auditor.reviews import current_decisions, decision_history
-    from auditor.store import Store
+    from auditor.review.reviews import current_decisions, decision_history
+    from auditor.store.database import Store
 
     store = Store(curation_db)
     _open(page, app_url, LONG_TAIL)
@@ -191,8 +191,8 @@ def _shift_pick(page, sample_id: str, picked_now: int) -> None:
 def test_shift_click_picks_a_range_and_apply_records_it(page, app_url, curation_db, clicks):
     """A shift+click with no anchor picks its own tile; after a plain click on tile 2, a shift+click on tile 6 picks
     tiles 2..6 in one rerun, and Apply records exactly those five."""
-    from auditor.reviews import current_decisions
-    from auditor.store import Store
+    from auditor.review.reviews import current_decisions
+    from auditor.store.database import Store
 
     store = Store(curation_db)
     _open(page, app_url, "sort=apb_asc&page_size=12&state=undecided")
@@ -220,8 +220,8 @@ def test_shift_click_picks_a_range_and_apply_records_it(page, app_url, curation_
 def test_a_tick_runs_no_script_and_apply_records_the_picks_of_every_page(page, app_url, curation_db):
     """Ticks change the page alone (no script run reaches the browser, even a while later); the picks survive a
     page turn and a change of the page size, and Apply records exactly them."""
-    from auditor.reviews import current_decisions
-    from auditor.store import Store
+    from auditor.review.reviews import current_decisions
+    from auditor.store.database import Store
 
     store = Store(curation_db)
     _open(page, app_url, "sort=apb_asc&page_size=12&state=undecided")

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from auditor import queries
-from auditor.store import Store
+from auditor.review import queries
+from auditor.store.database import Store
 from test_app import shown_ids, tiles
 from test_dashboard_pages import db, page  # noqa: F401 (fixture)
 

@@ -4,9 +4,9 @@ older than the database's; the grid's rows carry the file_hash their images are 
 
 from __future__ import annotations
 
-from auditor import queries
-from auditor.reviews import current_decisions, record_decisions
-from auditor.store import Store
+from auditor.review import queries
+from auditor.review.reviews import current_decisions, record_decisions
+from auditor.store.database import Store
 from test_dashboard_pages import db, errors, grid_ids, page  # noqa: F401 (fixture)
 
 

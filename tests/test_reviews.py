@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from auditor import reviews
-from auditor.reviews import current_decisions, decision_history, record_decisions, undo
-from auditor.store import Store
+from auditor.review import reviews
+from auditor.review.reviews import current_decisions, decision_history, record_decisions, undo
+from auditor.store.database import Store
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.store import Store
+from auditor.store.database import Store
 
 BENCHMARK = Path(__file__).resolve().parent.parent / "benchmarks" / "scale.py"
 

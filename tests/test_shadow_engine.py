@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from auditor.config import load_config
-from auditor.shadow_engine import can_batch, train_shadow_block
-from auditor.training import train_model
+from auditor.memorization.shadow_engine import can_batch, train_shadow_block
+from auditor.training.trainer import train_model
 
 
 def _toy(n: int = 96, seed: int = 0, contrast: int = 100):

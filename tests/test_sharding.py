@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from auditor.sharding import (
+from auditor.memorization.sharding import (
     ShardDesign,
     balanced_membership,
     default_shard_count,

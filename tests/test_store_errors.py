@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from auditor.store import Store, StoreCorrupt
+from auditor.store.database import Store, StoreCorrupt
 
 OVERVIEW = str(Path(__file__).resolve().parent.parent / "app" / "views" / "overview.py")
 

@@ -13,12 +13,12 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from auditor.config import load_config
-from auditor.store import Store
-from auditor.memorization import memorization_scores
-from auditor.sharding import ploo_design
-from auditor.sweep import (SweepSpec, checkpoint_epochs, gap_correlation, memorized_count, memorized_sets_compare,
+from auditor.store.database import Store
+from auditor.memorization.estimates import memorization_scores
+from auditor.memorization.sharding import ploo_design
+from auditor.experiments.sweep import (SweepSpec, checkpoint_epochs, gap_correlation, memorized_count, memorized_sets_compare,
                            seed_interval, shuffled_memberships, transient)
-from auditor.sweep_queries import WITHIN_RUN, memorized_sets, sweep_checkpoints, sweep_summary, sweep_transient
+from auditor.experiments.sweep_queries import WITHIN_RUN, memorized_sets, sweep_checkpoints, sweep_summary, sweep_transient
 from pipelines import cli
 from pipelines.sweep_stage import run_sweep
 

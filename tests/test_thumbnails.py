@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from auditor import thumbnails
-from auditor.images import decode_image
+from auditor.data import thumbnails
+from auditor.data.images import decode_image
 
 
 def _png(path, value: int) -> str:

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from auditor.config import load_config
-from auditor.models import build_model
-from auditor.training import _augment, resolve_device, train_model
+from auditor.training.models import build_model
+from auditor.training.trainer import _augment, resolve_device, train_model
 
 
 def _toy(n: int = 96, channels: int = 1, size: int = 12, seed: int = 0):
@@ -104,7 +104,7 @@ def test_unknown_arch_and_missing_cuda_are_clear():
 
 
 def test_auto_device_falls_back_to_the_cpu_with_one_message(monkeypatch, capsys):
-    from auditor import training
+    from auditor.training import trainer as training
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     training._cpu_fallback_notice.cache_clear()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines import launcher
 from pipelines.cli import main
 from pipelines.writer_lock import WriterBusy, holder, lock_path, writer_lock

@@ -15,8 +15,8 @@ import streamlit as st
 from app.common import run_page, thumbnail
 from app.decide import decide, show_decision_error
 from app.reviewer import KEY as REVIEWER_KEY, reviewer
-from auditor.reviews import conflicts, current_decisions, decision_counts, decision_history, reviewers
-from auditor.store import Store
+from auditor.review.reviews import conflicts, current_decisions, decision_counts, decision_history, reviewers
+from auditor.store.database import Store
 
 PAGE_SIZE = 50
 ACTION_COLORS = alt.Scale(domain=["keep", "remove", "relabel"], range=["#2ca02c", "#d62728", "#1f77b4"])

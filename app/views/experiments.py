@@ -10,10 +10,11 @@ import streamlit as st
 
 from app.common import flag_name, run_page
 from app.confirm import confirmed, hold
-from auditor import queries, sweep_queries
-from auditor.experiment_queries import (
+from auditor.experiments import sweep_queries
+from auditor.review import queries
+from auditor.experiments.experiment_queries import (
     control_models, control_spread, experiment_results, experiments, schedule_check_row, schedule_line)
-from auditor.store import Store
+from auditor.store.database import Store
 from pipelines.job_plan import plan_experiment
 from pipelines.launcher import launch_experiment
 from pipelines.stage_names import BUCKETS

@@ -11,9 +11,9 @@ from typing import Any
 import streamlit as st
 
 from app.common import flag_name, run_page
-from auditor import queries
-from auditor.export import ExportError, ExportSummary, export_manifest, plan_export
-from auditor.store import Store
+from auditor.review import queries
+from auditor.review.export import ExportError, ExportSummary, export_manifest, plan_export
+from auditor.store.database import Store
 
 FORMATS = ("csv", "parquet", "jsonl")
 # An export is named, never pathed: it is written into exports/ beside the audit database.

@@ -9,8 +9,8 @@ import streamlit as st
 
 from app.common import md, method_name, run_page
 from app.confirm import confirmed, hold
-from auditor import job_queries
-from auditor.store import Store
+from auditor.store import job_queries
+from auditor.store.database import Store
 from pipelines import job_plan, launcher
 from pipelines.stage_names import STAGES
 

@@ -9,8 +9,10 @@ import pandas as pd
 import streamlit as st
 
 from app.common import FLAG_COLORS, flag_name, method_name, run_page
-from auditor import job_queries, memorization_queries, queries
-from auditor.store import Store
+from auditor.memorization import memorization_queries
+from auditor.review import queries
+from auditor.store import job_queries
+from auditor.store.database import Store
 
 PROBLEM_ROWS = 500
 SCATTER_POINTS = 5000
@@ -101,7 +103,7 @@ def _charts(store: Store) -> None:
 
 
 def _histogram(histogram: pd.DataFrame, title: str, domain: tuple[float, float]) -> alt.Chart:
-    """Bars of a pre-binned score (columns start, end, n from auditor.queries) over `domain`."""
+    """Bars of a pre-binned score (columns start, end, n from auditor.review.queries) over `domain`."""
     return alt.Chart(histogram).mark_bar().encode(
         x=alt.X("start:Q", bin="binned", title=title, scale=alt.Scale(domain=list(domain))),
         x2="end:Q", y=alt.Y("n:Q", title="training images"),

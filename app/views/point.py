@@ -10,9 +10,9 @@ import streamlit as st
 from app.common import md, method_name, parse_detail, run_page
 from app.evidence import (STRIP_IMAGE, flag_evidence, label_text, mem_text, models_text, picture)
 from app.decide import decide, decision_badge, show_decision_error
-from auditor import point_queries, queries
-from auditor.reviews import ACTIONS, decision_history
-from auditor.store import Store
+from auditor.review import point_queries, queries
+from auditor.review.reviews import ACTIONS, decision_history
+from auditor.store.database import Store
 
 DETAIL_IMAGE = 320
 INFLUENCED_SHOWN = 8

@@ -22,9 +22,9 @@ from app.evidence import flag_evidence, label_text, mem_text, models_text
 from app.grid import DEFAULT_THUMBS, GRID_CSS, THUMB_WIDTHS, decision_bar, flags, tile
 from app.picks import pick_sync
 from app.reviewer import KEY as REVIEWER_KEY, reviewer
-from auditor import queries
-from auditor.queries import ReviewFilter
-from auditor.store import Store
+from auditor.review import queries
+from auditor.review.queries import ReviewFilter
+from auditor.store.database import Store
 
 PAGE_SIZES = (12, 24, 48, 96)
 SCORE_NAMES = {"apb": "ApB", "mem": "mem", "score": "flag strength", "first_learned": "first learned",

@@ -1,5 +1,5 @@
 """The detector contract: a detector is one module of auditor/detectors/ named by its flag kind's `detector` entry in
-auditor.flag_kinds; its `detect(context)` reads the shared context (the kNN graph, the pixels) and returns a uniform
+auditor.detectors.flag_kinds; its `detect(context)` reads the shared context (the kNN graph, the pixels) and returns a uniform
 result (flags in FLAG_COLUMNS, each detail a JSON object with a human `summary`, and the thresholds it calibrated),
 which the detectors stage writes to `flags` and `thresholds`."""
 
@@ -13,7 +13,7 @@ import pandas as pd
 
 from auditor.config import DetectorConfig
 from auditor.detectors.thresholds import Threshold
-from auditor.neighbors import KnnGraph
+from auditor.detectors.neighbors import KnnGraph
 
 
 @dataclass(frozen=True)

@@ -26,11 +26,11 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from auditor.audit_sample import jeffreys_interval
+from auditor.memorization.audit_sample import jeffreys_interval
 from auditor.detectors import copies_verify
 from auditor.detectors.edits import CALIBRATION_EDITS, edit_images
 from auditor.detectors.thresholds import IDENTICAL_GAP, Threshold, exponential_tail_cut
-from auditor.neighbors import KnnGraph, NeighborIndex
+from auditor.detectors.neighbors import KnnGraph, NeighborIndex
 
 SIZE = 20
 ROTATION = 9.0

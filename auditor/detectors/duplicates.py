@@ -12,8 +12,8 @@ import pandas as pd
 from auditor.detectors.copies import copy_scores, cosine_cuts, match_name
 from auditor.detectors.pair_kinds import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.detectors.thresholds import Threshold
-from auditor.flags import FLAG_COLUMNS
-from auditor.neighbors import KnnGraph
+from auditor.detectors.flags import FLAG_COLUMNS
+from auditor.detectors.neighbors import KnnGraph
 
 PAIR_COLUMNS = ["a_id", "b_id", "kind", "similarity", "conflicting"]
 EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting"]

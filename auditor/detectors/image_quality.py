@@ -13,7 +13,7 @@ import pandas as pd
 
 from auditor.detectors.contract import DetectorContext, DetectorResult
 from auditor.detectors.thresholds import Threshold, calibrate_tail
-from auditor.flags import FLAG_COLUMNS
+from auditor.detectors.flags import FLAG_COLUMNS
 
 KIND = "image_quality"
 _CHUNK = 4096

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from auditor.flags import FLAG_COLUMNS
-from auditor.neighbors import KnnGraph
+from auditor.detectors.flags import FLAG_COLUMNS
+from auditor.detectors.neighbors import KnnGraph
 
 CL_COLUMNS = ["index", "given", "suggested", "self_confidence", "in_off_diagonal", "is_issue", "rank_score"]
 KNN_COLUMNS = ["index", "disagreement", "knn_label", "n_disagreeing", "n_neighbors"]

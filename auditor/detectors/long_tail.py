@@ -12,8 +12,8 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from auditor.flags import FLAG_COLUMNS
-from auditor.neighbors import KnnGraph, normalise
+from auditor.detectors.flags import FLAG_COLUMNS
+from auditor.detectors.neighbors import KnnGraph, normalise
 
 CLUSTER_COLUMNS = ["index", "label", "cluster", "cluster_size"]
 SUBPOP_COLUMNS = ["subpop_id", "sample_id", "source"]

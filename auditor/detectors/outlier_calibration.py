@@ -21,10 +21,10 @@ from typing import Literal
 
 import numpy as np
 
-from auditor.audit_sample import jeffreys_interval
+from auditor.memorization.audit_sample import jeffreys_interval
 from auditor.detectors.thresholds import Threshold, exponential_tail_cut
 from auditor.multiple_testing import benjamini_hochberg
-from auditor.neighbors import KnnGraph, knn
+from auditor.detectors.neighbors import KnnGraph, knn
 
 # How each synthetic outlier is made from the training embeddings x (rows), by name:
 #   shuffled  one row with its coordinates permuted: its values kept, what they encode gone (a pixel-shuffled image)

@@ -15,9 +15,9 @@ import pandas as pd
 from auditor.detectors.contract import DetectorContext, DetectorResult
 from auditor.detectors.outlier_calibration import calibrate_outliers, knn_distance, tail_p_value
 from auditor.detectors.thresholds import Threshold
-from auditor.flags import FLAG_COLUMNS
+from auditor.detectors.flags import FLAG_COLUMNS
 from auditor.multiple_testing import bh_adjusted
-from auditor.neighbors import KnnGraph
+from auditor.detectors.neighbors import KnnGraph
 
 KIND = "outlier"
 
