@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from pipeline_stages import _table
 
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
 from auditor.detectors.duplicates import copy_pairs
 from auditor.detectors.edits import CALIBRATION_EDITS, EDITS, edit_images

@@ -25,7 +25,7 @@ import numpy as np
 from detectors import default_frame, plant_flips
 from report import table
 
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 from auditor.config import AuditConfig, load_config
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.neighbors import knn

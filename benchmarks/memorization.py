@@ -34,7 +34,7 @@ from scipy.stats import norm
 from mem_reference import audited, dataset, reference_design, train_correct
 from pipeline_stages import _table
 
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 from auditor.config import load_config
 from auditor.memorization.estimates import loo_scores, memorization_scores
 from auditor.memorization.sharding import loo_design, ploo_design, ploo_improved_design, unpack_rows

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from auditor.memorization.audit_sample import (SHORTLIST, apb_bands, audit_sample, band_table, bands_to_extend,
-                                  classification_noise, estimate_total, jeffreys_interval, stratified_pick)
+                                  classification_noise, estimate_total, stratified_pick)
+from auditor.intervals import jeffreys_interval
 
 
 def test_bands_cut_the_rest_by_apb_rank_into_equal_counts():

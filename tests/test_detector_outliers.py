@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 from auditor.config import ConfigError, load_config
 from auditor.detectors.contract import DetectorContext
 from auditor.detectors.outlier_calibration import CALIBRATION, SYNTHETIC, knn_distance, synthetic_outliers

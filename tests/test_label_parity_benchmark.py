@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 

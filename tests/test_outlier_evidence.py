@@ -15,7 +15,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app.common import DB_ENV
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 from auditor.store.database import Store
 from test_app import review_with_flag, show_evidence, shown_ids
 

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 from auditor.detectors import copies_verify
 from auditor.detectors.edits import CALIBRATION_EDITS, edit_images
 from auditor.detectors.thresholds import IDENTICAL_GAP, Threshold, exponential_tail_cut

@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from auditor.memorization.audit_sample import jeffreys_interval
+from auditor.intervals import jeffreys_interval
 from auditor.detectors.thresholds import Threshold, exponential_tail_cut
 from auditor.multiple_testing import benjamini_hochberg
 from auditor.detectors.neighbors import KnnGraph, knn

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from auditor.intervals import jeffreys_interval
+
 SHORTLIST = -1  # band of the lowest-ApB shortlist (every point scored)
 BAND_COLUMNS = ["band", "apb_low", "apb_high", "n_points", "n_audit", "audit_memorized", "rate", "rate_low",
                 "rate_high", "role", "n_scored", "memorized", "noise_var", "est_memorized", "est_low", "est_high"]
@@ -45,19 +47,6 @@ def audit_sample(bands: np.ndarray, fraction: float, min_per_band: int, seed: in
         take = min(len(members), max(math.ceil(fraction * len(members) - 1e-9), min_per_band))
         chosen.append(rng.choice(members, size=take, replace=False))
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
-
-
-def jeffreys_interval(x: np.ndarray | int, n: np.ndarray | int, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
-    """Jeffreys interval of a binomial rate x/n (Brown, Cai & DasGupta 2001: near-nominal coverage at small n);
-    0 and 1 at x = 0 and x = n, NaN where n = 0."""
-    from scipy import stats
-
-    x, n = np.asarray(x, dtype=np.float64), np.asarray(n, dtype=np.float64)
-    alpha = (1 - level) / 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        low = np.where(x > 0, stats.beta.ppf(alpha, x + 0.5, n - x + 0.5), 0.0)
-        high = np.where(x < n, stats.beta.ppf(1 - alpha, x + 0.5, n - x + 0.5), 1.0)
-    return np.where(n > 0, low, np.nan), np.where(n > 0, high, np.nan)
 
 
 def bands_to_extend(rates: np.ndarray, floor: float) -> int:
