@@ -83,6 +83,8 @@ def twin_evidence(store: Store, row: dict[str, Any], kind: str, info: dict, thre
                  "threshold " + ("–" if threshold is None else f"**{threshold:.4f}**")
                  + f" ({method or 'unknown method'})",
                  f"labels {labels}"]
+        if info.get("chance") and best["twin_id"] == info.get("twin"):
+            facts.append(f":gray[{md(info['chance'])}]")
         if not best["exact"] and threshold is not None and best["similarity"] < threshold:
             facts.append(":gray[below the threshold, but kept: far closer to this image than to anything else]")
         if kind == "leaked":

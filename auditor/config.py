@@ -114,6 +114,7 @@ class DetectorConfig:
     outlier_c: float = 4.0
     outlier_alpha: float = 0.005
     outlier_fdr: float = 0.05
+    copy_fdr: float = 0.05
     image_quality_c: float = 5.0
 
 
@@ -181,7 +182,7 @@ _MINIMUM = {
     "embeddings.batch_size": 1, "embeddings.imagenet_size": 32, "embeddings.chunk_size": 1, "detectors.k": 1, "detectors.exact_below": 0,
     "detectors.duplicate_threshold": 0.0, "detectors.leak_threshold": 0.0, "detectors.kfold": 2,
     "detectors.pixel_max_shift": 0, "detectors.outlier_c": 0.5, "detectors.outlier_alpha": 1e-6, "detectors.image_quality_c": 0.5,
-    "detectors.outlier_fdr": 1e-6,
+    "detectors.outlier_fdr": 1e-6, "detectors.copy_fdr": 1e-6,
     "executor.threads": 0, "executor.gpus_per_task": 0.0,
     "executor.max_retries": 0, "executor.max_in_flight": 0, "executor.local_cpus": 0,
 }
@@ -270,9 +271,10 @@ def _validate(cfg: AuditConfig) -> None:
     for key in ("audit_fraction", "rate_floor", "max_sharded", "influence_q"):
         if getattr(cfg.memorization, key) > 1.0:
             raise ConfigError(f"config key 'memorization.{key}' = {getattr(cfg.memorization, key)} must be at most 1")
-    if cfg.detectors.outlier_fdr >= 1.0:
-        raise ConfigError(f"config key 'detectors.outlier_fdr' = {cfg.detectors.outlier_fdr} must be below 1 "
-                          "(a false discovery rate, e.g. 0.05)")
+    for key in ("outlier_fdr", "copy_fdr"):
+        if getattr(cfg.detectors, key) >= 1.0:
+            raise ConfigError(f"config key 'detectors.{key}' = {getattr(cfg.detectors, key)} must be below 1 "
+                              "(a false discovery rate, e.g. 0.05)")
     if cfg.memorization.stop_at_train_acc > 1.0:
         raise ConfigError("config key 'memorization.stop_at_train_acc' must be at most 1 (0 disables early stopping)")
     if cfg.dynamics.el2n_epoch > cfg.train.epochs:

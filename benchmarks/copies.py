@@ -3,8 +3,9 @@
 For each dataset and seed, 10 test images per edit type are replaced by edited copies of training images (leaks)
 and 10 edited copies of training images are added to train (duplicates), for every edit of
 auditor/detectors/edits.py. The copy matcher (auditor/detectors/copies.py) then runs as the detectors stage runs it:
-its threshold calibrated on synthetic copies of this planted training set (shift and crop only: every other edit is
-held out of the calibration), with the stage's seed. A leak counts as found when a `pixel_leak` pair joins the copy
+its null and recall calibrated on synthetic copies of this planted training set (shift and crop only: every other edit
+is held out of the calibration), with the stage's seed, and its cuts set by Benjamini-Hochberg at the default
+`detectors.copy_fdr` over the test images (leaks) and the training images (duplicates). A leak counts as found when a `pixel_leak` pair joins the copy
 to its source, a duplicate when a `pixel_duplicate` pair does; precision is over every flagged test image (leaks)
 and every pair (duplicates). Recall and precision carry 95 % Jeffreys intervals; the last column is the leaks'
 candidate recall (the source among the copy's verified neighbours). The frame matcher's constants were set on the
@@ -29,10 +30,13 @@ import numpy as np
 import pandas as pd
 from pipeline_stages import _table
 
+from auditor.config import load_config
 from auditor.intervals import jeffreys_interval
-from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
+from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies, discovery_threshold
 from auditor.detectors.duplicates import copy_pairs
 from auditor.detectors.edits import CALIBRATION_EDITS, EDITS, edit_images
+
+FDR = load_config().detectors.copy_fdr  # the default false discovery rate of the copy flags
 
 
 def _split(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -92,15 +96,17 @@ def detect(planted: dict, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, dict, 
     train, test = planted["train"], planted["test"]
     k = 2 * REFERENCE_RANK
     index = CopyIndex(train, k, exact_below=10 ** 9)
-    threshold = calibrate_copies(index, train, seed=seed)
+    calibrated = calibrate_copies(index, train, seed=seed)
     ids_train, ids_test = np.arange(len(train)), np.arange(len(test))
     to_train, test_matches = index.search(test, k)
     self_graph, self_matches = index.search(train, k, own_rows=ids_train)
-    leaks = copy_pairs(to_train, test_matches, ids_train, np.zeros(len(train)), threshold, "pixel_leak",
+    leak_cut, dup_cut = (discovery_threshold(graph, calibrated, FDR) for graph in (to_train, self_graph))
+    leaks = copy_pairs(to_train, test_matches, ids_train, np.zeros(len(train)), leak_cut, "pixel_leak",
                        query_ids=ids_test, query_labels=np.zeros(len(test)))
-    dups = copy_pairs(self_graph, self_matches, ids_train, np.zeros(len(train)), threshold, "pixel_duplicate")
+    dups = copy_pairs(self_graph, self_matches, ids_train, np.zeros(len(train)), dup_cut, "pixel_duplicate")
     candidate = (to_train.indices[planted["leak_rows"]] == planted["leak_src"][:, None]).any(axis=1)
-    return leaks, dups, {"value": threshold.value, **threshold.detail}, candidate
+    return leaks, dups, {"value": calibrated.value, "leak_cut": leak_cut.value, "duplicate_cut": dup_cut.value,
+                         **calibrated.detail}, candidate
 
 
 def _rate(hits: int, n: int) -> str:
@@ -144,9 +150,11 @@ def run(name: str, seeds: list[int], per_edit: int) -> None:
         planted_pairs = {(int(min(s, r)), int(max(s, r))) for s, r in zip(planted["dup_src"], planted["dup_rows"])}
         precision["duplicate"][0] += len(set(zip(dups["a_id"], dups["b_id"])) & planted_pairs)
         precision["duplicate"][1] += len(dups)
-        thresholds.append(f"seed {seed}: copy-score cut {detail['value']:.3f} for alpha {detail['alpha']}; the "
-                          f"calibration sample's own rate at it (its planted copies included) "
-                          f"{detail['false_positive_rate']:.4f} {np.round(detail['false_positive_interval'], 4)}")
+        thresholds.append(f"seed {seed}: copy-score cuts, Benjamini-Hochberg at FDR {FDR}: leaks "
+                          f"{detail['leak_cut']:.3f}, duplicates {detail['duplicate_cut']:.3f}; per-image cut "
+                          f"{detail['value']:.3f} for alpha {detail['alpha']}, the calibration sample's own rate at "
+                          f"it (its planted copies included) {detail['false_positive_rate']:.4f} "
+                          f"{np.round(detail['false_positive_interval'], 4)}")
     scored = pd.concat(found, ignore_index=True)
     rows = [[edit, "calibration" if edit in CALIBRATION_EDITS else "held out",
              *_cells(scored[scored["edit"] == edit])] for edit in EDITS]

@@ -20,9 +20,9 @@ from auditor.detectors import detector_rows
 from auditor.review import queries
 from auditor.config import AuditConfig
 from auditor.detectors.duplicates import (
-    copy_pairs, duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
+    COPY_EVIDENCE, copy_pairs, duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
 from auditor.detectors.contract import DetectorContext, DetectorResult
-from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies
+from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies, discovery_threshold
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
 from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
@@ -103,14 +103,16 @@ def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, pair_kin
 
 def pixel_pairs(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[pd.DataFrame, dict[str, Threshold]]:
     """Duplicate and leak pairs of the edit-robust copy matcher (copies.py), with their thresholds: reviewer
-    judgements where both answers exist, else calibrated on synthetic copies of the training images."""
+    judgements where both answers exist, else Benjamini-Hochberg at `detectors.copy_fdr` over the training images
+    (duplicates) or the test images (leaks), on the null calibrated on synthetic copies of the training images."""
     dc = cfg.detectors
     k = max(dc.k, 2 * REFERENCE_RANK)
     index = CopyIndex(data.x_train, k, exact_below=dc.exact_below, index=dc.index)
     self_graph, self_matches = index.search(data.x_train, k, own_rows=np.arange(len(data.x_train)))
     to_train, test_matches = index.search(data.x_test, k)
     calibrated = calibrate_copies(index, data.x_train, seed=cfg.seed)
-    thresholds = {kind: _judged(store, kind) or calibrated for kind in ("pixel_duplicate", "pixel_leak")}
+    thresholds = {kind: _judged(store, kind) or discovery_threshold(graph, calibrated, dc.copy_fdr)
+                  for kind, graph in (("pixel_duplicate", self_graph), ("pixel_leak", to_train))}
     pairs = pd.concat([
         copy_pairs(self_graph, self_matches, data.train_ids, data.y_train, thresholds["pixel_duplicate"],
                    "pixel_duplicate"),
@@ -171,7 +173,7 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     pixel, pixel_thresholds = pixel_pairs(store, data, cfg) if data is not None else (None, {})
     thresholds.update(pixel_thresholds)
     pairs = pd.concat([exact.drop(columns=["same_file"]), near, leaks, pixel], ignore_index=True)
-    evidence_columns = [c for c in ("match", "cut") if c in pairs]
+    evidence_columns = [c for c in COPY_EVIDENCE if c in pairs]
 
     clusters = class_clusters(x_train, y_train, seed=cfg.seed)
     density = local_density(graph)

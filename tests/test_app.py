@@ -863,6 +863,8 @@ def test_review_duplicate_evidence(planted_db, planted_store, monkeypatch):
         assert ("(an exact copy: same pixels or file)" in text) == detail["exact"], plant
         assert ("matched **" in text) == (plant == "pixel_duplicate"), plant
         assert detail.get("match") is None or f"matched **{detail['match']}**" in text, plant
+        # a pixel copy is a Benjamini-Hochberg discovery: its q-value and what the FDR means are shown
+        assert ("FDR 5 %" in text) == (plant == "pixel_duplicate") == (detail.get("q_value", 1) <= 0.05), plant
 
 
 def test_review_mislabeled_evidence_shows_the_disagreeing_neighbours(planted_db, planted_store, monkeypatch):

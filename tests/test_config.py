@@ -36,6 +36,8 @@ def test_round_trip_through_the_stored_dict():
     ("[dynamics]\nel2n_epoch = 99\n", "after the last epoch"),
     ("[candidates]\nfraction = 1.5\n", "between 0 and 1"),
     ("[detectors]\noutlier_c = 0\n", "'detectors.outlier_c' = 0.0 is too small; it must be >= 0.5"),
+    ("[detectors]\ncopy_fdr = 1.0\n", "'detectors.copy_fdr' = 1.0 must be below 1"),
+    ("[detectors]\ncopy_fdr = 0\n", "'detectors.copy_fdr' = 0.0 is too small"),
     ("[train\n", "not valid TOML"),
 ])
 def test_bad_values_name_the_key(tmp_path: Path, text: str, message: str):
@@ -54,7 +56,7 @@ def test_unknown_profile_and_missing_file(tmp_path: Path):
 
 def test_a_config_stored_before_the_outlier_and_quality_keys_still_loads():
     stored = load_config(profile="quick").to_dict()
-    for key in ("outlier_c", "image_quality_c"):
+    for key in ("outlier_c", "image_quality_c", "copy_fdr"):
         del stored["detectors"][key]
     detectors = config_from_dict(stored).detectors
-    assert (detectors.outlier_c, detectors.image_quality_c) == (4.0, 5.0)
+    assert (detectors.outlier_c, detectors.image_quality_c, detectors.copy_fdr) == (4.0, 5.0, 0.05)

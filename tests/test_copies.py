@@ -1,6 +1,7 @@
 """Edit-robust copy matching: copies that went through edits the calibration never saw (flip, rotation, blur, a
-4-px shift) are found at a threshold calibrated on synthetic shift/crop copies of the same data, and without copies
-(a null set of independent images) it flags no more than the calibration promises."""
+4-px shift) are found at a threshold calibrated on synthetic shift/crop copies of the same data; without copies (a
+null set of independent images, or noise) it flags no more than the calibration promises, and Benjamini-Hochberg over
+the queries flags nothing."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from auditor.detectors.copies import VIEWS, CopyIndex, calibrate_copies, copy_knn, copy_scores, frames
+from auditor.detectors.copies import (VIEWS, CopyIndex, calibrate_copies, copy_knn, copy_p_values, copy_scores,
+                                      discovery_threshold, frames)
 from auditor.detectors.duplicates import copy_pairs, leak_flags
 from auditor.detectors.edits import EDITS, edit_images
 
@@ -76,6 +78,50 @@ def test_null_without_copies_flags_at_most_the_promised_rate(calibrated, digits)
     flagged = int(np.sum(copy_scores(graph)[:, 0] >= threshold.value))
     promised = threshold.detail["false_positive_interval"][1]
     assert flagged <= stats.binom.ppf(0.99, len(graph.indices), promised), (flagged, promised)
+
+
+def test_no_discoveries_among_images_without_copies(calibrated, digits):
+    """Null tests of the flag rule: 1,000 digits not in the base, and 1,000 noise images against a noise base (the
+    signal shuffled away), give no Benjamini-Hochberg discovery at FDR 5 %; the per-image cut alone flags the
+    digits' chance look-alike."""
+    _, index, threshold = calibrated
+    graph, matches = index.search(digits[2000:], 10)
+    assert discovery_threshold(graph, threshold, 0.05).detail["discoveries"] == 0
+    assert np.sum(copy_scores(graph)[:, 0] >= threshold.value) >= 1  # what the per-image cut (alpha) flagged
+    noise = np.random.default_rng(1).integers(0, 256, (2000, 28, 28), dtype=np.uint8)
+    noise_index = CopyIndex(noise[:1000], 10, exact_below=10 ** 9)
+    noise_graph, noise_matches = noise_index.search(noise[1000:], 10)
+    found = discovery_threshold(noise_graph, calibrate_copies(noise_index, noise[:1000], seed=3), 0.05)
+    assert found.detail["discoveries"] == 0
+    assert copy_pairs(noise_graph, noise_matches, np.arange(1000), np.zeros(1000), found, "pixel_leak",
+                      query_ids=np.arange(1000), query_labels=np.zeros(1000)).empty
+
+
+def test_discoveries_control_the_false_ones_and_say_so(calibrated, digits):
+    """With 90 edited copies among 1,000 test images, Benjamini-Hochberg discovers them at FDR 5 % (few false ones),
+    each flag carries its q-value and what the FDR means, and the recall per edit is given at the flag cut."""
+    base, index, threshold = calibrated
+    rng = np.random.default_rng(21)
+    names = np.repeat(list(EDITS), 10)
+    sources, rows = rng.choice(len(base), len(names), replace=False), rng.choice(1000, len(names), replace=False)
+    queries = digits[2000:].copy()
+    queries[rows] = edit_images(base[sources], list(names), 4)
+    graph, matches = index.search(queries, 10)
+    found = discovery_threshold(graph, threshold, 0.05)
+    detail = found.detail
+    assert detail["tested"] == 1000 and detail["alpha_cut"] == threshold.value
+    assert detail["discoveries"] == int(np.sum(copy_scores(graph)[:, 0] >= found.value)) >= 80
+    assert copy_p_values(np.array([found.value]), threshold)[0] <= detail["p_cut"] + 1e-12
+    pairs = copy_pairs(graph, matches, np.arange(len(base)), np.zeros(len(base)), found, "pixel_leak",
+                       query_ids=np.arange(1000), query_labels=np.zeros(1000))
+    planted = set(zip(sources.tolist(), rows.tolist()))
+    false = sum((a, b) not in planted for a, b in zip(pairs["a_id"], pairs["b_id"]))
+    assert false <= 0.1 * len(pairs) and (pairs["q_value"] <= 0.05).all()
+    flags = [json.loads(d) for d in leak_flags(pairs, {"pixel_leak": found})["detail"]]
+    assert all(f["q_value"] <= 0.05 and "FDR 5 %" in f["chance"] for f in flags)
+    assert set(detail["recall"]) == {"shift", "crop"} and detail["recall_at_alpha"] == threshold.detail["recall"]
+    with pytest.raises(ValueError, match="copy_fdr"):
+        discovery_threshold(graph, threshold, 1.0)
 
 
 def test_pairs_and_flags_carry_how_the_copy_matched_and_its_own_cut(digits):

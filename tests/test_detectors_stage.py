@@ -93,6 +93,14 @@ def test_planted_duplicates_and_leaks_are_found_with_evidence(audited):
     assert set(thresholds["kind"]) == pair_cuts | {"outlier", "image_quality_dark", "image_quality_bright",
                                                    "image_quality_low_contrast", "image_quality_blurry"}
     assert (thresholds[thresholds["kind"].isin(pair_cuts)]["value"] > 0).all()
+    # the pixel cuts are Benjamini-Hochberg over the training (duplicates) or test (leaks) images
+    tested = {kind: json.loads(d) for kind, d in store.query(
+        "SELECT kind, detail FROM thresholds WHERE kind LIKE 'pixel_%'").itertuples(index=False)}
+    n = store.query("SELECT split, count(*) AS n FROM samples GROUP BY split").set_index("split")["n"]
+    for kind, split in (("pixel_duplicate", "train"), ("pixel_leak", "test")):
+        detail = tested[kind]
+        assert (detail["fdr"], detail["tested"]) == (0.05, n[split]) and detail["discoveries"] >= 1, kind
+        assert detail["p_cut"] == pytest.approx(0.05 * detail["discoveries"] / detail["tested"]), kind
 
 
 def test_label_flips_are_flagged_mislabeled_with_a_suggestion(audited):

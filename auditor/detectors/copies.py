@@ -16,7 +16,9 @@ SPECTRUM_CANDIDATES from the spectrum) are verified by alignment on their overla
 correlation is the pair's similarity; its match says how the copy lines up with its source.
 
 Whether a pair is a copy is decided on its copy score (copy_scores: how much closer than the query's
-REFERENCE_RANK-th verified neighbour), cut where synthetic copies of the user's own images say (calibrate_copies).
+REFERENCE_RANK-th verified neighbour). Synthetic copies of the user's own images give the null's tail and each edit's
+recall (calibrate_copies); each query is then one test on its best copy score, and Benjamini-Hochberg over all the
+queries sets the flag cut for a false discovery rate (discovery_threshold): thousands of images are tested at once.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import pandas as pd
 import torch
 from scipy import ndimage
 
-from auditor.intervals import jeffreys_interval
 from auditor.detectors import copies_verify
 from auditor.detectors.edits import CALIBRATION_EDITS, edit_images
 from auditor.detectors.thresholds import IDENTICAL_GAP, Threshold, exponential_tail_cut
 from auditor.detectors.neighbors import KnnGraph, NeighborIndex
+from auditor.intervals import jeffreys_interval
+from auditor.multiple_testing import benjamini_hochberg, bh_adjusted
 
 SIZE = 20
 ROTATION = 9.0
@@ -252,8 +255,9 @@ def cosine_cuts(graph: KnnGraph, score: float) -> np.ndarray:
 
 def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, alpha: float = 0.005,
                      seed: int = 0, edits: tuple[str, ...] = CALIBRATION_EDITS) -> Threshold:
-    """The copy-score cut for a false-positive rate alpha, with the recall it buys on synthetic copies of the
-    user's own images: `sample` base images are edited (`edits` in turn) and searched against the base.
+    """The copy-score cut for a false-positive rate alpha per image, with the recall it buys on synthetic copies of
+    the user's own images: `sample` base images are edited (`edits` in turn) and searched against the base (each
+    copy's score against its source is kept in detail, so discovery_threshold can give the recall at its own cut).
 
     The null is the unedited images' nearest-neighbour score (their nearest non-copy). Its upper tail is modelled as
     exponential, scale (q75 - q50) / ln 2, and the cut is q50 + scale * ln(0.5 / alpha): read from the median and
@@ -276,13 +280,7 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
     median, q75, scale, value = exponential_tail_cut(null, alpha)
     false_pos = int(np.sum(null >= value))
     fp_low, fp_high = jeffreys_interval(false_pos, len(null))
-    recall = {}
-    for name in edits:
-        mine = names == name
-        hits = int(np.sum(copy_score[mine] >= value))
-        low, high = jeffreys_interval(hits, int(mine.sum()))
-        recall[name] = {"n": int(mine.sum()), "found": hits, "recall": hits / max(int(mine.sum()), 1),
-                        "interval": [float(low), float(high)]}
+    edit_scores = {name: np.sort(copy_score[names == name]) for name in edits}
     return Threshold(value=value, method="synthetic_copies", detail={
         "alpha": alpha, "sample": len(rows), "seed": seed, "edits": list(edits), "reference_rank": REFERENCE_RANK,
         "candidates": [CANDIDATES, SPECTRUM_CANDIDATES],
@@ -290,6 +288,64 @@ def calibrate_copies(index: CopyIndex, base: np.ndarray, *, sample: int = 1000, 
                          "min_overlap": copies_verify.MIN_OVERLAP}, "null_median": float(median),
         "null_q75": float(q75), "tail_scale": scale, "false_positives": false_pos,
         "false_positive_rate": false_pos / len(null), "false_positive_interval": [float(fp_low), float(fp_high)],
-        "recall": recall, "source_in_top_k": float(np.isfinite(copy_score).mean()),
+        "recall": _recall(edit_scores, value),
+        "edit_scores": {n: np.round(np.maximum(s, np.log(IDENTICAL_GAP)), 4).tolist() for n, s in edit_scores.items()},
+        "source_in_top_k": float(np.isfinite(copy_score).mean()),
         "copy_score_quantiles": np.quantile(np.maximum(copy_score, np.log(IDENTICAL_GAP)),
                                             [0.05, 0.25, 0.5]).tolist()})
+
+
+def _recall(edit_scores: dict[str, np.ndarray], cut: float) -> dict[str, dict]:
+    """Per edit, how many synthetic copies score at or above `cut` against their source, with a 95 % Jeffreys
+    interval."""
+    recall = {}
+    for name, scores in edit_scores.items():
+        scores = np.asarray(scores, dtype=np.float64)
+        hits = int(np.sum(scores >= cut))
+        low, high = jeffreys_interval(hits, len(scores))
+        recall[name] = {"n": len(scores), "found": hits, "recall": hits / max(len(scores), 1),
+                        "interval": [float(low), float(high)]}
+    return recall
+
+
+def copy_p_values(scores: np.ndarray, calibrated: Threshold) -> np.ndarray:
+    """The chance that an image without a copy has a best copy score at least this large: the calibration null's
+    exponential tail, 0.5 exp(-(s - median) / scale), capped at 1 (NaN stays NaN)."""
+    detail = calibrated.detail
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.minimum(0.5 * np.exp(-(scores - detail["null_median"]) / detail["tail_scale"]), 1.0)
+
+
+def best_copy_scores(graph: KnnGraph) -> np.ndarray:
+    """Each query's test statistic: the copy score of its best verified neighbour (NaN where it has none)."""
+    return copy_scores(graph)[:, 0]
+
+
+def discovery_threshold(graph: KnnGraph, calibrated: Threshold, fdr: float) -> Threshold:
+    """The flag cut for the graph's queries: each query is one test on its best copy score (p from copy_p_values),
+    and the cut is the lowest score Benjamini-Hochberg discovers at false discovery rate `fdr` (with none
+    discovered, the score the first discovery would need). Detail adds the tests, the discoveries, the p-value cut,
+    the per-image cut and its recall (`alpha_cut`, `recall_at_alpha`) and each edit's recall at this cut."""
+    if not 0 < fdr < 1:
+        raise ValueError(f"need 0 < fdr < 1 (detectors.copy_fdr), got {fdr}")
+    best = best_copy_scores(graph)
+    best = best[np.isfinite(best)]
+    p = copy_p_values(best, calibrated)
+    found = benjamini_hochberg(p, len(best), fdr)
+    p_cut = fdr * max(int(found.sum()), 1) / max(len(best), 1)
+    detail = calibrated.detail
+    value = (float(best[found].min()) if found.any()
+             else detail["null_median"] + detail["tail_scale"] * float(np.log(0.5 / p_cut)))
+    return Threshold(value=value, method=calibrated.method, detail={
+        **detail, "fdr": fdr, "tested": len(best), "discoveries": int(found.sum()), "p_cut": p_cut,
+        "expected_false": round(fdr * int(found.sum()), 2), "alpha_cut": calibrated.value,
+        "recall_at_alpha": detail["recall"], "recall": _recall(detail["edit_scores"], value)})
+
+
+def query_q_values(graph: KnnGraph, calibrated: Threshold) -> np.ndarray:
+    """Each query's Benjamini-Hochberg adjusted p-value (q-value) over every query tested (NaN where untested)."""
+    best = best_copy_scores(graph)
+    tested = np.isfinite(best)
+    out = np.full(len(best), np.nan)
+    out[tested] = bh_adjusted(copy_p_values(best[tested], calibrated), int(tested.sum()))
+    return out

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from auditor.detectors.copies import copy_scores, cosine_cuts, match_name
+from auditor.detectors.copies import copy_scores, cosine_cuts, match_name, query_q_values
 from auditor.detectors.pair_kinds import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.detectors.thresholds import Threshold
 from auditor.detectors.flags import FLAG_COLUMNS
@@ -19,6 +19,8 @@ PAIR_COLUMNS = ["a_id", "b_id", "kind", "similarity", "conflicting"]
 EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting"]
 _EXACT_KINDS = ("exact_duplicate", "exact_leak")
 ISOLATION_RATIO = 0.25
+# Per-pair evidence of the copy matcher, carried into its flags' detail (not columns of the `pairs` table).
+COPY_EVIDENCE = ["match", "cut", "q_value"]
 
 
 def exact_duplicate_pairs(ids: np.ndarray, splits: np.ndarray, labels: np.ndarray, file_hash: np.ndarray,
@@ -97,14 +99,17 @@ def copy_pairs(graph: KnnGraph, matches: np.ndarray, base_ids: np.ndarray, base_
                threshold: Threshold, kind: str, *, query_ids: np.ndarray | None = None,
                query_labels: np.ndarray | None = None) -> pd.DataFrame:
     """Pairs of the copy matcher (copies.py) at or above the threshold, a_id the base side, with how the copy
-    matched (`match`) and the cosine this query's edge needed (`cut`); without query ids the graph is the base's
-    self-graph, and each unordered pair is kept once, under its better match."""
+    matched (`match`), the cosine this query's edge needed (`cut`) and the query's q-value (`q_value`: its
+    Benjamini-Hochberg adjusted p-value, NaN for a threshold from reviewers' judgements); without query ids the graph
+    is the base's self-graph, and each unordered pair is kept once, under its better match."""
     rows, ranks = _hit_edges(graph, threshold)
     cols, sims = graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
-    cut = (cosine_cuts(graph, threshold.value)[rows] if threshold.method == "synthetic_copies"
-           else np.full(len(rows), threshold.value))
+    calibrated = threshold.method == "synthetic_copies"
+    cut = cosine_cuts(graph, threshold.value)[rows] if calibrated else np.full(len(rows), threshold.value)
+    q_value = query_q_values(graph, threshold)[rows] if calibrated else np.full(len(rows), np.nan)
     frame = pd.DataFrame({"a": cols, "b": rows, "similarity": sims, "match": [match_name(m) for m in
-                                                                              matches[rows, ranks]], "cut": cut})
+                                                                              matches[rows, ranks]], "cut": cut,
+                          "q_value": q_value})
     if query_ids is None:
         query_ids, query_labels = base_ids, base_labels
         frame[["a", "b"]] = np.sort(frame[["a", "b"]].to_numpy(), axis=1)
@@ -113,8 +118,9 @@ def copy_pairs(graph: KnnGraph, matches: np.ndarray, base_ids: np.ndarray, base_
     return pd.DataFrame({"a_id": np.asarray(base_ids)[a], "b_id": np.asarray(query_ids)[b], "kind": kind,
                          "similarity": frame["similarity"].to_numpy(),
                          "conflicting": np.asarray(base_labels)[a] != np.asarray(query_labels)[b],
-                         "match": frame["match"].to_numpy(), "cut": frame["cut"].to_numpy()},
-                        columns=[*PAIR_COLUMNS, "match", "cut"])
+                         "match": frame["match"].to_numpy(), "cut": frame["cut"].to_numpy(),
+                         "q_value": frame["q_value"].to_numpy()},
+                        columns=[*PAIR_COLUMNS, *COPY_EVIDENCE])
 
 
 Thresholds = Threshold | Mapping[str, Threshold] | None
@@ -139,7 +145,9 @@ def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, thr
                            "pair_kind": chosen["kind"].to_numpy(),
                            "conflicting": chosen["conflicting"].to_numpy(dtype=bool), "role": role,
                            "match": chosen.get("match", pd.Series(None, index=chosen.index)).to_numpy(),
-                           "cut": chosen.get("cut", pd.Series(np.nan, index=chosen.index)).to_numpy(dtype=float)})
+                           "cut": chosen.get("cut", pd.Series(np.nan, index=chosen.index)).to_numpy(dtype=float),
+                           "q_value": chosen.get("q_value", pd.Series(np.nan, index=chosen.index)
+                                                 ).to_numpy(dtype=float)})
              for me, other, role in zip(("a_id", "b_id"), ("b_id", "a_id"), roles or (None, None))]
     twins = (pd.concat(sides, ignore_index=True)
              .sort_values(["sample_id", "exact", "similarity", "twin"], ascending=[True, False, False, True])
@@ -156,9 +164,22 @@ def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, thr
                                    "twins": int(row.twins), "conflicting_twins": int(row.conflicting_twins),
                                    "threshold": None if cut is None else round(float(cut), 6),
                                    "threshold_method": None if threshold is None else threshold.method,
-                                   **({"match": row.match} if isinstance(row.match, str) else {})}))
+                                   **({"match": row.match} if isinstance(row.match, str) else {}),
+                                   **_discovery_note(threshold, row.q_value)}))
     return pd.DataFrame({"sample_id": best["sample_id"].to_numpy(), "kind": flag_kind,
                          "score": best["similarity"].to_numpy(), "detail": details}, columns=FLAG_COLUMNS)
+
+
+def _discovery_note(threshold: Threshold | None, q_value: float) -> dict:
+    """A copy-matcher flag's q-value and what its false discovery rate means for the flags of its kind (empty for
+    flags without one)."""
+    if threshold is None or not np.isfinite(q_value) or "fdr" not in threshold.detail:
+        return {}
+    detail = threshold.detail
+    return {"q_value": float(f"{q_value:.3g}"), "fdr": detail["fdr"],
+            "chance": (f"q-value {q_value:.2g}; FDR {detail['fdr'] * 100:g} %: of the {detail['discoveries']} images "
+                       f"with a copy found, about {detail['expected_false']:g} may have none (Benjamini-Hochberg over "
+                       f"{detail['tested']:,} images tested)")}
 
 
 def duplicate_flags(pairs: pd.DataFrame, thresholds: Thresholds = None) -> pd.DataFrame:
