@@ -104,7 +104,7 @@ def _twin_details(a: np.ndarray, b: np.ndarray, kinds: np.ndarray, sim: np.ndarr
             detail = {**({"role": role} if roles else {}), "twin": twin, "pair_kind": kind,
                       "similarity": round(float(s), 6), "exact": exact, "conflicting": bool(c), "twins": 1,
                       "conflicting_twins": int(c), "threshold": None if exact else round(threshold, 6),
-                      "threshold_method": None if exact else "nn_distribution"}
+                      "threshold_method": None if exact else "nn_fdr"}
             rows.append((sid, flag_kind, float(s), json.dumps(detail)))
     return pd.DataFrame(rows, columns=["sample_id", "kind", "score", "detail"])
 
@@ -328,7 +328,7 @@ def _frames(path: Path, n: int, seed: int, n_classes: int, train_fraction: float
     pairs = pd.concat(pair_frames, ignore_index=True)
     thresholds = pd.DataFrame({
         "run_id": DETECT_RUN, "kind": ["duplicate", "leaked", "pixel_duplicate", "pixel_leak"],
-        "embedder_id": EMBEDDER, "value": [0.991764, 0.988431, 0.991186, 0.989663], "method": "nn_distribution",
+        "embedder_id": EMBEDDER, "value": [0.991764, 0.988431, 0.991186, 0.989663], "method": "nn_fdr",
         "detail": json.dumps({"c": 4.0, "floor_quantile": 0.99, "binding": "mad", "n": n_train})})
 
     # mislabeled (~5% of images): training images, half of them among the low-ApB candidates

@@ -51,7 +51,8 @@ from pipeline_stages import _table
 
 from auditor.review import queries
 from auditor.detectors.duplicates import duplicate_flags, leak_flags, leak_pairs, near_duplicate_pairs
-from auditor.detectors.thresholds import calibrate_from_distribution
+from auditor.config import load_config
+from auditor.detectors.copies import calibrate_neighbours
 from auditor.detectors.neighbors import KnnGraph, NeighborIndex, graph_frame
 from auditor.store.database import SUMMARY_KEY, Store
 from pipelines.detectors_stage import THRESHOLD_KINDS
@@ -276,7 +277,7 @@ def run(out_db: Path, n: int = 1_000_000, dim: int = 512, k: int = 10, chunk: in
         y_train, y_test = labels[is_train], labels[~is_train]
         graphs = {split: KnnGraph(graph.indices[rows], graph.similarities[rows], graph.exact, graph.index_kind)
                   for split, rows in (("train", is_train), ("test", ~is_train))}
-        thresholds = {kind: calibrate_from_distribution(g.similarities[np.isfinite(g.similarities[:, 0]), 0])
+        thresholds = {kind: calibrate_neighbours(g, load_config().detectors.copy_fdr)
                       for kind, g in (("near_duplicate", graphs["train"]), ("leak", graphs["test"]))}
         pairs = pd.concat([near_duplicate_pairs(graphs["train"], train_ids, y_train, thresholds["near_duplicate"]),
                            leak_pairs(graphs["test"], test_ids, train_ids, y_test, y_train, thresholds["leak"])],
@@ -290,7 +291,7 @@ def run(out_db: Path, n: int = 1_000_000, dim: int = 512, k: int = 10, chunk: in
                                         "detail": json.dumps(t.detail, default=float)}
                                        for kind, t in thresholds.items()])
         store.write([("neighbors", neighbors.assign(embedder_id=EMBEDDER)),
-                     ("pairs", pairs.assign(embedder_id=EMBEDDER, run_id=DETECT_RUN)),
+                     ("pairs", pairs.drop(columns=["cut", "q_value"]).assign(embedder_id=EMBEDDER, run_id=DETECT_RUN)),
                      ("flags", flags.assign(run_id=DETECT_RUN)), ("thresholds", threshold_rows)],
                     deletes=[("DELETE FROM flags WHERE kind IN ('duplicate', 'leaked')", []),
                              ("UPDATE embedders SET dim = ? WHERE embedder_id = ?", [dim, EMBEDDER])])

@@ -22,14 +22,15 @@ from auditor.config import AuditConfig
 from auditor.detectors.duplicates import (
     COPY_EVIDENCE, copy_pairs, duplicate_flags, exact_duplicate_pairs, leak_flags, leak_pairs, near_duplicate_pairs)
 from auditor.detectors.contract import DetectorContext, DetectorResult
-from auditor.detectors.copies import REFERENCE_RANK, CopyIndex, calibrate_copies, discovery_threshold
+from auditor.detectors.copies import (REFERENCE_RANK, CopyIndex, calibrate_copies, calibrate_neighbours,
+                                      discovery_threshold)
 from auditor.detectors.label_issues import confident_learning, knn_label_disagreement, label_issue_flags
 from auditor.detectors.long_tail import class_clusters, local_density, long_tail_flags, subpopulations_from_influence
-from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
+from auditor.detectors.thresholds import Threshold, calibrate_from_labels
 from auditor.training.embedding_rows import latest_embedder, load_embeddings
 from auditor.detectors.flag_kinds import detector_modules, kinds_of_stage, threshold_kinds
 from auditor.memorization.influence_rows import influence, mean_influence
-from auditor.detectors.neighbors import graph_frame, knn
+from auditor.detectors.neighbors import KnnGraph, graph_frame, knn
 from auditor.store.provenance import fingerprint
 from auditor.training.score_rows import flagged_ids, mem_run_id, mem_scores
 from auditor.memorization.shadow_engine import train_shadow_block
@@ -93,12 +94,12 @@ def _judged(store: Store, pair_kind: str) -> Threshold | None:
     return calibrate_from_labels(judged["similarity"].to_numpy(), judged["is_duplicate"].to_numpy(bool))
 
 
-def _threshold(store: Store, fixed: float, nn_similarities: np.ndarray, pair_kind: str) -> Threshold:
-    """A configured value, else reviewer judgements of this kind's pairs, else the distribution of
-    nearest-neighbour similarities."""
+def _threshold(store: Store, fixed: float, graph: KnnGraph, pair_kind: str, fdr: float) -> Threshold:
+    """A configured value, else reviewer judgements of this kind's pairs, else Benjamini-Hochberg at `fdr` over the
+    graph's queries, each tested on how much closer its nearest neighbour is than its others (copies.py)."""
     if fixed > 0:
         return Threshold(fixed, "configured", {})
-    return _judged(store, pair_kind) or calibrate_from_distribution(nn_similarities[np.isfinite(nn_similarities)])
+    return _judged(store, pair_kind) or calibrate_neighbours(graph, fdr)
 
 
 def pixel_pairs(store: Store, data: TrainingArrays, cfg: AuditConfig) -> tuple[pd.DataFrame, dict[str, Threshold]]:
@@ -159,9 +160,8 @@ def detectors_stage(store: Store, cfg: AuditConfig, progress: ProgressFactory = 
     graph = knn(x_train, dc.k, exact_below=dc.exact_below, index=dc.index)
     to_train = knn(x_train, dc.k, query=x_test, exclude_self=False, exact_below=dc.exact_below, index=dc.index)
 
-    thresholds = {"near_duplicate": _threshold(store, dc.duplicate_threshold, graph.similarities[:, 0],
-                                               "near_duplicate"),
-                  "leak": _threshold(store, dc.leak_threshold, to_train.similarities[:, 0], "leak")}
+    thresholds = {"near_duplicate": _threshold(store, dc.duplicate_threshold, graph, "near_duplicate", dc.copy_fdr),
+                  "leak": _threshold(store, dc.leak_threshold, to_train, "leak", dc.copy_fdr)}
     exact = exact_duplicate_pairs(samples["sample_id"].to_numpy(), samples["split"].to_numpy(),
                                   samples["label"].to_numpy(), samples["file_hash"].to_numpy(),
                                   samples["pixel_hash"].to_numpy())

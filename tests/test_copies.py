@@ -82,12 +82,10 @@ def test_null_without_copies_flags_at_most_the_promised_rate(calibrated, digits)
 
 def test_no_discoveries_among_images_without_copies(calibrated, digits):
     """Null tests of the flag rule: 1,000 digits not in the base, and 1,000 noise images against a noise base (the
-    signal shuffled away), give no Benjamini-Hochberg discovery at FDR 5 %; the per-image cut alone flags the
-    digits' chance look-alike."""
+    signal shuffled away), give no Benjamini-Hochberg discovery at FDR 5 %."""
     _, index, threshold = calibrated
-    graph, matches = index.search(digits[2000:], 10)
+    graph, _ = index.search(digits[2000:], 10)
     assert discovery_threshold(graph, threshold, 0.05).detail["discoveries"] == 0
-    assert np.sum(copy_scores(graph)[:, 0] >= threshold.value) >= 1  # what the per-image cut (alpha) flagged
     noise = np.random.default_rng(1).integers(0, 256, (2000, 28, 28), dtype=np.uint8)
     noise_index = CopyIndex(noise[:1000], 10, exact_below=10 ** 9)
     noise_graph, noise_matches = noise_index.search(noise[1000:], 10)

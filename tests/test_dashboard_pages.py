@@ -266,7 +266,7 @@ def _plant_duplicate(store: Store) -> tuple[str, str]:
     for me, twin in ((a_id, b_id), (b_id, a_id)):
         detail = json.dumps({"twin": twin, "pair_kind": "near_duplicate", "similarity": 0.97, "exact": False,
                              "conflicting": False, "twins": 1, "conflicting_twins": 0, "threshold": 0.95,
-                             "threshold_method": "nn_distribution"})
+                             "threshold_method": "nn_fdr"})
         store.execute("INSERT INTO flags VALUES (?, 'duplicate', 0.97, ?, 'detect-t')", [me, detail])
     return a_id, b_id
 
@@ -284,11 +284,11 @@ def test_judging_a_pair_stores_the_latest_answer_and_calibrates_the_threshold(db
     with pytest.raises(ValueError, match="no detected pair"):
         judge_pair(store, a_id, MALICIOUS, True, reviewer="ana")
     judge_pair(store, a_id, b_id, True, reviewer="ana")
-    assert _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate").method == "nn_distribution"
+    assert _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate", 0.05).method == "nn_fdr"
     store.execute("UPDATE pair_judgements SET a_id = ?, b_id = ? WHERE decided_at = (SELECT min(decided_at) "
                   "FROM pair_judgements)", [b_id, a_id])  # the first answer (yes) now judges the 0.90 pair ...
     store.execute("UPDATE pair_judgements SET is_duplicate = false WHERE a_id = ? AND b_id = ?", [b_id, a_id])
-    threshold = _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate")  # ... as not a duplicate
+    threshold = _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate", 0.05)  # ... as not a duplicate
     assert threshold.method == "labels_f1" and 0.90 < threshold.value <= 0.97
 
 

@@ -29,7 +29,8 @@ from auditor.detectors.long_tail import (
     long_tail_flags,
     subpopulations_from_influence,
 )
-from auditor.detectors.thresholds import Threshold, calibrate_from_distribution, calibrate_from_labels
+from auditor.detectors.copies import calibrate_neighbours, copy_p_values, copy_scores
+from auditor.detectors.thresholds import Threshold, calibrate_from_labels
 from auditor.detectors.flags import FLAG_COLUMNS
 from auditor.detectors.neighbors import knn
 
@@ -48,29 +49,39 @@ def _embeddings(rng: np.random.Generator, n: int, d: int = 32, n_centres: int = 
 # ---- thresholds
 
 
-def test_distribution_threshold_separates_a_planted_tail():
+def test_discoveries_separate_planted_copies():
+    """40 near copies and 30 identical copies among 5,000 clustered embeddings: Benjamini-Hochberg over the images
+    finds every planted pair, with few false ones; identical neighbours are left out of the null's fit."""
     rng = np.random.default_rng(0)
-    bulk = -np.expm1(rng.normal(np.log(0.15), 0.3, 20_000))  # nearest-neighbour cosines around 0.85
-    planted = rng.uniform(0.985, 0.9999, 80)  # 0.4% near duplicates
-    identical = np.ones(300)  # 1.5% copies of one blank image: left out of the fit and the floor
-    threshold = calibrate_from_distribution(np.concatenate([bulk, planted, identical, [np.nan]]))
-    assert threshold.method == "nn_distribution" and threshold.detail["binding"] == "mad"
-    assert (planted >= threshold.value).all()
-    assert np.mean(bulk >= threshold.value) < 0.005
-    assert threshold.detail["n_identical"] == 300 and threshold.detail["n"] == 20_380
-
-
-def test_distribution_threshold_flags_few_points_of_clean_data_and_respects_its_floor():
-    rng = np.random.default_rng(1)
     x, _ = _embeddings(rng, 5000)
-    nn = knn(x, 1).similarities[:, 0]
-    threshold = calibrate_from_distribution(nn)
-    assert np.mean(nn >= threshold.value) < 0.005
-    capped = calibrate_from_distribution(nn, c=0.5, floor_quantile=0.99)
-    assert capped.detail["binding"] == "floor" and capped.value == pytest.approx(np.quantile(nn, 0.99))
-    assert capped.detail["fraction_above"] <= 0.0102
-    with pytest.raises(ValueError, match="at least 2"):
-        calibrate_from_distribution(np.ones(10))
+    x[:40] = x[100:140] + 0.05 * rng.standard_normal((40, x.shape[1]))
+    x[40:70] = x[200:230]
+    graph = knn(x, 10)
+    threshold = calibrate_neighbours(graph, 0.05)
+    detail = threshold.detail
+    assert threshold.method == "nn_fdr" and detail["n_identical"] == 60
+    pairs = near_duplicate_pairs(graph, np.arange(5000), np.zeros(5000), threshold)
+    found = set(zip(pairs["a_id"], pairs["b_id"]))
+    planted = {(i, 100 + i) for i in range(40)} | {(40 + i, 200 + i) for i in range(30)}
+    assert planted <= found and len(found - planted) <= 0.05 * len(found)
+    assert detail["tested"] == 5000 and detail["discoveries"] == int(np.sum(copy_scores(graph)[:, 0] >= threshold.value))
+    assert detail["p_cut"] == pytest.approx(0.05 * detail["discoveries"] / 5000)
+    assert copy_p_values(np.array([threshold.value]), threshold)[0] <= detail["p_cut"] + 1e-12
+    assert (pairs["similarity"] >= pairs["cut"] - 1e-9).all() and (pairs["q_value"] <= 0.05).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_no_discoveries_on_clean_neighbours(seed):
+    """Null test: the kNN graph of clustered Gaussian embeddings without copies (the signal shuffled away) gives no
+    discovery and no pair."""
+    rng = np.random.default_rng(seed)
+    x, labels = _embeddings(rng, 5000)
+    graph = knn(x, 10)
+    threshold = calibrate_neighbours(graph, 0.05)
+    assert threshold.detail["discoveries"] == 0
+    assert near_duplicate_pairs(graph, np.arange(5000), labels, threshold).empty
+    with pytest.raises(ValueError, match="copy_fdr"):
+        calibrate_neighbours(graph, 0.0)
 
 
 def test_label_threshold_maximises_f1_between_the_classes():
@@ -134,9 +145,9 @@ def test_near_duplicates_and_a_planted_leak_with_known_answers():
     train_ids, test_ids = _ids("tr", 2000), _ids("te", 500)
 
     self_graph = knn(train, 5)
-    threshold = calibrate_from_distribution(self_graph.similarities[:, 0])
+    threshold = calibrate_neighbours(self_graph, 0.05)
     near = near_duplicate_pairs(self_graph, train_ids, train_labels, threshold)
-    assert list(near.columns) == PAIR_COLUMNS
+    assert list(near.columns) == [*PAIR_COLUMNS, "cut", "q_value"]
     assert set(zip(near["a_id"], near["b_id"])) == {(f"tr{c}", f"tr{1500 + i}") for i, c in enumerate(copies)}
     assert near.set_index("b_id")["conflicting"].to_dict() == {"tr1500": False, "tr1501": False,
                                                                 "tr1502": False, "tr1503": True}
@@ -144,10 +155,12 @@ def test_near_duplicates_and_a_planted_leak_with_known_answers():
     assert list(flags.columns) == FLAG_COLUMNS and len(flags) == 8
     detail = json.loads(flags.set_index("sample_id").loc["tr1503", "detail"])
     assert detail["twin"] == "tr1200" and detail["conflicting"] and not detail["exact"]
-    assert detail["threshold"] == pytest.approx(threshold.value, abs=1e-6)
+    cut = near.set_index("b_id").loc["tr1503", "cut"]  # the cosine this image's edge needed
+    assert detail["threshold"] == pytest.approx(cut, abs=1e-6) and cut <= detail["similarity"]
+    assert "FDR 5 %" in detail["chance"] and detail["q_value"] <= 0.05
 
     cross = knn(train, 3, query=test)
-    leak_threshold = calibrate_from_distribution(cross.similarities[:, 0])
+    leak_threshold = calibrate_neighbours(cross, 0.05)
     leaks = leak_pairs(cross, test_ids, train_ids, test_labels, train_labels, leak_threshold)
     assert set(zip(leaks["a_id"], leaks["b_id"])) == {("tr40", "te0"), ("tr41", "te1"), ("tr900", "te2")}
     assert (leaks["kind"] == "leak").all() and not leaks["conflicting"].any()
@@ -173,8 +186,8 @@ def test_a_sample_with_several_twins_gets_one_flag_naming_the_best():
 def test_each_pair_kind_reports_its_own_threshold():
     pairs = pd.DataFrame({"a_id": ["a", "c"], "b_id": ["b", "d"], "kind": ["near_duplicate", "pixel_duplicate"],
                           "similarity": [0.97, 0.999], "conflicting": [False, False]})
-    flags = duplicate_flags(pairs, {"near_duplicate": Threshold(0.95, "nn_distribution"),
-                                    "pixel_duplicate": Threshold(0.99, "nn_distribution")}).set_index("sample_id")
+    flags = duplicate_flags(pairs, {"near_duplicate": Threshold(0.95, "nn_fdr"),
+                                    "pixel_duplicate": Threshold(0.99, "nn_fdr")}).set_index("sample_id")
     details = flags["detail"].map(json.loads)
     assert details["a"]["threshold"] == 0.95 and details["a"]["pair_kind"] == "near_duplicate"
     assert details["d"]["threshold"] == 0.99 and details["d"]["pair_kind"] == "pixel_duplicate"
@@ -329,18 +342,3 @@ def test_influence_separates_mislabeled_from_rare_but_useful():
     assert flags.loc["c", "score"] == pytest.approx((1 + 0.9) / 2)
     assert json.loads(flags.loc["b", "detail"])["influence_reading"] == "rare_but_useful"
     assert json.loads(flags.loc["a", "detail"])["influence_reading"] == "mislabeled"
-
-
-def test_isolated_nearest_copy_counts_below_the_tail_cut():
-    from auditor.detectors.duplicates import leak_pairs
-    from auditor.detectors.thresholds import Threshold
-    from auditor.detectors.neighbors import KnnGraph
-
-    sims = np.array([[0.975, 0.80], [0.975, 0.97], [0.90, 0.80]], dtype=np.float32)
-    graph = KnnGraph(indices=np.array([[0, 1], [1, 0], [2, 0]]), similarities=sims, exact=True, index_kind="Flat")
-    strict = Threshold(0.98, "nn_distribution", {"floor": 0.99, "isolation_floor": 0.97})
-    pairs = leak_pairs(graph, np.array(["t0", "t1", "t2"]), np.array(["a", "b", "c"]), np.zeros(3), np.zeros(3),
-                       strict)
-    assert list(zip(pairs["a_id"], pairs["b_id"])) == [("a", "t0")]  # t1 is not isolated, t2 is below the floor
-    assert leak_pairs(graph, np.array(["t0", "t1", "t2"]), np.array(["a", "b", "c"]), np.zeros(3), np.zeros(3),
-                      Threshold(0.98, "configured", {})).empty

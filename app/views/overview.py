@@ -315,8 +315,10 @@ def _findings(store: Store) -> None:
             "value": st.column_config.NumberColumn(format="%.4f")})
         if not thresholds.empty:
             st.caption(f"Detectors run `{thresholds['run_id'].iloc[0]}` on embedder "
-                       f"`{thresholds['embedder_id'].iloc[0]}`; 'nn_distribution': calibrated on this dataset's "
-                       "nearest-neighbour similarities, 'labels': on reviewed pairs, 'configured': set in the config.")
+                       f"`{thresholds['embedder_id'].iloc[0]}`; 'nn_fdr': Benjamini-Hochberg over this dataset's "
+                       "nearest-neighbour similarities, 'synthetic_copies': the same over copy scores, with the null "
+                       "and recall from synthetic copies of your images, 'labels': on reviewed pairs, 'configured': "
+                       "set in the config.")
 
 
 def _embedding_map(store: Store) -> None:

@@ -56,6 +56,9 @@ BLUR = 1.0
 _SPECTRUM_BLUR = 0.5
 _SPECTRUM_GRID = 32
 _SPECTRUM_KEEP = 8
+# Threshold methods whose cut is on the copy score, set by Benjamini-Hochberg (discovery_threshold): on the copy
+# matcher's verified graph, and on an embedding kNN graph (calibrate_neighbours).
+DISCOVERY_METHODS = ("synthetic_copies", "nn_fdr")
 # The neighbour (0-based rank) whose distance a copy score is relative to: below it, up to this many copies of one
 # image can sit without raising the reference.
 REFERENCE_RANK = 5
@@ -322,10 +325,11 @@ def best_copy_scores(graph: KnnGraph) -> np.ndarray:
 
 
 def discovery_threshold(graph: KnnGraph, calibrated: Threshold, fdr: float) -> Threshold:
-    """The flag cut for the graph's queries: each query is one test on its best copy score (p from copy_p_values),
-    and the cut is the lowest score Benjamini-Hochberg discovers at false discovery rate `fdr` (with none
-    discovered, the score the first discovery would need). Detail adds the tests, the discoveries, the p-value cut,
-    the per-image cut and its recall (`alpha_cut`, `recall_at_alpha`) and each edit's recall at this cut."""
+    """The flag cut for the graph's queries: each query is one test on its best copy score (p from copy_p_values on
+    the `calibrated` null), and the cut is the lowest score Benjamini-Hochberg discovers at false discovery rate
+    `fdr` (with none discovered, the score the first discovery would need). Detail adds the tests, the discoveries,
+    the p-value cut and, for a calibrate_copies null, the per-image cut and its recall (`alpha_cut`,
+    `recall_at_alpha`) and each edit's recall at this cut."""
     if not 0 < fdr < 1:
         raise ValueError(f"need 0 < fdr < 1 (detectors.copy_fdr), got {fdr}")
     best = best_copy_scores(graph)
@@ -336,10 +340,27 @@ def discovery_threshold(graph: KnnGraph, calibrated: Threshold, fdr: float) -> T
     detail = calibrated.detail
     value = (float(best[found].min()) if found.any()
              else detail["null_median"] + detail["tail_scale"] * float(np.log(0.5 / p_cut)))
+    recall = ({"alpha_cut": calibrated.value, "recall_at_alpha": detail["recall"],
+               "recall": _recall(detail["edit_scores"], value)} if "edit_scores" in detail else {})
     return Threshold(value=value, method=calibrated.method, detail={
         **detail, "fdr": fdr, "tested": len(best), "discoveries": int(found.sum()), "p_cut": p_cut,
-        "expected_false": round(fdr * int(found.sum()), 2), "alpha_cut": calibrated.value,
-        "recall_at_alpha": detail["recall"], "recall": _recall(detail["edit_scores"], value)})
+        "expected_false": round(fdr * int(found.sum()), 2), **recall})
+
+
+def calibrate_neighbours(graph: KnnGraph, fdr: float) -> Threshold:
+    """The flag cut on a kNN graph of embeddings (method 'nn_fdr'): discovery_threshold with the null read from the
+    queries' own best copy scores (median and upper quartile of those not identical to their neighbour, so real
+    copies up to ~20 % of the queries do not raise it)."""
+    best = best_copy_scores(graph)
+    own = np.asarray(graph.similarities, dtype=np.float64)[:, 0]
+    fitted = best[np.isfinite(best) & (1.0 - own >= IDENTICAL_GAP)]
+    if len(fitted) < 2:
+        raise ValueError(f"need at least 2 queries with a non-identical nearest neighbour, got {len(fitted)}")
+    median, q75, scale, _ = exponential_tail_cut(fitted, 0.5)
+    null = Threshold(np.nan, "nn_fdr", {"null_median": median, "null_q75": q75, "tail_scale": scale,
+                                        "reference_rank": REFERENCE_RANK, "n_identical": int(np.sum(1.0 - own
+                                                                                                   < IDENTICAL_GAP))})
+    return discovery_threshold(graph, null, fdr)
 
 
 def query_q_values(graph: KnnGraph, calibrated: Threshold) -> np.ndarray:

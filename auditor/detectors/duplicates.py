@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import numpy as np
 import pandas as pd
 
-from auditor.detectors.copies import copy_scores, cosine_cuts, match_name, query_q_values
+from auditor.detectors.copies import DISCOVERY_METHODS, copy_scores, cosine_cuts, match_name, query_q_values
 from auditor.detectors.pair_kinds import DUPLICATE_KINDS, LEAK_KINDS
 from auditor.detectors.thresholds import Threshold
 from auditor.detectors.flags import FLAG_COLUMNS
@@ -18,7 +18,6 @@ from auditor.detectors.neighbors import KnnGraph
 PAIR_COLUMNS = ["a_id", "b_id", "kind", "similarity", "conflicting"]
 EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting"]
 _EXACT_KINDS = ("exact_duplicate", "exact_leak")
-ISOLATION_RATIO = 0.25
 # Per-pair evidence of the copy matcher, carried into its flags' detail (not columns of the `pairs` table).
 COPY_EVIDENCE = ["match", "cut", "q_value"]
 
@@ -48,79 +47,63 @@ def exact_duplicate_pairs(ids: np.ndarray, splits: np.ndarray, labels: np.ndarra
                          "conflicting": (pairs["label_a"] != pairs["label_b"]).to_numpy()}, columns=EXACT_COLUMNS)
 
 
-def _graph_pairs(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query row, base row, similarity) of every graph edge at or above the threshold (_hit_edges)."""
-    rows, ranks = _hit_edges(graph, threshold)
-    return rows, graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
-
-
-def _hit_edges(graph: KnnGraph, threshold: Threshold) -> tuple[np.ndarray, np.ndarray]:
-    """(query row, rank) of every graph edge at or above the threshold: its copy score (copies.py) for a threshold
-    calibrated on synthetic copies, else its similarity.
-
-    With a distribution-calibrated threshold, a nearest neighbour also counts when it is above the distribution's
-    isolation floor (its 90th percentile) and ISOLATION_RATIO times closer (in cosine distance) than the second
-    neighbour: a lightly edited copy stands apart from everything else even where the global tail cut is strict and
-    copies are more common than the tail cut allows (Lowe's ratio test)."""
-    sims = graph.similarities
-    hit = (copy_scores(graph) if threshold.method == "synthetic_copies" else sims) >= threshold.value
-    floor = threshold.detail.get("isolation_floor") if threshold.method == "nn_distribution" else None
-    if floor is not None and sims.shape[1] >= 2:
-        gap1, gap2 = 1.0 - sims[:, 0], 1.0 - sims[:, 1]
-        hit[:, 0] |= (sims[:, 0] >= floor) & (gap1 <= ISOLATION_RATIO * np.nan_to_num(gap2, nan=1.0))
-    return np.nonzero(hit & (graph.indices >= 0))
+def _graph_pairs(graph: KnnGraph, threshold: Threshold) -> pd.DataFrame:
+    """Every graph edge at or above the threshold: query row `b`, base row `a`, similarity, the cosine this query's
+    edge needed (`cut`) and the query's q-value (`q_value`, NaN for a configured or reviewer-judged cut). A cut set
+    by Benjamini-Hochberg (copies.py) is on the edge's copy score, any other on its similarity."""
+    discovered = threshold.method in DISCOVERY_METHODS
+    rows, ranks = np.nonzero(((copy_scores(graph) if discovered else graph.similarities) >= threshold.value)
+                             & (graph.indices >= 0))
+    return pd.DataFrame({
+        "a": graph.indices[rows, ranks], "b": rows, "rank": ranks,
+        "similarity": graph.similarities[rows, ranks].astype(np.float64),
+        "cut": cosine_cuts(graph, threshold.value)[rows] if discovered else np.full(len(rows), threshold.value),
+        "q_value": query_q_values(graph, threshold)[rows] if discovered else np.full(len(rows), np.nan)})
 
 
 def near_duplicate_pairs(graph_self: KnnGraph, ids: np.ndarray, labels: np.ndarray, threshold: Threshold,
                          kind: str = "near_duplicate") -> pd.DataFrame:
-    """Each unordered pair of the self-graph at or above the threshold once (a_id the earlier row)."""
-    ids, labels = np.asarray(ids), np.asarray(labels)
-    rows, cols, sims = _graph_pairs(graph_self, threshold)
-    edges = pd.DataFrame({"a": np.minimum(rows, cols), "b": np.maximum(rows, cols), "similarity": sims})
-    edges = edges.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
-    a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
-    return pd.DataFrame({"a_id": ids[a], "b_id": ids[b], "kind": kind,
-                         "similarity": edges["similarity"].to_numpy(), "conflicting": labels[a] != labels[b]},
-                        columns=PAIR_COLUMNS)
+    """Each unordered pair of the self-graph at or above the threshold once (a_id the earlier row), with its
+    evidence (COPY_EVIDENCE less the match)."""
+    return _pairs(_graph_pairs(graph_self, threshold), ids, labels, kind, ["cut", "q_value"], self_graph=True)
 
 
 def leak_pairs(graph_test_to_train: KnnGraph, test_ids: np.ndarray, train_ids: np.ndarray,
                test_labels: np.ndarray, train_labels: np.ndarray, threshold: Threshold,
                kind: str = "leak") -> pd.DataFrame:
-    """Every (training, test) edge of the test-to-train graph at or above the threshold (a_id the training side)."""
-    rows, cols, sims = _graph_pairs(graph_test_to_train, threshold)
-    return pd.DataFrame({"a_id": np.asarray(train_ids)[cols], "b_id": np.asarray(test_ids)[rows], "kind": kind,
-                         "similarity": sims,
-                         "conflicting": np.asarray(train_labels)[cols] != np.asarray(test_labels)[rows]},
-                        columns=PAIR_COLUMNS)
+    """Every (training, test) edge of the test-to-train graph at or above the threshold (a_id the training side),
+    with its evidence (COPY_EVIDENCE less the match)."""
+    return _pairs(_graph_pairs(graph_test_to_train, threshold), train_ids, train_labels, kind, ["cut", "q_value"],
+                  query_ids=test_ids, query_labels=test_labels)
 
 
 def copy_pairs(graph: KnnGraph, matches: np.ndarray, base_ids: np.ndarray, base_labels: np.ndarray,
                threshold: Threshold, kind: str, *, query_ids: np.ndarray | None = None,
                query_labels: np.ndarray | None = None) -> pd.DataFrame:
-    """Pairs of the copy matcher (copies.py) at or above the threshold, a_id the base side, with how the copy
-    matched (`match`), the cosine this query's edge needed (`cut`) and the query's q-value (`q_value`: its
-    Benjamini-Hochberg adjusted p-value, NaN for a threshold from reviewers' judgements); without query ids the graph
-    is the base's self-graph, and each unordered pair is kept once, under its better match."""
-    rows, ranks = _hit_edges(graph, threshold)
-    cols, sims = graph.indices[rows, ranks], graph.similarities[rows, ranks].astype(np.float64)
-    calibrated = threshold.method == "synthetic_copies"
-    cut = cosine_cuts(graph, threshold.value)[rows] if calibrated else np.full(len(rows), threshold.value)
-    q_value = query_q_values(graph, threshold)[rows] if calibrated else np.full(len(rows), np.nan)
-    frame = pd.DataFrame({"a": cols, "b": rows, "similarity": sims, "match": [match_name(m) for m in
-                                                                              matches[rows, ranks]], "cut": cut,
-                          "q_value": q_value})
-    if query_ids is None:
+    """Pairs of the copy matcher (copies.py) at or above the threshold, a_id the base side, with COPY_EVIDENCE: how
+    the copy matched, the cosine this query's edge needed and the query's q-value; without query ids the graph is
+    the base's self-graph, and each unordered pair is kept once, under its better match."""
+    edges = _graph_pairs(graph, threshold)
+    edges["match"] = [match_name(m) for m in matches[edges["b"].to_numpy(), edges["rank"].to_numpy()]]
+    return _pairs(edges, base_ids, base_labels, kind, COPY_EVIDENCE, query_ids=query_ids, query_labels=query_labels,
+                  self_graph=query_ids is None)
+
+
+def _pairs(edges: pd.DataFrame, base_ids: np.ndarray, base_labels: np.ndarray, kind: str, evidence: list[str], *,
+           query_ids: np.ndarray | None = None, query_labels: np.ndarray | None = None,
+           self_graph: bool = False) -> pd.DataFrame:
+    """Graph edges as pairs (a_id the base side; on a self-graph the earlier row, each unordered pair once under its
+    most similar edge) with the `evidence` columns."""
+    if self_graph:
         query_ids, query_labels = base_ids, base_labels
-        frame[["a", "b"]] = np.sort(frame[["a", "b"]].to_numpy(), axis=1)
-        frame = frame.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
-    a, b = frame["a"].to_numpy(), frame["b"].to_numpy()
+        edges[["a", "b"]] = np.sort(edges[["a", "b"]].to_numpy(), axis=1)
+        edges = edges.sort_values(["a", "b", "similarity"], ascending=[True, True, False]).drop_duplicates(["a", "b"])
+    a, b = edges["a"].to_numpy(), edges["b"].to_numpy()
     return pd.DataFrame({"a_id": np.asarray(base_ids)[a], "b_id": np.asarray(query_ids)[b], "kind": kind,
-                         "similarity": frame["similarity"].to_numpy(),
+                         "similarity": edges["similarity"].to_numpy(),
                          "conflicting": np.asarray(base_labels)[a] != np.asarray(query_labels)[b],
-                         "match": frame["match"].to_numpy(), "cut": frame["cut"].to_numpy(),
-                         "q_value": frame["q_value"].to_numpy()},
-                        columns=[*PAIR_COLUMNS, *COPY_EVIDENCE])
+                         **{column: edges[column].to_numpy() for column in evidence}},
+                        columns=[*PAIR_COLUMNS, *evidence])
 
 
 Thresholds = Threshold | Mapping[str, Threshold] | None
@@ -171,15 +154,16 @@ def _twin_flags(pairs: pd.DataFrame, kinds: tuple[str, ...], flag_kind: str, thr
 
 
 def _discovery_note(threshold: Threshold | None, q_value: float) -> dict:
-    """A copy-matcher flag's q-value and what its false discovery rate means for the flags of its kind (empty for
-    flags without one)."""
-    if threshold is None or not np.isfinite(q_value) or "fdr" not in threshold.detail:
+    """What the false discovery rate of a flag's cut means for the flags of its kind, with the flag's own q-value
+    where its pair has one (the copy matcher's); empty for a cut without one (configured or reviewer-judged)."""
+    if threshold is None or "fdr" not in threshold.detail:
         return {}
     detail = threshold.detail
-    return {"q_value": float(f"{q_value:.3g}"), "fdr": detail["fdr"],
-            "chance": (f"q-value {q_value:.2g}; FDR {detail['fdr'] * 100:g} %: of the {detail['discoveries']} images "
-                       f"with a copy found, about {detail['expected_false']:g} may have none (Benjamini-Hochberg over "
-                       f"{detail['tested']:,} images tested)")}
+    chance = (f"FDR {detail['fdr'] * 100:g} %: of the {detail['discoveries']} images with a copy found, about "
+              f"{detail['expected_false']:g} may have none (Benjamini-Hochberg over {detail['tested']:,} images tested)")
+    if not np.isfinite(q_value):
+        return {"fdr": detail["fdr"], "chance": chance}
+    return {"q_value": float(f"{q_value:.3g}"), "fdr": detail["fdr"], "chance": f"q-value {q_value:.2g}; {chance}"}
 
 
 def duplicate_flags(pairs: pd.DataFrame, thresholds: Thresholds = None) -> pd.DataFrame:

@@ -2,18 +2,11 @@
 embedding models), so each audit calibrates its own, from the nearest-neighbour similarities or from pairs a
 reviewer confirmed or rejected.
 
-The distribution rule is a robust upper-tail outlier cut. On u = log(1 - s), which spreads the tail near s = 1
-(0.9, 0.99 and 0.999 are equally spaced), the cut is median(u) - c * sd, with sd = 1.4826 * the median distance
-to median(u) of the tail-side points only: nearest-neighbour similarities are maxima, right-skewed, and a
-symmetric MAD understates their tail (c = 4 flags < 0.3% of clean data, even unclustered 64- and 512-d
-Gaussians). The cut is then raised to the floor_quantile quantile, so a smooth heavy tail is never called
-duplicates, at the price of flagging at most 1 - floor_quantile of the points: lower it, or use
-calibrate_from_labels, for data known to hold more (CIFAR-100 has ~3% test-train near duplicates). Identical
-embeddings (1 - s < 1e-6: exact duplicates, which hashing finds) are left out of both, so many copies of one
-blank image cannot push the cut to 1.
+The distribution rule (copies.discovery_threshold) tests each image for a copy on its kNN graph and sets the cut by
+Benjamini-Hochberg; the null's tail is modelled by exponential_tail_cut below.
 
-calibrate_tail applies the same robust one-sided cut to any score (an outlier's kNN distance, an image's
-brightness): median +/- c * the tail-side MAD, never flagging more than 1 - floor_quantile of the values.
+calibrate_tail applies a robust one-sided cut to any score (an image's brightness, contrast or sharpness): median
++/- c * the tail-side MAD, never flagging more than 1 - floor_quantile of the values.
 """
 
 from __future__ import annotations
@@ -36,31 +29,6 @@ class Threshold:
     value: float
     method: str
     detail: dict = field(default_factory=dict)
-
-
-def calibrate_from_distribution(nn_similarities: np.ndarray, *, c: float = 4.0,
-                                floor_quantile: float = 0.99, isolation_quantile: float = 0.90) -> Threshold:
-    """The robust upper-tail cut (module docstring) on nearest-neighbour similarities, e.g. graph.similarities[:, 0],
-    never below their floor_quantile quantile."""
-    s = np.asarray(nn_similarities, dtype=np.float64).ravel()
-    s = np.clip(s[np.isfinite(s)], -1.0, 1.0)
-    if not 0.5 <= floor_quantile <= 1.0 or c <= 0:
-        raise ValueError(f"need c > 0 and 0.5 <= floor_quantile <= 1, got c={c}, floor_quantile={floor_quantile}")
-    fitted = s[1.0 - s >= IDENTICAL_GAP]
-    if len(fitted) < 2:
-        raise ValueError(f"need at least 2 finite, non-identical similarities, got {len(fitted)}")
-    u = np.log1p(-fitted)
-    centre = float(np.median(u))
-    scale = _MAD_TO_SD * float(np.median(centre - u[u <= centre]))
-    mad_cut = float(-np.expm1(centre - c * scale))
-    floor = float(np.quantile(fitted, floor_quantile))
-    value = max(mad_cut, floor)
-    n_above = int(np.sum(s >= value))
-    return Threshold(value=value, method="nn_distribution", detail={
-        "c": c, "floor_quantile": floor_quantile, "median_log_gap": centre, "tail_sd_log_gap": scale,
-        "mad_cut": mad_cut, "floor": floor, "binding": "mad" if mad_cut >= floor else "floor", "n": len(s),
-        "isolation_floor": float(np.quantile(fitted, isolation_quantile)),
-        "n_identical": len(s) - len(fitted), "n_above": n_above, "fraction_above": n_above / len(s)})
 
 
 def calibrate_tail(values: np.ndarray, side: Literal["upper", "lower"], *, c: float = 4.0,
