@@ -1,5 +1,6 @@
-"""Exact duplicates (same pixels or file), near duplicates (cosine >= a calibrated threshold on the shared kNN
-graph) and train-test leaks, as pairs and as one flag per sample naming its closest twin."""
+"""Exact duplicates (same pixels or file), near duplicates and train-test leaks (on the shared kNN graph and the copy
+matcher's, cut by Benjamini-Hochberg in copies.py, or at a configured or reviewer-judged cosine), as pairs and as one
+flag per sample naming its closest twin."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from auditor.detectors.neighbors import KnnGraph
 PAIR_COLUMNS = ["a_id", "b_id", "kind", "similarity", "conflicting"]
 EXACT_COLUMNS = ["a_id", "b_id", "kind", "similarity", "same_file", "conflicting"]
 _EXACT_KINDS = ("exact_duplicate", "exact_leak")
-# Per-pair evidence of the copy matcher, carried into its flags' detail (not columns of the `pairs` table).
+# Per-pair evidence carried into the flags' detail, not columns of the `pairs` table (embedding pairs: no match).
 COPY_EVIDENCE = ["match", "cut", "q_value"]
 
 
