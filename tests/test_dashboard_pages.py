@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from auditor.detectors.neighbors import KnnGraph
 from auditor.memorization import memorization_queries
 from auditor.review import queries
 from auditor.review.queries import ReviewFilter
@@ -284,11 +285,13 @@ def test_judging_a_pair_stores_the_latest_answer_and_calibrates_the_threshold(db
     with pytest.raises(ValueError, match="no detected pair"):
         judge_pair(store, a_id, MALICIOUS, True, reviewer="ana")
     judge_pair(store, a_id, b_id, True, reviewer="ana")
-    assert _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate", 0.05).method == "nn_fdr"
+    sims = np.sort(np.random.default_rng(0).uniform(0.5, 0.9, (50, 10)), axis=1)[:, ::-1]
+    graph = KnnGraph(indices=np.tile(np.arange(10), (50, 1)), similarities=sims, exact=True, index_kind="Flat")
+    assert _threshold(store, 0.0, graph, "near_duplicate", 0.05).method == "nn_fdr"  # one answer only
     store.execute("UPDATE pair_judgements SET a_id = ?, b_id = ? WHERE decided_at = (SELECT min(decided_at) "
                   "FROM pair_judgements)", [b_id, a_id])  # the first answer (yes) now judges the 0.90 pair ...
     store.execute("UPDATE pair_judgements SET is_duplicate = false WHERE a_id = ? AND b_id = ?", [b_id, a_id])
-    threshold = _threshold(store, 0.0, np.linspace(0.5, 0.9, 50), "near_duplicate", 0.05)  # ... as not a duplicate
+    threshold = _threshold(store, 0.0, graph, "near_duplicate", 0.05)  # ... as not a duplicate
     assert threshold.method == "labels_f1" and 0.90 < threshold.value <= 0.97
 
 
